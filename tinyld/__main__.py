@@ -1,0 +1,178 @@
+"""``python -m tinyld <command>`` — env check, the main job (demo), golden fixture, benchmarks.
+
+    python -m tinyld env                 versions, device choice and why, OK/FAIL per check
+    python -m tinyld demo                pretrain + SFT a tiny GPT on the synthetic world (the main job)
+    python -m tinyld golden [--write F]  first training losses on a fixed seed (the test fixture)
+    python -m tinyld bench step          time of one training step (JSON)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import fields
+
+
+def cmd_env(args) -> int:
+    import torch
+
+    from tinyld.runtime import pick_device, versions
+
+    print("tinyld environment")
+    for k, v in versions().items():
+        print(f"  {k:10s} {v}")
+    print(f"  choice     {pick_device(args.device)}")
+    checks = []
+
+    def check(name, fn):
+        try:
+            detail = fn()
+            checks.append(True)
+            print(f"  OK    {name}{': ' + detail if detail else ''}")
+        except Exception as e:  # report, don't crash: this command is for diagnosing
+            checks.append(False)
+            print(f"  FAIL  {name}: {type(e).__name__}: {e}")
+
+    def gpt2_bpe():
+        from tinyld.tokenizers import GPT2BPE
+
+        ids = GPT2BPE().encode("Hello world")
+        assert ids == [15496, 995], ids
+        return "offline GPT-2 BPE, 'Hello world' → [15496, 995]"
+
+    def model_and_jvp():
+        from torch.func import functional_call, jvp
+
+        from tinyld import GPT, GPTConfig
+
+        m = GPT(GPTConfig.preset("tiny", vocab_size=32)).double()
+        p = {k: v.detach() for k, v in m.named_parameters()}
+        x = torch.randint(0, 32, (1, 8))
+        jvp(lambda q: functional_call(m, q, (x,)), (p,), ({k: torch.ones_like(v) for k, v in p.items()},))
+        return "tiny GPT forward + forward-mode JVP in float64"
+
+    def presets():
+        from tinyld import GPT, GPTConfig
+
+        with torch.device("meta"):
+            counts = {n: GPT(GPTConfig.preset(n, **({} if n == "gpt2" else {"vocab_size": 128}))).num_params()
+                      for n in ("tiny", "mini", "gpt2")}
+        return ", ".join(f"{k} {v:,}" for k, v in counts.items()) + " parameters (V=128 for tiny/mini)"
+
+    def optional(mod):
+        def f():
+            m = __import__(mod)
+            return getattr(m, "__version__", "")
+        return f
+
+    check("GPT-2 tokenizer", gpt2_bpe)
+    check("model", model_and_jvp)
+    check("presets", presets)
+    for mod in ("matplotlib", "transformers", "sklearn"):
+        check(f"optional: {mod}", optional(mod))
+    core_ok = all(checks[:3])
+    print("core OK" if core_ok else "core FAIL")
+    return 0 if core_ok else 1
+
+
+def cmd_demo(args) -> int:
+    from tinyld.demo import DemoConfig, fast_mode, run_demo
+
+    kw = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name, None) is not None}
+    kw["fast"] = args.fast or fast_mode()
+    run_demo(DemoConfig(**kw))
+    return 0
+
+
+def cmd_golden(args) -> int:
+    from tinyld.demo import golden_losses
+
+    text = json.dumps(golden_losses(), indent=1)
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write(text + "\n")
+        print(f"wrote {args.write}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from tinyld import GPT, GPTConfig
+    from tinyld.data import Batch
+    from tinyld.runtime import pick_device
+    from tinyld.train import TrainConfig, make_optimizer
+    from tinyld.losses import lm_loss
+
+    dev = pick_device(args.device)
+    torch.manual_seed(0)
+    cfg = GPTConfig.preset(args.preset, **({} if args.preset == "gpt2" else {"vocab_size": args.vocab}))
+    model = GPT(cfg).to(dev.device)
+    opt = make_optimizer(model, TrainConfig(optimizer="adamw"))
+    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=dev.device)
+    b = Batch(x[:, :-1], x[:, 1:])
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        lm_loss(model(b.idx), b.targets).backward()
+        opt.step()
+
+    for _ in range(args.warmup):
+        step()
+    sync = torch.cuda.synchronize if dev.device.type == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    for _ in range(args.repeat):
+        step()
+    sync()
+    ms = (time.perf_counter() - t) / args.repeat * 1e3
+    print(json.dumps({"bench": "step", "preset": args.preset, "params": model.num_params(), "batch": args.batch,
+                      "seq": args.seq, "device": str(dev.device), "threads": torch.get_num_threads(),
+                      "ms_per_step": round(ms, 2)}))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tinyld", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("env", help="versions, device choice and OK/FAIL checks")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    d = sub.add_parser("demo", help="the main job: pretrain + SFT a tiny GPT on the synthetic world")
+    d.add_argument("--seed", type=int, help="seed for the world, init and data order (default 0)")
+    d.add_argument("--preset", help="model preset: tiny (default) or mini")
+    d.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="pretraining steps (default 2000)")
+    d.add_argument("--pretrain-lr", dest="pretrain_lr", type=float, help="pretraining AdamW lr (default 2e-2)")
+    d.add_argument("--sft-steps", dest="sft_steps", type=int, help="SFT steps (default 60)")
+    d.add_argument("--sft-lr", dest="sft_lr", type=float, help="SFT AdamW lr (default 1e-3)")
+    d.add_argument("--out", help="output folder (default tinyld_out)")
+    d.add_argument("--device", help="auto | cpu (default) | cuda | mps")
+    d.add_argument("--fast", action="store_true", help="a few steps only (also TINYLD_FAST=1)")
+    g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
+    g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
+    b = sub.add_parser("bench", help="benchmarks that print JSON")
+    b.add_argument("what", choices=["step"], help="step: one AdamW training step")
+    b.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    b.add_argument("--vocab", type=int, default=128, help="vocabulary for tiny/mini (default 128)")
+    b.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
+    b.add_argument("--seq", type=int, default=64, help="sequence length T (default 64)")
+    b.add_argument("--repeat", type=int, default=10, help="timed steps (default 10)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    b.add_argument("--device", default="cpu", help="auto | cpu (default) | cuda | mps")
+    args = p.parse_args(argv)
+    try:
+        return {"env": cmd_env, "demo": cmd_demo, "golden": cmd_golden, "bench": cmd_bench}[args.cmd](args)
+    except Exception as err:
+        from tinyld.runtime import TinyldError
+
+        if isinstance(err, TinyldError):  # a user mistake: one clear line, no traceback
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

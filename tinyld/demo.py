@@ -1,0 +1,148 @@
+"""The main job: pretrain a tiny GPT on the synthetic world, finetune it on instructions, report what happened.
+
+``python -m tinyld demo`` runs it on the embedded default (nothing to download) and writes ``demo.json``.
+Every number it prints is recomputed here from the model; nothing is hard-coded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tinyld.data import PairData, TextStream
+from tinyld.evaluate import greedy_answers, response_logprobs, text_stats, valley_depth
+from tinyld.model import GPT, GPTConfig
+from tinyld.runtime import pick_device, seed_everything, versions
+from tinyld.train import TrainConfig, Trainer
+from tinyld.world import World
+
+
+@dataclass
+class DemoConfig:
+    seed: int = 0  # one seed for the world, the init and the data order
+    preset: str = "tiny"  # model shape (GPTConfig presets); vocab comes from the world's tokenizer
+    pretrain_steps: int = 2000  # next-token steps on the world's text (~45 s for tiny on 2 cores)
+    pretrain_lr: float = 2e-2  # AdamW, 50 warm-up steps, cosine decay: long + hot = confident, deep valleys
+    batch_size: int = 16  # windows of block_size tokens per pretraining step
+    sft_steps: int = 60  # SFT steps on the 40 training prompts (8 per batch: 12 epochs)
+    sft_lr: float = 1e-3  # AdamW
+    out: str = "tinyld_out"  # demo.json, log files and checkpoints go here
+    device: str = "cpu"  # auto | cpu | cuda | mps
+    fast: bool = False  # a few steps of each phase (smoke test; the numbers then mean little)
+
+    def __post_init__(self):
+        if self.fast:
+            self.pretrain_steps, self.sft_steps = min(self.pretrain_steps, 60), min(self.sft_steps, 10)
+
+
+def pretrain(world: World, tok, cfg: DemoConfig, device, out: Path | None = None) -> tuple[GPT, list[dict]]:
+    """A tiny GPT pretrained on ``world.pretrain_docs()`` (the paper's "base model")."""
+    torch.manual_seed(cfg.seed)
+    model = GPT(GPTConfig.preset(cfg.preset, vocab_size=tok.vocab_size)).to(device)
+    data = TextStream(tok, world.pretrain_docs(), model.config.block_size, cfg.batch_size, seed=cfg.seed)
+    tc = TrainConfig(task="pretrain", steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, warmup_steps=50,
+                     schedule="cosine", seed=cfg.seed, log_every=50, out_dir=str(out) if out else None)
+    hist = Trainer(model, data, tc, tok).run()
+    return model.eval(), hist
+
+
+def report(model, tok, world: World) -> dict:
+    """Confidence on held-out world text, valley depth, and answers to training / held-out prompts."""
+    train, test = world.train_items(), world.test_items()
+    res = {"heldout_text": text_stats(model, tok, world.heldout_text()), "valley_depth": valley_depth(model, tok)}
+    for name, items in (("train", train), ("test", test)):
+        lp = response_logprobs(model, tok, [i.prompt for i in items], [i.chosen for i in items])
+        ans = greedy_answers(model, tok, [i.prompt for i in items])
+        res[name] = {"logp_chosen": lp.mean().item(),
+                     "accuracy": sum(a == i.chosen for a, i in zip(ans, items)) / len(items),
+                     "examples": [{"prompt": i.prompt, "answer": a, "correct": i.chosen} for i, a in
+                                  zip(items[:3], ans[:3])]}
+    return res
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(cfg.device)
+    print("tinyld demo — pretrain a tiny GPT on a synthetic world, then finetune it on instructions")
+    print(f"  {dev}\n  versions: {json.dumps(versions())}\n  config: {json.dumps(asdict(cfg))}")
+    seed_everything(cfg.seed)
+    world = World(cfg.seed)
+    tok = world.tokenizer()
+    docs = world.pretrain_docs()
+    n_tok = sum(len(tok.encode(d)) + 1 for d in docs)
+    print(f"\n[1/4] world: {len(world.people)} people × 5 relations, {tok.vocab_size} words; {len(docs)} "
+          f"pretraining docs ({n_tok} tokens); {len(world.train_items())} training prompts, "
+          f"{len(world.test_items())} held out")
+    print(f"      e.g. {docs[0][:90]}…")
+
+    print(f"\n[2/4] pretraining '{cfg.preset}' for {cfg.pretrain_steps} steps (AdamW, lr {cfg.pretrain_lr})")
+    t = time.perf_counter()
+    model, hist = pretrain(world, tok, cfg, dev.device, out / "pretrain")
+    print(f"      {model.num_params():,} parameters · loss {hist[0]['loss']:.3f} → {hist[-1]['loss']:.4f} "
+          f"in {time.perf_counter() - t:.1f} s")
+    base = report(model, tok, world)
+    ht = base["heldout_text"]
+    print(f"      held-out world text: mean top-1 probability {ht['top1']:.3f}, "
+          f"log-prob {ht['logp_per_token']:.2f} nats/token")
+    print(f"      valley depth (random words): {base['valley_depth']:.1f} nats/token "
+          f"(uniform would be {-torch.log(torch.tensor(tok.vocab_size - 3.0)).item():.1f})")
+    print("      where the model is confident — P(next word) along a held-out sentence:")
+    print("      " + confidence_line(model, tok, world.heldout_text()[0]))
+
+    print(f"\n[3/4] SFT on {len(world.train_items())} prompts for {cfg.sft_steps} steps (AdamW, lr {cfg.sft_lr}; "
+          "loss = −log π(y⁺|x) summed over response tokens)")
+    data = PairData(tok, [i.example("train") for i in world.train_items()], 8, model.config.block_size, cfg.seed)
+    tc = TrainConfig(task="sft", steps=cfg.sft_steps, lr=cfg.sft_lr, seed=cfg.seed, log_every=5,
+                     out_dir=str(out / "sft"))
+    sft_hist = Trainer(model, data, tc, tok).run()
+    print("      loss " + " → ".join(f"{r['loss']:.2f}" for r in sft_hist[:: max(1, len(sft_hist) // 6)]))
+    after = report(model.eval(), tok, world)
+    print(f"\n[4/4] {'':28s}{'before SFT':>14s}{'after SFT':>14s}")
+    for split in ("train", "test"):
+        print(f"      {split + ' log π(y⁺|x)':28s}{base[split]['logp_chosen']:14.2f}{after[split]['logp_chosen']:14.2f}")
+        print(f"      {split + ' greedy accuracy':28s}{base[split]['accuracy']:14.2f}{after[split]['accuracy']:14.2f}")
+    print(f"      {'valley depth':28s}{base['valley_depth']:14.1f}{after['valley_depth']:14.1f}")
+    print("      generations after SFT (held-out prompts):")
+    for e in after["test"]["examples"]:
+        mark = "✓" if e["answer"] == e["correct"] else f"✗ (correct: {e['correct']})"
+        print(f"        {e['prompt']}  →  {e['answer']}  {mark}")
+    result = {"config": asdict(cfg), "versions": versions(), "params": model.num_params(),
+              "pretrain": {"losses": hist, **base}, "sft": {"losses": sft_hist, **after},
+              "runtime_s": round(time.perf_counter() - t0, 1)}
+    (out / "demo.json").write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {out / 'demo.json'} · checkpoints in {out}/pretrain, {out}/sft · {result['runtime_s']} s")
+    return result
+
+
+@torch.no_grad()
+def confidence_line(model, tok, text: str, n_words: int = 10) -> str:
+    ids = tok.encode(text)[: n_words + 1]
+    p = model(torch.tensor([ids], device=next(model.parameters()).device))[0].softmax(-1)  # (T, V)
+    return " ".join(f"{tok.decode([ids[t + 1]])}({p[t, ids[t + 1]].item():.2f})" for t in range(len(ids) - 1))
+
+
+def golden_losses() -> dict:
+    """First training losses on a fixed seed, float64 on the CPU: pretraining and SFT with each optimizer."""
+    world = World(0)
+    tok = world.tokenizer()
+    out = {}
+    for task in ("pretrain", "sft"):
+        for opt in ("sgd", "adamw", "rmsprop"):
+            torch.manual_seed(0)
+            model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).double()
+            data = (TextStream(tok, world.pretrain_docs(), 32, 4, seed=0) if task == "pretrain" else
+                    PairData(tok, [i.example() for i in world.train_items()], 4, seed=0))
+            cfg = TrainConfig(task=task, optimizer=opt, steps=5, lr=1e-2, warmup_steps=2, log_every=1,
+                              progress=False)
+            out[f"{task}/{opt}"] = [r["loss"] for r in Trainer(model, data, cfg, tok).run()]
+    return out
+
+
+def fast_mode() -> bool:
+    return os.environ.get("TINYLD_FAST", "") not in ("", "0")

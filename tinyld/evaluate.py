@@ -1,0 +1,70 @@
+"""Measurements on a model: confidence on text, valley depth, response log-probs, greedy answers.
+
+Valley depth is the mean log-prob per token that the model gives to *random* token sequences. A model that
+puts e^-30 on tokens it does not expect has deep valleys — the condition for the DPO squeezing effect
+(paper.md §3, §6). Report it beside every squeezing result.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from tinyld.data import collate, make_batch
+from tinyld.losses import sequence_logprob, token_logprobs
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def text_stats(model, tok, texts: Sequence[str]) -> dict:
+    """Mean top-1 probability and mean log-prob per token over every predicted token of ``texts``."""
+    model.eval()
+    seqs = [(tok.encode(t) + [tok.eos_id], 1) for t in texts]  # score every token after the first
+    b = collate(seqs, tok.pad_id, model.config.block_size).to(_device(model))
+    logits = model(b.idx)  # (B, T, V)
+    top1 = logits.softmax(-1).amax(-1)  # (B, T)
+    n = b.mask.sum()
+    return {"top1": (top1 * b.mask).sum().item() / n.item(),
+            "logp_per_token": token_logprobs(logits, b.targets).sum().item() / n.item(),
+            "tokens": int(n)}
+
+
+@torch.no_grad()
+def valley_depth(model, tok, n_seqs: int = 64, length: int = 16, seed: int = 0) -> float:
+    """Mean log π per token of uniformly random token sequences (ids ≥ 3 for the word tokenizer: no specials)."""
+    model.eval()
+    lo = 3 if getattr(tok, "name", "") == "word" else 0
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(lo, model.config.vocab_size, (n_seqs, length), generator=g).to(_device(model))  # (N, L)
+    logits = model(ids[:, :-1])  # (N, L-1, V)
+    return token_logprobs(logits, ids[:, 1:]).mean().item()
+
+
+@torch.no_grad()
+def response_logprobs(model, tok, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 64):
+    """log π(y | x) for each pair, summed over response tokens (EOS included): (N,) tensor on the CPU."""
+    model.eval()
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        b = make_batch(tok, prompts[i:i + batch_size], responses[i:i + batch_size], model.config.block_size)
+        b = b.to(_device(model))
+        out.append(sequence_logprob(model(b.idx), b.targets).cpu())  # (b,)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 12) -> list[str]:
+    """The model's greedy continuation of each prompt, up to EOS."""
+    model.eval()
+    answers = []
+    for p in prompts:
+        x = torch.tensor([tok.encode(p)], device=_device(model))  # (1, T)
+        out = model.generate(x, max_new_tokens, eos_id=tok.eos_id)[0, x.shape[1]:].tolist()
+        if tok.eos_id in out:
+            out = out[: out.index(tok.eos_id)]
+        answers.append(tok.decode(out).strip())
+    return answers
+

@@ -1,0 +1,294 @@
+"""A GPT-2 you can read in one sitting.
+
+Notable choices
+- Exactly GPT-2's architecture (pre-LayerNorm blocks, GELU-tanh MLP, learned positions, tied head), with the
+  Hugging Face parameter names, so a local GPT-2 folder imports with one rename and four transposes.
+- Attention is written out as a masked softmax by default. Every op then has forward- and reverse-mode AD, so
+  ``torch.func.jvp``, ``jacrev`` and ``vmap`` run through the whole model in float64 — the dynamics engine needs
+  that. ``GPTConfig.fast = True`` switches to fused ``scaled_dot_product_attention`` and lets the trainer use
+  bf16 autocast on a GPU (no forward-mode AD on that path; the engine falls back to the math kernel).
+- Dropout is 0 by default: the learning-dynamics decomposition assumes a deterministic forward.
+- ``forward`` returns logits only; losses live in :mod:`tinyld.losses`.
+
+Dims: B batch, T sequence length, V vocabulary, C width (n_embd), H heads, D = C / H head width.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinyld.runtime import TinyldError
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256  # V: rows of the embedding and the (tied) output head
+    block_size: int = 64  # longest sequence the model accepts (learned positions)
+    n_layer: int = 2  # transformer blocks
+    n_head: int = 4  # attention heads per block (n_embd must divide by it)
+    n_embd: int = 64  # C: residual-stream width
+    dropout: float = 0.0  # off by default: the dynamics decomposition assumes a deterministic forward
+    bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
+    layer_norm_eps: float = 1e-5  # GPT-2's epsilon
+    fast: bool = False  # the one fast switch: fused SDPA attention + bf16 autocast when training on a GPU
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise TinyldError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise TinyldError(
+                f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                f"pick n_head from {[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0][:8]}…")
+        if not 0.0 <= self.dropout < 1.0:
+            raise TinyldError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "GPTConfig":
+        """A named shape (see ``PRESETS``) with any field overridden, e.g. ``preset("tiny", vocab_size=200)``."""
+        if name not in PRESETS:
+            raise TinyldError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        """Build from a dict (a checkpoint, a JSON file); an unknown key is an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TinyldError(f"unknown GPTConfig field(s) {unknown}: valid fields are {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Shapes only; a tokenizer usually sets vocab_size. Parameter counts are in the README (python -m tinyld env).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=2, n_head=4, n_embd=64, block_size=64),  # ~0.1M + V·64: a step in milliseconds
+    "mini": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),  # ~0.8M + V·128: the "mid" size
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),  # GPT-2 small, 124M
+}
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.fast, self.dropout = cfg.n_head, cfg.fast, cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.attn_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        mask = torch.tril(torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool))
+        self.register_buffer("mask", mask, persistent=False)  # (block, block): True where j ≤ i
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        H, D = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        if self.fast:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, H, T, D)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, T) scores
+            att = att.masked_fill(~self.mask[:T, :T], float("-inf"))  # (B, H, T, T) no looking ahead
+            att = self.attn_drop(F.softmax(att, dim=-1))  # (B, H, T, T) rows sum to 1
+            y = att @ v  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side
+        return self.resid_drop(self.c_proj(y))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, 4C) GPT-2's "gelu_new"
+        return self.drop(self.c_proj(h))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embeddings (V, C)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # position embeddings (block, C)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied, as in GPT-2: one (V, C) matrix
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2·n_layer)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def num_params(self) -> int:
+        """Parameter count P, the tied embedding/head counted once (as GPT-2's 124,439,808)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def check_input(self, idx: torch.Tensor) -> None:
+        """Clear errors for the three classic input mistakes: wrong shape/dtype, too long, id out of range."""
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise TinyldError(f"GPT expects token ids of shape (B, T), got {shape}; add a batch dim with idx[None]")
+        if idx.dtype not in (torch.long, torch.int32, torch.int64):
+            raise TinyldError(f"token ids must be integers (torch.long), got dtype {idx.dtype}")
+        T = idx.shape[1]
+        if T > self.config.block_size:
+            raise TinyldError(
+                f"sequence length T={T} exceeds the model's block_size={self.config.block_size}: "
+                f"truncate to the last {self.config.block_size} tokens or use a config with a larger block_size")
+        if T == 0:
+            raise TinyldError("empty sequence (T=0): give the model at least one token")
+        if _is_wrapped(idx):  # inside vmap over inputs: values cannot be inspected
+            return
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = hi if hi >= self.config.vocab_size else lo
+            raise TinyldError(
+                f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size}): the tokenizer and the "
+                f"model disagree — build the model with vocab_size=tokenizer.vocab_size")
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (after ln_f), the features the head reads: (B, T, C)."""
+        self.check_input(idx)
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.h:
+            x = block(x)  # (B, T, C)
+        return self.ln_f(x)  # (B, T, C)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits z for the next token at every position: (B, T, V). Position t sees tokens ≤ t only."""
+        return self.lm_head(self.hidden(idx))  # (B, T, V)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                 eos_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue ``idx`` (B, T). temperature 0 = greedy. Stops early when every row has produced ``eos_id``."""
+        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)  # (B,)
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.block_size:])[:, -1, :]  # (B, V)
+            if temperature == 0.0:
+                nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+            if eos_id is not None:
+                nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
+                done |= nxt[:, 0] == eos_id
+            idx = torch.cat([idx, nxt], dim=1)  # (B, T+1)
+            if eos_id is not None and bool(done.all()):
+                break
+        return idx
+
+    # ---------------------------------------------------------------- local Hugging Face GPT-2 import
+    @classmethod
+    def from_hf(cls, folder: str | Path, fast: bool = False) -> "GPT":
+        """Load a local Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin).
+
+        No network. HF's GPT-2 stores its linear layers as Conv1D with weight (in, out): those four are
+        transposed into nn.Linear's (out, in).
+        """
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise TinyldError(f"no config.json in {folder}: point from_hf at a Hugging Face GPT-2 folder "
+                              "(config.json + model.safetensors or pytorch_model.bin)")
+        hf = json.loads(cfg_path.read_text())
+        if hf.get("model_type", "gpt2") != "gpt2":
+            raise TinyldError(f"{cfg_path} describes a {hf.get('model_type')!r} model; only GPT-2 imports")
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise TinyldError(f"activation_function={act!r} is not GPT-2's GELU-tanh; cannot import exactly")
+        n_embd = hf["n_embd"]
+        if hf.get("n_inner") not in (None, 4 * n_embd):
+            raise TinyldError(f"n_inner={hf['n_inner']} ≠ 4·n_embd: not supported")
+        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+            raise TinyldError("scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+        cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                        n_head=hf["n_head"], n_embd=n_embd, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                        fast=fast)
+        sd = _read_hf_weights(folder)
+        model = cls(cfg)
+        ours = model.state_dict()
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        loaded = {}
+        for key, w in sd.items():
+            k = key.removeprefix("transformer.")
+            if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
+                continue  # old causal-mask buffers; the head is tied to wte
+            if k not in ours:
+                raise TinyldError(f"unexpected tensor {key!r} in {folder}: not a GPT-2 LM checkpoint?")
+            if k.endswith(conv1d):
+                w = w.t()
+            if tuple(w.shape) != tuple(ours[k].shape):
+                raise TinyldError(f"tensor {key!r} has shape {tuple(w.shape)}, config.json implies "
+                                  f"{tuple(ours[k].shape)}: config and weights disagree")
+            loaded[k] = w
+        missing = sorted(set(ours) - set(loaded) - {"lm_head.weight"})
+        if missing:
+            raise TinyldError(f"{folder} lacks tensors {missing[:4]}{'…' if len(missing) > 4 else ''}: "
+                              "incomplete checkpoint")
+        with torch.no_grad():
+            for k, w in loaded.items():
+                ours[k].copy_(w)
+        return model
+
+
+def _read_hf_weights(folder: Path) -> dict:
+    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(st))
+        if pt.is_file():
+            return torch.load(pt, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or corrupt file
+        raise TinyldError(f"could not read weights in {folder} ({type(e).__name__}: {e}); "
+                          "the file is corrupt or truncated — copy it again") from None
+    raise TinyldError(f"no model.safetensors or pytorch_model.bin in {folder}")
+
+
+def _is_wrapped(t: torch.Tensor) -> bool:
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check and check(t))

@@ -1,0 +1,94 @@
+"""Small shared pieces every module needs: the error type, the device/dtype choice, seeding, versions.
+
+Notable choices
+- Every user-facing failure raises :class:`TinyldError` (a ``ValueError``) with one message that names the
+  offending value and the fix, instead of a deep PyTorch traceback.
+- :func:`pick_device` decides cuda → mps → cpu and *says why*, so a lesson's first printed lines tell the
+  reader where the numbers came from.
+- :func:`exact_mode` switches TF32 off: exactness checks in tinyld run in float64 on the CPU with TF32 off.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class TinyldError(ValueError):
+    """A mistake in what the user passed in, explained in words (value + fix)."""
+
+
+class TrainingDiverged(TinyldError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: torch.device
+    dtype: torch.dtype
+    reason: str
+
+    def __str__(self) -> str:
+        return f"device={self.device} dtype={str(self.dtype).replace('torch.', '')} ({self.reason})"
+
+
+def pick_device(prefer: str = "auto", exact: bool = False, verbose: bool = False) -> DeviceChoice:
+    """Choose where to run: cuda → mps → cpu, and float32 (float64 when ``exact``).
+
+    ``prefer`` is "auto", "cpu", "cuda" or "mps". Exact (float64) work always runs on the CPU, because
+    float64 on consumer GPUs is slow or missing and TF32 would spoil the comparison.
+    """
+    if prefer not in ("auto", "cpu", "cuda", "mps"):
+        raise TinyldError(f"unknown device {prefer!r}: use one of auto, cpu, cuda, mps")
+    if exact:
+        choice = DeviceChoice(torch.device("cpu"), torch.float64, "exact mode: float64 on the CPU, TF32 off")
+    elif prefer == "cuda" or (prefer == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TinyldError("device 'cuda' requested but torch.cuda.is_available() is False: use --device cpu")
+        choice = DeviceChoice(torch.device("cuda"), torch.float32, f"CUDA GPU found: {torch.cuda.get_device_name()}")
+    elif prefer == "mps" or (prefer == "auto" and _mps_ok()):
+        if not _mps_ok():
+            raise TinyldError("device 'mps' requested but Apple MPS is not available: use --device cpu")
+        choice = DeviceChoice(torch.device("mps"), torch.float32, "Apple GPU (MPS) found")
+    else:
+        why = "asked for the CPU" if prefer == "cpu" else "no CUDA or MPS device found"
+        choice = DeviceChoice(torch.device("cpu"), torch.float32, why)
+    if verbose:
+        print(f"[tinyld] {choice}")
+    return choice
+
+
+def _mps_ok() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def exact_mode() -> None:
+    """Turn TF32 off everywhere (matters on Ampere+ GPUs; harmless on the CPU)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict:
+    """Versions that decide the numbers: printed at the start of experiments, stored in checkpoints."""
+    import tinyld
+
+    return {
+        "tinyld": tinyld.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,0 +1,189 @@
+"""A small synthetic world of people and facts — the stand-in for "the internet" and "instruction data".
+
+Every person has one value for each relation (lives in a city, works as a job, has a pet, likes a food, loves a
+color). From those facts the world writes:
+
+(a) **pretraining text** — short biographies (each fact in one of two phrasings), question/answer pages for a
+    third of the people, and fluent "story" sentences about nothing in particular;
+(b) **instruction data** — ``question : where does alice live ? answer :`` → ``alice lives in paris .``, with
+    plausible wrong answers (same relation, another value) for preference data;
+(c) **held-out prompts** — the same kind of questions about people whose Q&A was never trained on.
+
+Everything is deterministic given ``seed``. :meth:`World.probes` derives, for any prompt, the response families
+of the paper's probing dataset (paper.md §4) that do not need a model: rephrases, format-preserving rewrites,
+another question's answer, a fluent unrelated sentence, word permutations and random tokens. (``y_init`` and
+``y*`` depend on the model; the training and dynamics code computes them.)
+
+Texts are lower-case words separated by single spaces, so the same strings work with the word-level tokenizer
+and with GPT-2's BPE.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tinyld.data import Example
+from tinyld.tokenizers import WordTokenizer
+
+NAMES = ("alice bob carol dave erin frank grace heidi ivan judy karl liam mona nina oscar peggy quinn rita sam "
+         "tina uma victor wendy xena yuri zoe").split()
+RELATIONS = {  # relation: (values, canonical answer, rephrase, question)
+    "city": ("paris rome tokyo cairo lima oslo delhi quito".split(),
+             "{n} lives in {v} .", "the home of {n} is {v} .", "where does {n} live ?"),
+    "job": ("baker doctor pilot farmer singer teacher tailor judge".split(),
+            "{n} works as a {v} .", "the job of {n} is {v} .", "what does {n} do for work ?"),
+    "pet": ("cat dog parrot horse rabbit goat fox owl".split(),
+            "{n} has a {v} .", "the pet of {n} is a {v} .", "what pet does {n} have ?"),
+    "food": ("apples bread cheese rice soup fish plums honey".split(),
+             "{n} likes {v} .", "the favourite food of {n} is {v} .", "what food does {n} like ?"),
+    "color": ("red blue green yellow purple orange white black".split(),
+              "{n} loves the color {v} .", "the favourite color of {n} is {v} .", "what color does {n} love ?"),
+}
+STORY = {  # a tiny grammar for fluent sentences that mention no fact
+    "adj": "old quiet bright small cold warm tall dark".split(),
+    "noun": "river hill road tree house bridge garden window".split(),
+    "verb": "runs stands waits rests sleeps shines".split(),
+    "prep": "near past under beside behind".split(),
+}
+PROMPT = "question : {q} answer :"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One instruction prompt about one fact."""
+
+    prompt: str  # x
+    chosen: str  # y⁺: the correct answer, canonical phrasing
+    rejected: str  # y⁻: a plausible wrong answer (same relation, another value)
+    name: str
+    relation: str
+    value: str  # the true value
+    wrong: str  # the value used in ``rejected``
+
+    def example(self, split: str = "") -> Example:
+        return Example(self.prompt, self.chosen, self.rejected,
+                       {"name": self.name, "relation": self.relation, "split": split})
+
+
+class World:
+    """The world for one seed. ``n_people`` ≤ 26; a third of the people appear with Q&A in pretraining, a third
+    form the SFT/preference training prompts, the rest are held out for testing."""
+
+    def __init__(self, seed: int = 0, n_people: int = 24):
+        if not 3 <= n_people <= len(NAMES):
+            raise ValueError(f"n_people must be in [3, {len(NAMES)}], got {n_people}")
+        self.seed = seed
+        rng = random.Random(seed)
+        self.people = rng.sample(NAMES, n_people)
+        self.facts = {n: {r: rng.choice(vals) for r, (vals, *_) in RELATIONS.items()} for n in self.people}
+        k = n_people // 3
+        self.qa_people, self.train_people, self.test_people = (
+            self.people[:k], self.people[k: 2 * k], self.people[2 * k:])
+
+    # ------------------------------------------------------------------ sentences
+    def fact(self, name: str, rel: str, value: str | None = None, rephrase: bool = False) -> str:
+        vals, canon, reph, _ = RELATIONS[rel]
+        return (reph if rephrase else canon).format(n=name, v=value or self.facts[name][rel])
+
+    def item(self, name: str, rel: str) -> Item:
+        true = self.facts[name][rel]
+        rng = random.Random(f"{self.seed}/{name}/{rel}")
+        wrong = rng.choice([v for v in RELATIONS[rel][0] if v != true])
+        return Item(PROMPT.format(q=RELATIONS[rel][3].format(n=name)), self.fact(name, rel),
+                    self.fact(name, rel, wrong), name, rel, true, wrong)
+
+    def story(self, rng: random.Random) -> str:
+        a, n, v, p = (rng.choice(STORY[k]) for k in ("adj", "noun", "verb", "prep"))
+        return f"the {a} {n} {v} {p} the {rng.choice(STORY['adj'])} {rng.choice(STORY['noun'])} ."
+
+    # ------------------------------------------------------------------ the three data sets
+    def pretrain_docs(self) -> list[str]:
+        """Pretraining documents: a biography per person (×3 phrasing draws), Q&A pages, stories."""
+        rng = random.Random(f"{self.seed}/pretrain")
+        docs = []
+        for _ in range(3):
+            for n in self.people:
+                rels = list(RELATIONS)
+                rng.shuffle(rels)
+                docs.append(" ".join(self.fact(n, r, rephrase=rng.random() < 0.5) for r in rels))
+        for n in self.qa_people:
+            for r in RELATIONS:
+                it = self.item(n, r)
+                docs.append(f"{it.prompt} {it.chosen}")
+        docs += [" ".join(self.story(rng) for _ in range(3)) for _ in range(2 * len(self.people))]
+        rng.shuffle(docs)
+        return docs
+
+    def train_items(self) -> list[Item]:
+        """Instruction prompts to finetune on (SFT, DPO)."""
+        return [self.item(n, r) for n in self.train_people for r in RELATIONS]
+
+    def test_items(self) -> list[Item]:
+        """Held-out prompts: the facts appear in pretraining text, the Q&A never does."""
+        return [self.item(n, r) for n in self.test_people for r in RELATIONS]
+
+    def heldout_text(self) -> list[str]:
+        """World text not in the pretraining documents: each test person's facts, one sentence per relation
+        in a fresh order and phrasing (the biographies themselves were seen)."""
+        rng = random.Random(f"{self.seed}/heldout")
+        return [" ".join(self.fact(n, r, rephrase=rng.random() < 0.5) for r in rng.sample(list(RELATIONS), 5))
+                for n in self.test_people]
+
+    # ------------------------------------------------------------------ vocabulary
+    def words(self) -> list[str]:
+        """Every word the world can write (sorted)."""
+        w = set(NAMES) | set(PROMPT.split()) - {"{q}"}
+        for vals, *templates in RELATIONS.values():
+            w |= set(vals)
+            for t in templates:
+                w |= {x for x in t.split() if "{" not in x}
+        for vals in STORY.values():
+            w |= set(vals)
+        return sorted(w | {"the", "."})
+
+    def tokenizer(self) -> WordTokenizer:
+        return WordTokenizer(self.words())
+
+    def random_words(self, n: int, rng: random.Random) -> str:
+        """n words drawn uniformly from the vocabulary: text the model should find very unlikely."""
+        words = self.words()
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    # ------------------------------------------------------------------ probe families (paper §4)
+    def probes(self, item: Item) -> dict[str, str]:
+        """Model-free response families for one prompt, keyed by the paper's names (paper.md §4).
+
+        chosen y_u⁺ · rejected y_u⁻ · gpts_chosen / gpts_rejected (rephrase, same meaning) · gptf_chosen /
+        gptf_rejected (same format, another person: meaning changed) · other_chosen y_{j≠u}⁺ (another training
+        prompt's answer) · test_chosen y_test⁺ (a held-out prompt's answer) · hum (fluent unrelated sentence) ·
+        urnd_chosen (y_u⁺ with its words permuted) · rnd (a permuted unrelated sentence: non-human text) ·
+        random_tokens (uniform random words).
+        """
+        rng = random.Random(f"{self.seed}/probes/{item.name}/{item.relation}")
+        train, test = self.train_items(), self.test_items()
+        pool = train if item in train else test
+        other = pool[(pool.index(item) + len(RELATIONS) + 1) % len(pool)] if item in pool else train[0]
+        held = test[rng.randrange(len(test))]
+        if held == item:
+            held = test[(test.index(item) + 1) % len(test)]
+        somebody = rng.choice([n for n in self.people if n != item.name])
+        n_words = len(item.chosen.split())
+        perm = item.chosen.split()
+        while perm == item.chosen.split():
+            rng.shuffle(perm)
+        rnd = (self.story(rng)).split()
+        rng.shuffle(rnd)
+        return {
+            "chosen": item.chosen,
+            "rejected": item.rejected,
+            "gpts_chosen": self.fact(item.name, item.relation, item.value, rephrase=True),
+            "gpts_rejected": self.fact(item.name, item.relation, item.wrong, rephrase=True),
+            "gptf_chosen": self.fact(somebody, item.relation, item.value),
+            "gptf_rejected": self.fact(somebody, item.relation, item.wrong),
+            "other_chosen": other.chosen,
+            "test_chosen": held.chosen,
+            "hum": self.story(rng),
+            "urnd_chosen": " ".join(perm),
+            "rnd": " ".join(rnd),
+            "random_tokens": self.random_words(n_words, rng),
+        }
