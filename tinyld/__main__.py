@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     d = sub.add_parser("demo", help="the main job: pretrain + SFT a tiny GPT on the synthetic world")
     d.add_argument("--seed", type=int, help="seed for the world, init and data order (default 0)")
     d.add_argument("--preset", help="model preset: tiny (default) or mini")
-    d.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="pretraining steps (default 2000)")
+    d.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="pretraining steps (default 3000)")
     d.add_argument("--pretrain-lr", dest="pretrain_lr", type=float, help="pretraining AdamW lr (default 2e-2)")
     d.add_argument("--sft-steps", dest="sft_steps", type=int, help="SFT steps (default 60)")
     d.add_argument("--sft-lr", dest="sft_lr", type=float, help="SFT AdamW lr (default 1e-3)")

@@ -25,7 +25,7 @@ from tinyld.world import World
 class DemoConfig:
     seed: int = 0  # one seed for the world, the init and the data order
     preset: str = "tiny"  # model shape (GPTConfig presets); vocab comes from the world's tokenizer
-    pretrain_steps: int = 2000  # next-token steps on the world's text (~45 s for tiny on 2 cores)
+    pretrain_steps: int = 3000  # next-token steps on the world's text (~55 s for tiny on 2 cores)
     pretrain_lr: float = 2e-2  # AdamW, 50 warm-up steps, cosine decay: long + hot = confident, deep valleys
     batch_size: int = 16  # windows of block_size tokens per pretraining step
     sft_steps: int = 60  # SFT steps on the 40 training prompts (8 per batch: 12 epochs)
