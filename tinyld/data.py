@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from tinyld.runtime import TinyldError
+from tinyld.tokenizers import fingerprint
 
 IGNORE = -100  # label of a position that carries no loss (prompt or padding)
 
@@ -36,6 +37,7 @@ class Example:
 class Batch:
     idx: torch.Tensor  # (B, T) input token ids
     targets: torch.Tensor  # (B, T) next-token ids, IGNORE where no loss
+    tok: str | None = None  # fingerprint of the tokenizer that built it (tokenizers.fingerprint); None: unknown
 
     def __post_init__(self):
         if self.idx.shape != self.targets.shape:
@@ -43,7 +45,7 @@ class Batch:
                               f"{tuple(self.targets.shape)}; both must be (B, T)")
 
     def to(self, device) -> "Batch":
-        return Batch(self.idx.to(device), self.targets.to(device))
+        return Batch(self.idx.to(device), self.targets.to(device), self.tok)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -71,10 +73,11 @@ def make_batch(tok, prompts: Sequence[str], responses: Sequence[str | None], blo
     if not prompts:
         raise TinyldError("empty batch: give at least one (prompt, response) pair")
     seqs = [encode_example(tok, p, r, append_eos) for p, r in zip(prompts, responses)]
-    return collate(seqs, tok.pad_id, block_size)
+    return collate(seqs, tok.pad_id, block_size, fingerprint(tok))
 
 
-def collate(seqs: Sequence[tuple[list[int], int]], pad_id: int, block_size: int | None = None) -> Batch:
+def collate(seqs: Sequence[tuple[list[int], int]], pad_id: int, block_size: int | None = None,
+            tok: str | None = None) -> Batch:
     """[(ids of χ, prompt length)] → Batch. Sequences are right-padded; the model is causal, so padding after
     a sequence never changes its logits."""
     T = max(len(s) for s, _ in seqs) - 1
@@ -91,7 +94,7 @@ def collate(seqs: Sequence[tuple[list[int], int]], pad_id: int, block_size: int 
         s = torch.tensor(s, dtype=torch.long)
         idx[b, : len(s) - 1] = s[:-1]
         targets[b, n_prompt - 1: len(s) - 1] = s[n_prompt:]  # position t predicts token t+1
-    return Batch(idx, targets)
+    return Batch(idx, targets, tok)
 
 
 def read_jsonl(path: str | Path) -> list[Example]:
@@ -137,12 +140,13 @@ class TextStream:
             raise TinyldError(f"pretraining text has {len(self.tokens)} tokens, fewer than one window of "
                               f"block_size+1={block_size + 1}: add text or lower block_size")
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.tok = fingerprint(tok)
 
     def batch(self, step: int) -> Batch:
         T = self.block_size
         start = torch.randint(0, len(self.tokens) - T - 1, (self.batch_size,), generator=_generator(self.seed, step))
         win = torch.stack([self.tokens[s: s + T + 1] for s in start.tolist()])  # (B, T+1)
-        return Batch(win[:, :-1], win[:, 1:])
+        return Batch(win[:, :-1], win[:, 1:], self.tok)
 
 
 class PairData:
@@ -154,7 +158,7 @@ class PairData:
             raise TinyldError("no examples: SFT needs at least one (prompt, response) pair")
         self.seqs = [encode_example(tok, e.prompt, e.chosen) for e in examples]
         collate(self.seqs, tok.pad_id, block_size)  # validate every length once, up front
-        self.tok, self.block_size, self.seed = tok, block_size, seed
+        self.tok, self.block_size, self.seed, self.fp = tok, block_size, seed, fingerprint(tok)
         self.batch_size = min(batch_size, len(self.seqs))
         self.batches_per_epoch = len(self.seqs) // self.batch_size
 
@@ -162,4 +166,4 @@ class PairData:
         epoch, i = divmod(step, self.batches_per_epoch)
         order = torch.randperm(len(self.seqs), generator=_generator(self.seed, epoch)).tolist()
         pick = order[i * self.batch_size: (i + 1) * self.batch_size]
-        return collate([self.seqs[j] for j in pick], self.tok.pad_id, self.block_size)
+        return collate([self.seqs[j] for j in pick], self.tok.pad_id, self.block_size, self.fp)

@@ -12,6 +12,7 @@ rebuild the exact encoder.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence, runtime_checkable
@@ -149,6 +150,12 @@ class WordTokenizer:
     def identity(self) -> dict:
         return {"kind": self.name, "vocab_size": self.vocab_size, "words": self.itos[len(self.SPECIALS):],
                 "allow_unknown": self.allow_unknown}
+
+
+def fingerprint(tok) -> str:
+    """A short name that differs between tokenizers with different vocabularies, e.g. ``word:128:3fa2c1d0``."""
+    ident = json.dumps(tok.identity(), sort_keys=True)
+    return f"{tok.name}:{tok.vocab_size}:{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
 
 
 def tokenizer_from_identity(ident: dict) -> Tokenizer:

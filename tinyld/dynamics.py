@@ -1,0 +1,462 @@
+"""The one-step decomposition  Δ log π(·|x_o) ≈ −η · A(x_o) · K(x_o, x_u) · G(x_u, y_u)  as tensors.
+
+Everything here talks about **rows of logits**. A row is one V-vector z. For a classifier it is the output for
+one input. For a language model under teacher forcing it is one scored (response) position of a sequence. A
+:class:`Rows` object says where the rows are read (``lm_rows(batch)`` or ``class_rows(x, y)``), which label each
+row carries and which sequence ("group") it belongs to. The sequence-level change of log π(y|x) is the sum over
+that sequence's rows (paper eq. 5).
+
+The three factors, with N_o observed rows, N_u updating rows and P parameters:
+
+- ``A`` (N_o, V, V) = I − 1πᵀ per observed row: :func:`softmax_jacobian`. :func:`apply_A` applies it without
+  forming it: A·v = v − (πᵀv)·1.
+- ``G`` (N_u, V) = ∂L/∂z on the updating rows: hand-derived residuals (:mod:`tinyld.losses`), one part per
+  sequence set. DPO has two parts, chosen (+) and rejected (−).
+- ``K`` (N_o, V, N_u, V) = J_o J_uᵀ, the empirical NTK. There are three routes, chosen by size:
+  1. :func:`kernel` computes the full eNTK from Jacobians (tiny models and vocabularies only; it refuses larger
+     ones).
+  2. :func:`kernel_restricted` computes K on chosen (row, token) logits: one backward per chosen logit, batched.
+  3. :func:`kg` computes K·G contracted. g_u = J_uᵀG is one backward, and K·G = J_o g_u is one forward-mode JVP.
+     This route works at GPT-2 size over the full vocabulary.
+
+:func:`one_step` takes a real step and compares it with the prediction. The step is plain SGD through A·K·G, or
+any optimizer through the JVP along its actual update θ_{t+1} − θ_t.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, jacrev, jvp
+
+from tinyld.data import IGNORE, Batch
+from tinyld.losses import ce_residual, dpo_loss, dpo_scale
+from tinyld.runtime import TinyldError
+
+# --------------------------------------------------------------------------------------------------------------
+# Rows: where logits are read
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """N rows of V logits: the scored positions of an LM batch, or a classifier's outputs."""
+
+    inputs: torch.Tensor  # idx (B, T) for an LM · x (B, D…) for a classifier
+    index: torch.Tensor | None  # (B, T) bool: which positions are rows (LM) · None: one row per input
+    labels: torch.Tensor  # (N,) the label (observed or target token) of each row; IGNORE if none
+    group: torch.Tensor  # (N,) which sequence / input each row belongs to
+    n_groups: int  # number of sequences / inputs
+    tok: str | None = None  # tokenizer fingerprint (None: unknown, e.g. a classifier)
+
+    @property
+    def n(self) -> int:
+        return self.labels.shape[0]
+
+    def logits(self, model, params: dict | None = None) -> torch.Tensor:
+        """z at the rows: (N, V). With ``params`` the model is called functionally (for torch.func)."""
+        out = model(self.inputs) if params is None else functional_call(model, params, (self.inputs,))
+        return out if self.index is None else out[self.index]  # (N, V)
+
+    def to_groups(self, per_row: torch.Tensor) -> torch.Tensor:
+        """Sum a per-row quantity (N,) into its sequences: (n_groups,)."""
+        return torch.zeros(self.n_groups, dtype=per_row.dtype, device=per_row.device).index_add_(
+            0, self.group.to(per_row.device), per_row)
+
+
+def lm_rows(batch: Batch) -> Rows:
+    """The response positions of a batch (targets ≠ −100) as rows; labels are the response tokens."""
+    mask = batch.mask  # (B, T)
+    if not bool(mask.any()):
+        raise TinyldError("the batch has no response tokens (every target is −100): observed and updating "
+                          "examples need a non-empty response")
+    group = torch.arange(batch.idx.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]  # (N,)
+    return Rows(batch.idx, mask, batch.targets[mask], group, batch.idx.shape[0], batch.tok)
+
+
+def class_rows(x: torch.Tensor, y: torch.Tensor | None = None) -> Rows:
+    """One row per input of a classifier; ``y`` (B,) are class labels (optional for observed inputs)."""
+    B = x.shape[0]
+    if B == 0:
+        raise TinyldError("empty input batch: give at least one example")
+    labels = y if y is not None else torch.full((B,), IGNORE, dtype=torch.long, device=x.device)
+    return Rows(x, None, labels, torch.arange(B, device=x.device), B)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Updates: an updating batch with its loss (autograd oracle) and its hand-derived residuals
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SFTUpdate:
+    """SFT / cross-entropy on ``rows``: L = weight · mean over sequences of −Σ_rows log π(label)."""
+
+    name = "sft"
+
+    def __init__(self, rows: Rows, weight: float = 1.0):
+        self.rows, self.weight = rows, weight
+
+    def loss(self, model) -> torch.Tensor:
+        z = self.rows.logits(model)  # (N, V)
+        logp = -F.cross_entropy(z, self.rows.labels, reduction="none", ignore_index=IGNORE)  # (N,)
+        return -self.weight * self.rows.to_groups(logp).mean()
+
+    def residuals(self, model) -> list[tuple[Rows, torch.Tensor, torch.Tensor]]:
+        """[(rows, z with graph (N, V), G (N, V))] with G = weight·(π − e_y)/n_sequences."""
+        z = self.rows.logits(model)  # (N, V)
+        G = self.weight * ce_residual(z.detach(), self.rows.labels) / self.rows.n_groups  # (N, V)
+        return [(self.rows, z, G)]
+
+    def split(self) -> list["SFTUpdate"]:
+        """One update per sequence, weighted so that their gradients sum to this update's gradient."""
+        r = self.rows
+        return [SFTUpdate(_sub_rows(r, b), self.weight / r.n_groups) for b in range(r.n_groups)]
+
+
+class DPOUpdate:
+    """DPO on pairs: L = weight · mean_b −log σ(β[(log π(y⁺_b) − ref⁺_b) − (log π(y⁻_b) − ref⁻_b)])."""
+
+    name = "dpo"
+
+    def __init__(self, chosen: Rows, rejected: Rows, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+                 beta: float = 0.1, weight: float = 1.0):
+        if chosen.n_groups != rejected.n_groups:
+            raise TinyldError(f"DPO needs as many chosen as rejected responses, got {chosen.n_groups} and "
+                              f"{rejected.n_groups}")
+        self.chosen, self.rejected, self.beta, self.weight = chosen, rejected, beta, weight
+        self.ref_c, self.ref_r = ref_chosen.detach(), ref_rejected.detach()  # (B,) log π_ref(y±|x), summed
+
+    def _seq_logp(self, rows: Rows, z: torch.Tensor) -> torch.Tensor:
+        return rows.to_groups(-F.cross_entropy(z, rows.labels, reduction="none", ignore_index=IGNORE))  # (B,)
+
+    def loss(self, model) -> torch.Tensor:
+        lc = self._seq_logp(self.chosen, self.chosen.logits(model))  # (B,)
+        lr = self._seq_logp(self.rejected, self.rejected.logits(model))  # (B,)
+        return self.weight * dpo_loss(lc, lr, self.ref_c, self.ref_r, self.beta)
+
+    def residuals(self, model):
+        """Chosen part G⁺ = +s·(π − e_{y⁺})/B and rejected part G⁻ = −s·(π − e_{y⁻})/B, s = β(1 − a) per pair."""
+        zc, zr = self.chosen.logits(model), self.rejected.logits(model)  # (N⁺, V), (N⁻, V)
+        with torch.no_grad():
+            s = self.weight * dpo_scale(self._seq_logp(self.chosen, zc), self._seq_logp(self.rejected, zr),
+                                        self.ref_c, self.ref_r, self.beta) / self.chosen.n_groups  # (B,)
+            Gc = s[self.chosen.group, None] * ce_residual(zc, self.chosen.labels)  # (N⁺, V)
+            Gr = -s[self.rejected.group, None] * ce_residual(zr, self.rejected.labels)  # (N⁻, V)
+        return [(self.chosen, zc, Gc), (self.rejected, zr, Gr)]
+
+    def split(self) -> list["DPOUpdate"]:
+        B = self.chosen.n_groups
+        return [DPOUpdate(_sub_rows(self.chosen, b), _sub_rows(self.rejected, b), self.ref_c[b:b + 1],
+                          self.ref_r[b:b + 1], self.beta, self.weight / B) for b in range(B)]
+
+
+class ResidualUpdate:
+    """An update given directly by its residual G (N_u, V): L = Σ ⟨z_u, G⟩, so ∇L = J_uᵀG exactly.
+
+    Use it to ask "what if G were e_v at row l?" (that reads off one column of K) or to try a loss of your own."""
+
+    name = "residual"
+
+    def __init__(self, rows: Rows, G: torch.Tensor):
+        if G.shape[0] != rows.n:
+            raise TinyldError(f"G has {G.shape[0]} rows but the updating batch has {rows.n} scored positions")
+        self.rows, self.G = rows, G.detach()
+
+    def loss(self, model) -> torch.Tensor:
+        return (self.rows.logits(model) * self.G).sum()
+
+    def residuals(self, model):
+        return [(self.rows, self.rows.logits(model), self.G)]
+
+    def split(self) -> list["ResidualUpdate"]:
+        return [ResidualUpdate(_sub_rows(self.rows, b), self.G[self.rows.group == b]) for b in
+                range(self.rows.n_groups)]
+
+
+UPDATES = {"sft": SFTUpdate, "ce": SFTUpdate, "dpo": DPOUpdate, "residual": ResidualUpdate}
+
+
+def make_update(loss: str, *args, **kw):
+    """Build an update by loss name: ``make_update("sft", rows)``, ``make_update("dpo", c, r, ref_c, ref_r)``."""
+    if loss not in UPDATES:
+        raise TinyldError(f"unknown loss {loss!r}: choose one of {', '.join(UPDATES)}")
+    return UPDATES[loss](*args, **kw)
+
+
+def _sub_rows(r: Rows, b: int) -> Rows:
+    """The rows of sequence b alone, as a batch of one."""
+    keep = r.group == b  # (N,)
+    inputs = r.inputs[b:b + 1]
+    index = None if r.index is None else r.index[b:b + 1]
+    return Rows(inputs, index, r.labels[keep], torch.zeros(int(keep.sum()), dtype=torch.long,
+                                                           device=r.group.device), 1, r.tok)
+
+
+def _update_rows(update) -> list[Rows]:
+    return [update.chosen, update.rejected] if isinstance(update, DPOUpdate) else [update.rows]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A and the checks every entry point makes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def softmax_jacobian(logits: torch.Tensor) -> torch.Tensor:
+    """A = ∂ log softmax(z)/∂z = I − 1πᵀ (row i is e_i − π): (…, V, V)."""
+    pi = F.softmax(logits, dim=-1)  # (…, V)
+    eye = torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device)  # (V, V)
+    return eye - pi.unsqueeze(-2)  # (…, V, V): A[i, j] = δ_ij − π_j
+
+
+def apply_A(logits: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """A·Δz = Δz − (πᵀΔz)·1 per row, without forming A: (…, V)."""
+    pi = F.softmax(logits, dim=-1)  # (…, V)
+    return dz - (pi * dz).sum(-1, keepdim=True)  # (…, V)
+
+
+def _check(model, *rows: Rows, eta: float | None = None) -> None:
+    if eta is not None and not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
+        raise TinyldError(f"learning rate eta must be a positive finite number, got {eta!r}")
+    if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        warnings.warn("the model is in training mode with dropout on: the decomposition assumes a deterministic "
+                      "forward, so predictions will not match — call model.eval() first", stacklevel=3)
+    toks = {r.tok for r in rows if r.tok is not None}
+    if len(toks) > 1:
+        raise TinyldError(f"observed and updating examples were built with different tokenizers ({sorted(toks)}): "
+                          "build every batch with the model's tokenizer")
+    V = getattr(getattr(model, "config", None), "vocab_size", None)
+    for r in rows:
+        if r.n == 0:
+            raise TinyldError("empty rows: observed and updating examples need at least one scored token")
+        if r.tok is not None and V is not None and int(r.tok.split(":")[1]) != V:
+            raise TinyldError(f"a batch was built with a {r.tok.split(':')[1]}-token vocabulary but the model has "
+                              f"vocab_size={V}: use the tokenizer the model was trained with")
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def _math_attention(model):
+    """Fused SDPA kernels have no forward-mode AD: run the JVP on the math kernel when ``fast`` is on."""
+    if getattr(getattr(model, "config", None), "fast", False):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Route 3: K·G contracted (gradient + JVP) — any size, full vocabulary
+# --------------------------------------------------------------------------------------------------------------
+
+
+def gradient(model, update) -> dict[str, torch.Tensor]:
+    """g_u = Σ_parts J_uᵀ G_u, one backward through the hand-derived residuals. It equals ∇_θ L_u."""
+    names, params = zip(*model.named_parameters())
+    with torch.enable_grad():
+        parts = update.residuals(model)
+        total = sum((z * G).sum() for _, z, G in parts)  # Σ ⟨z, G⟩ whose gradient is Jᵀ G
+        grads = torch.autograd.grad(total, params, allow_unused=True)
+    return {n: (g if g is not None else torch.zeros_like(p)) for n, p, g in zip(names, params, grads)}
+
+
+def jvp_rows(model, rows: Rows, direction: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, J·v) at the rows for a parameter direction v: two (N, V) tensors, one forward-mode pass."""
+    params = _params(model)
+    with _math_attention(model):
+        return jvp(lambda p: rows.logits(model, p), (params,), ({k: direction[k] for k in params},))
+
+
+def kg(model, observed: Rows, update) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_o, K·G) — K(x_o, x_u)·G(x_u) contracted, full vocabulary: two (N_o, V) tensors."""
+    _check(model, observed, *_update_rows(update))
+    return jvp_rows(model, observed, gradient(model, update))
+
+
+def predict(model, observed: Rows, update, eta: float) -> torch.Tensor:
+    """Predicted Δ log π at every observed row over the whole vocabulary: −η·A·(K·G), (N_o, V)."""
+    _check(model, observed, *_update_rows(update), eta=eta)
+    z, KG = kg(model, observed, update)  # (N_o, V), (N_o, V)
+    return -eta * apply_A(z, KG)  # (N_o, V)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Routes 1 and 2: K itself
+# --------------------------------------------------------------------------------------------------------------
+
+
+def kernel(model, observed: Rows, updating: Rows | None = None, max_bytes: float = 2 ** 31) -> torch.Tensor:
+    """The full eNTK K(x_o, x_u) = J_o J_uᵀ: (N_o, V, N_u, V). Refuses when the Jacobians exceed ``max_bytes``."""
+    updating = observed if updating is None else updating
+    _check(model, observed, updating)
+    params = _params(model)
+    P = sum(p.numel() for p in params.values())
+    V = observed.logits(model).shape[-1] if not hasattr(model, "config") else model.config.vocab_size
+    item = next(iter(params.values())).element_size()
+    need = (observed.n + updating.n) * V * P * item + observed.n * updating.n * V * V * item
+    if need > max_bytes:
+        raise TinyldError(
+            f"the full K for {observed.n}+{updating.n} rows × V={V} logits × P={P:,} parameters needs "
+            f"≈{need / 2**30:.1f} GiB (limit {max_bytes / 2**30:.1f} GiB): use kernel_restricted() on chosen "
+            "(row, token) logits, or kg()/predict() for K·G over the full vocabulary")
+
+    def jac(rows):
+        with _math_attention(model):
+            J = jacrev(lambda p: rows.logits(model, p))(params)  # name → (N, V, *shape)
+        return torch.cat([J[k].reshape(rows.n * V, -1) for k in params], dim=1)  # (N·V, P)
+
+    Jo = jac(observed)  # (N_o·V, P)
+    Ju = Jo if updating is observed else jac(updating)  # (N_u·V, P)
+    return (Jo @ Ju.T).reshape(observed.n, V, updating.n, V)  # (N_o, V, N_u, V)
+
+
+def kernel_restricted(model, observed: Rows, sel_o: torch.Tensor, updating: Rows | None = None,
+                      sel_u: torch.Tensor | None = None) -> torch.Tensor:
+    """K on chosen logits: sel (S, 2) lists (row, token) pairs; returns (S_o, S_u) = J_{sel_o} J_{sel_u}ᵀ."""
+    updating, sel_u = (observed, sel_o) if updating is None else (updating, sel_u)
+    _check(model, observed, updating)
+    Jo = _selected_jacobian(model, observed, sel_o)  # (S_o, P)
+    Ju = Jo if (updating is observed and sel_u is sel_o) else _selected_jacobian(model, updating, sel_u)
+    return Jo @ Ju.T  # (S_o, S_u)
+
+
+def _selected_jacobian(model, rows: Rows, sel: torch.Tensor) -> torch.Tensor:
+    """Gradients of the chosen scalar logits, one batched backward: (S, P)."""
+    params = list(model.parameters())
+    with torch.enable_grad():
+        z = rows.logits(model)  # (N, V)
+        zs = z[sel[:, 0], sel[:, 1]]  # (S,)
+        eye = torch.eye(len(zs), dtype=z.dtype, device=z.device)  # (S, S) one basis vector per chosen logit
+        grads = torch.autograd.grad(zs, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros(len(zs), *p.shape, dtype=z.dtype)).reshape(len(zs), -1)
+                      for g, p in zip(grads, params)], dim=1)  # (S, P)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prediction vs reality
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepReport:
+    """Predicted and actual Δ log π after one real step, per token and per sequence, with their errors."""
+
+    eta: float  # the learning rate of the step
+    route: str  # "sgd: −η·A·K·G" or "<Optimizer>: A·J_o·Δθ (JVP along the actual update)"
+    labels: torch.Tensor  # (N_o,) the observed token at each row
+    group: torch.Tensor  # (N_o,) which observed sequence each row belongs to
+    pred_tokens: torch.Tensor  # (N_o,) predicted Δ log π(label) per row
+    actual_tokens: torch.Tensor  # (N_o,) actual Δ log π(label) per row
+    pred_seq: torch.Tensor  # (n_seq,) predicted Δ log π(y|x) = Σ of its rows
+    actual_seq: torch.Tensor  # (n_seq,)
+    err_full: float  # ‖pred − actual‖ / ‖actual‖ over all rows × V
+    err_tokens: float  # the same on the per-row label changes
+    err_seq: float  # the same on the sequence-level changes
+    lbk: float  # ‖Δlog π‖²_F / (‖A_o‖²_F ‖G‖²_F) — lower bound on η²‖K‖²_F (paper App. C)
+    sign_delta: float  # mean over (row, v) of the actual Δ log π
+    pred: torch.Tensor | None = None  # (N_o, V) predicted, if keep_full
+    actual: torch.Tensor | None = None  # (N_o, V) actual, if keep_full
+
+    def per_position(self, seq: int = 0) -> torch.Tensor:
+        """The predicted change of sequence ``seq``, split into its rows (they sum to pred_seq[seq])."""
+        return self.pred_tokens[self.group == seq]
+
+    def summary(self) -> str:
+        return (f"{self.route}, η={self.eta:g}: relative error full-vocab {self.err_full:.2e}, "
+                f"tokens {self.err_tokens:.2e}, sequences {self.err_seq:.2e}")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp(min=torch.finfo(b.dtype).tiny)).item()
+
+
+def _label_values(rows: Rows, full: torch.Tensor) -> torch.Tensor:
+    """full (N, V) → value at each row's label (N,), 0 where the row has no label."""
+    has = rows.labels != IGNORE
+    v = full.gather(1, rows.labels.masked_fill(~has, 0)[:, None])[:, 0]  # (N,)
+    return torch.where(has, v, torch.zeros_like(v))
+
+
+@torch.no_grad()
+def one_step(model, update, observed: Rows, eta: float, optimizer: torch.optim.Optimizer | None = None,
+             keep_full: bool = True, commit: bool = False) -> StepReport:
+    """Take one real step on ``update`` and compare Δ log π at ``observed`` with the first-order prediction.
+
+    optimizer=None is plain SGD, θ' = θ − η∇L. The prediction is −η·A·K·G, with K·G from the hand-derived
+    residuals. The actual step uses autograd's ∇L, an independent path. With an optimizer (its lr must equal
+    ``eta``) the step is ``optimizer.step()`` and the prediction is A·J_o·(θ' − θ), one JVP along the real
+    update. The model (and the optimizer state) is restored afterwards unless ``commit``.
+    """
+    _check(model, observed, *_update_rows(update), eta=eta)
+    params = dict(model.named_parameters())
+    theta0 = {k: p.detach().clone() for k, p in params.items()}
+    z0 = observed.logits(model)  # (N_o, V)
+    logp0 = F.log_softmax(z0, dim=-1)  # (N_o, V)
+    with torch.enable_grad():
+        model.zero_grad(set_to_none=True)
+        update.loss(model).backward()  # autograd: the oracle for the actual step
+    if optimizer is None:
+        route = "sgd: −η·A·K·G"
+        for p in params.values():
+            if p.grad is not None:
+                p.sub_(eta * p.grad)
+    else:
+        route = f"{type(optimizer).__name__}: A·J_o·Δθ"
+        for g in optimizer.param_groups:
+            if not math.isclose(g["lr"], eta, rel_tol=1e-12):
+                raise TinyldError(f"the optimizer's lr={g['lr']:g} differs from eta={eta:g}: pass the same value")
+        opt_state = copy.deepcopy(optimizer.state_dict())
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    logp1 = F.log_softmax(observed.logits(model), dim=-1)  # (N_o, V) after the step
+    theta1 = {k: p.detach().clone() for k, p in params.items()}
+    _load(params, theta0)  # predictions are taken at θ
+    if optimizer is None:
+        dz = -eta * kg(model, observed, update)[1]  # (N_o, V) −η·K·G through the residuals
+    else:
+        dz = jvp_rows(model, observed, {k: theta1[k] - theta0[k] for k in params})[1]  # (N_o, V) J_o·Δθ
+        if not commit:
+            optimizer.load_state_dict(opt_state)
+    if commit:
+        _load(params, theta1)
+    pred = apply_A(z0, dz)  # (N_o, V) predicted Δ log π
+    actual = logp1 - logp0  # (N_o, V)
+    pt, at = _label_values(observed, pred), _label_values(observed, actual)  # (N_o,)
+    ps, as_ = observed.to_groups(pt), observed.to_groups(at)  # (n_seq,)
+    with torch.enable_grad():
+        G = [G for _, _, G in update.residuals(model)]
+    px = proxies(actual, z0, G)
+    return StepReport(eta, route, observed.labels, observed.group, pt, at, ps, as_, _rel(pred, actual),
+                      _rel(pt, at), _rel(ps, as_), px["lbk"], px["sign_delta"],
+                      pred if keep_full else None, actual if keep_full else None)
+
+
+def _load(params: dict, values: dict) -> None:
+    for k, p in params.items():
+        p.copy_(values[k])
+
+
+def contributions(model, update, observed: Rows, eta: float) -> torch.Tensor:
+    """Which updating example moved which observed sequence: (B_u, n_seq) predicted Δ log π(y_o|x_o) due to
+    each updating example. The columns sum to the whole batch's prediction."""
+    rows = []
+    for sub in update.split():
+        pred = predict(model, observed, sub, eta)  # (N_o, V)
+        rows.append(observed.to_groups(_label_values(observed, pred)))  # (n_seq,)
+    return torch.stack(rows)  # (B_u, n_seq)
+
+
+def proxies(delta: torch.Tensor, logits_o: torch.Tensor, G: torch.Tensor | list[torch.Tensor]) -> dict:
+    """LBK = ‖Δlog π‖²_F / (‖A_o‖²_F ‖G‖²_F) and SignDelta = mean Δlog π, from one observed step (paper App. C).
+
+    delta, logits_o: (N_o, V); G: the updating residual(s). ‖A‖²_F = V − 2 + V‖π‖² per row (closed form)."""
+    V = logits_o.shape[-1]
+    A_norm2 = (V - 2 + V * (F.softmax(logits_o, -1) ** 2).sum(-1)).sum()
+    G_norm2 = sum((g ** 2).sum() for g in (G if isinstance(G, list) else [G]))
+    return {"lbk": ((delta ** 2).sum() / (A_norm2 * G_norm2)).item(), "sign_delta": delta.mean().item()}
