@@ -50,6 +50,23 @@ def pretrain(world: World, tok, cfg: DemoConfig, device, out: Path | None = None
     return model.eval(), hist
 
 
+def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tinyld_out/cache"):
+    """(world, tokenizer, pretrained tiny GPT) for lessons; cached as a checkpoint so a second call is instant."""
+    from tinyld.train import load_model, save_checkpoint
+
+    world = World(seed)
+    tok = world.tokenizer()
+    path = Path(cache) / f"world-{seed}-tiny-{steps}.pt" if cache else None
+    if path and path.is_file():
+        model, _, _ = load_model(path)
+        return world, tok, model.eval()
+    cfg = DemoConfig(seed=seed, pretrain_steps=steps)
+    model, _ = pretrain(world, tok, cfg, torch.device("cpu"))
+    if path:
+        save_checkpoint(path, model, tok, step=steps)
+    return world, tok, model
+
+
 def report(model, tok, world: World) -> dict:
     """Confidence on held-out world text, valley depth, and answers to training / held-out prompts."""
     train, test = world.train_items(), world.test_items()

@@ -48,7 +48,7 @@ class Rows:
     """N rows of V logits: the scored positions of an LM batch, or a classifier's outputs."""
 
     inputs: torch.Tensor  # idx (B, T) for an LM · x (B, D…) for a classifier
-    index: torch.Tensor | None  # (B, T) bool: which positions are rows (LM) · None: one row per input
+    index: torch.Tensor | None  # (B, T) bool: which positions are rows (LM) · (B,) or None for a classifier
     labels: torch.Tensor  # (N,) the label (observed or target token) of each row; IGNORE if none
     group: torch.Tensor  # (N,) which sequence / input each row belongs to
     n_groups: int  # number of sequences / inputs
@@ -62,6 +62,13 @@ class Rows:
         """z at the rows: (N, V). With ``params`` the model is called functionally (for torch.func)."""
         out = model(self.inputs) if params is None else functional_call(model, params, (self.inputs,))
         return out if self.index is None else out[self.index]  # (N, V)
+
+    def subset(self, keep: torch.Tensor) -> "Rows":
+        """Only the rows where ``keep`` (N,) is True; sequences keep their numbering."""
+        index = keep.clone() if self.index is None else self.index.clone()
+        if self.index is not None:
+            index[self.index] = keep
+        return Rows(self.inputs, index, self.labels[keep], self.group[keep], self.n_groups, self.tok)
 
     def to_groups(self, per_row: torch.Tensor) -> torch.Tensor:
         """Sum a per-row quantity (N,) into its sequences: (n_groups,)."""

@@ -92,3 +92,14 @@ def versions() -> dict:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
+
+
+def compare(name: str, manual, reference) -> float:
+    """Print whether a hand-derived tensor equals the reference (autograd): exact / close / max abs diff."""
+    import torch
+
+    exact = bool(torch.equal(manual, reference))
+    close = bool(torch.allclose(manual, reference, rtol=1e-7, atol=1e-10))
+    diff = (manual - reference).abs().max().item()
+    print(f"{name:28s} | exact: {str(exact):5s} | close: {str(close):5s} | max diff: {diff:.2e}")
+    return diff

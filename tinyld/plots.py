@@ -1,0 +1,89 @@
+"""Figures (matplotlib, Agg backend), never imported by the core. Each function saves one PNG and returns its path."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("figures need matplotlib: pip install 'tinyld[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def heatmap(M: torch.Tensor, path, title: str = "", xticks: Sequence[str] | None = None,
+            yticks: Sequence[str] | None = None, xlabel: str = "", ylabel: str = "", cmap: str = "viridis",
+            annotate: bool = False) -> Path:
+    plt = _plt()
+    M = M.detach().double().cpu()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * M.shape[1], 1.0 + 0.4 * M.shape[0]))
+    im = ax.imshow(M.numpy(), cmap=cmap)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if xticks is not None:
+        ax.set_xticks(range(len(xticks)), xticks, rotation=60, ha="right", fontsize=8)
+    if yticks is not None:
+        ax.set_yticks(range(len(yticks)), yticks, fontsize=8)
+    if annotate:
+        for i in range(M.shape[0]):
+            for j in range(M.shape[1]):
+                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _save(fig, path)
+
+
+def bars(groups: dict[str, torch.Tensor], labels: Sequence[str], path, title: str = "", ylabel: str = "") -> Path:
+    """Side-by-side bars: one panel per entry of ``groups``."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2))
+    axes = axes if len(groups) > 1 else [axes]
+    for ax, (name, v) in zip(axes, groups.items()):
+        ax.bar(range(len(v)), v.detach().double().cpu().numpy(), color="tab:blue")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(title=name, ylabel=ylabel)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def scatter(pred: torch.Tensor, actual: torch.Tensor, path, title: str = "", xlabel: str = "predicted",
+            ylabel: str = "actual") -> Path:
+    """Predicted vs actual with the y = x line."""
+    plt = _plt()
+    p, a = pred.detach().double().cpu().flatten(), actual.detach().double().cpu().flatten()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(p.numpy(), a.numpy(), s=4, alpha=0.5)
+    lo, hi = min(p.min(), a.min()).item(), max(p.max(), a.max()).item()
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _save(fig, path)
+
+
+def lines(xs: Sequence[float], series: dict[str, Sequence[float]], path, title: str = "", xlabel: str = "",
+          ylabel: str = "", logx: bool = False, logy: bool = False) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker="o", ms=3, label=name)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _save(fig, path)
