@@ -102,10 +102,13 @@ m = o.chosen.split().index(o.value)
 top = (-col[m]).topk(6).indices.tolist()
 print(f"push '{u.value}' up in {u.prompt!r}\n  → at the answer word of {o.prompt!r} the logits that rise most:",
       [tok.decode([t]) for t in top])
-cities = set(RELATIONS["city"][0])
-n_city = sum(tok.decode([t]) in cities for t in top[:3])
-print(f"  {n_city} of the top 3 are city names")
-assert n_city >= 2  # learning one city answer moves the other cities
+assert col.shape == (ro.n, tok.vocab_size)
+
+# %% [markdown]
+# At the level of single tokens the picture is noisy. In this tiny model the tokens that rise are *not*
+# reliably of the same kind as the pushed one: run the lesson with other seeds or pretraining lengths and see.
+# The prompt-level similarity above is the robust signal. Single-token stories need more care, for example
+# normalising each row and column of K (a cosine), as we did for prompts.
 
 # %% [markdown]
 # ## The full K at one pair of positions (full route)
@@ -119,7 +122,7 @@ Kfull = kernel(model, one_o, one_u)[0, :, 0, :]  # (V, V)
 v = tok.encode(u.value)[0]
 print("full K column vs contracted route, max diff:", (Kfull[:, v] + col[m]).abs().max().item())
 assert torch.allclose(Kfull[:, v], -col[m], rtol=1e-9, atol=1e-9)
-names = sorted(cities)
+names = sorted(RELATIONS["city"][0])
 ids = [tok.encode(c)[0] for c in names]
 try:
     print("figure:", heatmap(Kfull[ids][:, ids], f"{OUT}/03_K_city_block.png",

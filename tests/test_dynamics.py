@@ -300,3 +300,12 @@ def test_bad_inputs(tiny64, wtok, world):
     drop = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size, dropout=0.1)).double().train()
     with pytest.warns(UserWarning, match="dropout on.*model.eval"):
         predict(drop, ro, up, 1e-3)
+
+
+def test_fast_attention_model_uses_math_kernel_for_jvp():
+    slow = _tiny(V=12)
+    torch.manual_seed(0)
+    fast = GPT(GPTConfig.preset("tiny", vocab_size=12, block_size=16, fast=True)).double().eval()
+    fast.load_state_dict(slow.state_dict())
+    ro, up = _rows(12, 3), SFTUpdate(_rows(12, 4))
+    torch.testing.assert_close(kg(fast, ro, up)[1], kg(slow, ro, up)[1], rtol=1e-9, atol=1e-12)

@@ -4,6 +4,7 @@
     python -m tinyld demo                pretrain + SFT a tiny GPT on the synthetic world (the main job)
     python -m tinyld golden [--write F]  first training losses on a fixed seed (the test fixture)
     python -m tinyld bench step          time of one training step (JSON)
+    python -m tinyld bench decompose     predicted full-vocab Δ log π vs one training step (JSON)
 """
 from __future__ import annotations
 
@@ -99,39 +100,12 @@ def cmd_golden(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import torch
+    from tinyld.bench import bench_decompose, bench_step
 
-    from tinyld import GPT, GPTConfig
-    from tinyld.data import Batch
-    from tinyld.runtime import pick_device
-    from tinyld.train import TrainConfig, make_optimizer
-    from tinyld.losses import lm_loss
-
-    dev = pick_device(args.device)
-    torch.manual_seed(0)
-    cfg = GPTConfig.preset(args.preset, **({} if args.preset == "gpt2" else {"vocab_size": args.vocab}))
-    model = GPT(cfg).to(dev.device)
-    opt = make_optimizer(model, TrainConfig(optimizer="adamw"))
-    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=dev.device)
-    b = Batch(x[:, :-1], x[:, 1:])
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        lm_loss(model(b.idx), b.targets).backward()
-        opt.step()
-
-    for _ in range(args.warmup):
-        step()
-    sync = torch.cuda.synchronize if dev.device.type == "cuda" else (lambda: None)
-    sync()
-    t = time.perf_counter()
-    for _ in range(args.repeat):
-        step()
-    sync()
-    ms = (time.perf_counter() - t) / args.repeat * 1e3
-    print(json.dumps({"bench": "step", "preset": args.preset, "params": model.num_params(), "batch": args.batch,
-                      "seq": args.seq, "device": str(dev.device), "threads": torch.get_num_threads(),
-                      "ms_per_step": round(ms, 2)}))
+    kw = dict(preset=args.preset, vocab=args.vocab, batch=args.batch, seq=args.seq, device=args.device,
+              repeat=args.repeat, warmup=args.warmup)
+    res = bench_step(**kw) if args.what == "step" else bench_decompose(**kw, eta=args.eta)
+    print(json.dumps(res))
     return 0
 
 
@@ -154,14 +128,16 @@ def main(argv=None) -> int:
     g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
     b = sub.add_parser("bench", help="benchmarks that print JSON")
-    b.add_argument("what", choices=["step"], help="step: one AdamW training step")
+    b.add_argument("what", choices=["step", "decompose"],
+                   help="step: one AdamW training step · decompose: predicted full-vocab Δ log π vs a step")
     b.add_argument("--preset", default="tiny", help="model preset (default tiny)")
     b.add_argument("--vocab", type=int, default=128, help="vocabulary for tiny/mini (default 128)")
     b.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
     b.add_argument("--seq", type=int, default=64, help="sequence length T (default 64)")
-    b.add_argument("--repeat", type=int, default=10, help="timed steps (default 10)")
-    b.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    b.add_argument("--repeat", type=int, default=5, help="timed repeats, median reported (default 5)")
+    b.add_argument("--warmup", type=int, default=1, help="untimed repeats first (default 1)")
     b.add_argument("--device", default="cpu", help="auto | cpu (default) | cuda | mps")
+    b.add_argument("--eta", type=float, default=1e-4, help="SGD step for the prediction-error figure (default 1e-4)")
     args = p.parse_args(argv)
     try:
         return {"env": cmd_env, "demo": cmd_demo, "golden": cmd_golden, "bench": cmd_bench}[args.cmd](args)

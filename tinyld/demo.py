@@ -5,6 +5,7 @@ Every number it prints is recomputed here from the model; nothing is hard-coded.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -93,12 +94,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     tok = world.tokenizer()
     docs = world.pretrain_docs()
     n_tok = sum(len(tok.encode(d)) + 1 for d in docs)
-    print(f"\n[1/4] world: {len(world.people)} people × 5 relations, {tok.vocab_size} words; {len(docs)} "
+    print(f"\n[1/5] world: {len(world.people)} people × 5 relations, {tok.vocab_size} words; {len(docs)} "
           f"pretraining docs ({n_tok} tokens); {len(world.train_items())} training prompts, "
           f"{len(world.test_items())} held out")
     print(f"      e.g. {docs[0][:90]}…")
 
-    print(f"\n[2/4] pretraining '{cfg.preset}' for {cfg.pretrain_steps} steps (AdamW, lr {cfg.pretrain_lr})")
+    print(f"\n[2/5] pretraining '{cfg.preset}' for {cfg.pretrain_steps} steps (AdamW, lr {cfg.pretrain_lr})")
     t = time.perf_counter()
     model, hist = pretrain(world, tok, cfg, dev.device, out / "pretrain")
     print(f"      {model.num_params():,} parameters · loss {hist[0]['loss']:.3f} → {hist[-1]['loss']:.4f} "
@@ -112,7 +113,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     print("      where the model is confident — P(next word) along a held-out sentence:")
     print("      " + confidence_line(model, tok, world.heldout_text()[0]))
 
-    print(f"\n[3/4] SFT on {len(world.train_items())} prompts for {cfg.sft_steps} steps (AdamW, lr {cfg.sft_lr}; "
+    print("\n[3/5] one SGD step, predicted (−η·A·K·G) vs actual, on the probe families of one prompt (float64)")
+    base["decomposition"] = decomposition_check(model, tok, world)
+    print(f"\n[4/5] SFT on {len(world.train_items())} prompts for {cfg.sft_steps} steps (AdamW, lr {cfg.sft_lr}; "
           "loss = −log π(y⁺|x) summed over response tokens)")
     data = PairData(tok, [i.example("train") for i in world.train_items()], 8, model.config.block_size, cfg.seed)
     tc = TrainConfig(task="sft", steps=cfg.sft_steps, lr=cfg.sft_lr, seed=cfg.seed, log_every=5,
@@ -120,7 +123,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     sft_hist = Trainer(model, data, tc, tok).run()
     print("      loss " + " → ".join(f"{r['loss']:.2f}" for r in sft_hist[:: max(1, len(sft_hist) // 6)]))
     after = report(model.eval(), tok, world)
-    print(f"\n[4/4] {'':28s}{'before SFT':>14s}{'after SFT':>14s}")
+    print(f"\n[5/5] {'':28s}{'before SFT':>14s}{'after SFT':>14s}")
     for split in ("train", "test"):
         print(f"      {split + ' log π(y⁺|x)':28s}{base[split]['logp_chosen']:14.2f}{after[split]['logp_chosen']:14.2f}")
         print(f"      {split + ' greedy accuracy':28s}{base[split]['accuracy']:14.2f}{after[split]['accuracy']:14.2f}")
@@ -135,6 +138,25 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "demo.json").write_text(json.dumps(result, indent=1))
     print(f"\nwrote {out / 'demo.json'} · checkpoints in {out}/pretrain, {out}/sft · {result['runtime_s']} s")
     return result
+
+
+def decomposition_check(model, tok, world: World, eta: float = 5e-5) -> dict:
+    """One SFT step on a training prompt: predicted vs actual Δ log π(y|x_u) for every probe family."""
+    from tinyld.data import make_batch
+    from tinyld.dynamics import SFTUpdate, lm_rows, one_step
+
+    m = copy.deepcopy(model).double().eval()
+    item = world.train_items()[0]
+    probes = world.probes(item)
+    obs = lm_rows(make_batch(tok, [item.prompt] * len(probes), list(probes.values())))
+    rep = one_step(m, SFTUpdate(lm_rows(make_batch(tok, [item.prompt], [item.chosen]))), obs, eta)
+    print(f"      update: {item.prompt} {item.chosen}   (η = {eta:g})")
+    print(f"      {'family':16s}{'predicted':>12s}{'actual':>12s}")
+    for k, name in enumerate(probes):
+        print(f"      {name:16s}{rep.pred_seq[k]:12.4f}{rep.actual_seq[k]:12.4f}")
+    print(f"      relative error: sequences {rep.err_seq:.2e}, full vocabulary {rep.err_full:.2e}")
+    return {"eta": eta, "families": list(probes), "predicted": rep.pred_seq.tolist(),
+            "actual": rep.actual_seq.tolist(), "rel_err_seq": rep.err_seq, "rel_err_full": rep.err_full}
 
 
 @torch.no_grad()

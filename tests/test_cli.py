@@ -1,0 +1,36 @@
+"""The command line: env check, the main job (fast mode), user errors without tracebacks, benchmarks."""
+import json
+import subprocess
+import sys
+
+from tinyld.__main__ import main
+from tinyld.demo import DemoConfig, run_demo
+
+
+def test_demo_fast_mode_writes_results(tmp_path, capsys):
+    res = run_demo(DemoConfig(fast=True, out=str(tmp_path)))
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    assert saved["params"] == res["params"] and (tmp_path / "pretrain" / "last.pt").is_file()
+    assert saved["pretrain"]["valley_depth"] < 0 and 0 < saved["pretrain"]["heldout_text"]["top1"] <= 1
+    dec = saved["pretrain"]["decomposition"]
+    assert dec["rel_err_seq"] < 0.05 and len(dec["predicted"]) == len(dec["families"]) == 12
+    out = capsys.readouterr().out
+    assert "valley depth" in out and "predicted" in out and "generations after SFT" in out
+
+
+def test_env_command_reports_ok(capsys):
+    assert main(["env", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "OK    GPT-2 tokenizer" in out and "core OK" in out and "124,439,808" in out
+
+
+def test_user_errors_exit_2_with_one_line():
+    r = subprocess.run([sys.executable, "-m", "tinyld", "demo", "--preset", "huge", "--fast"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "error: unknown preset 'huge'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_decompose_prints_json(capsys):
+    assert main(["bench", "decompose", "--repeat", "1", "--warmup", "0", "--batch", "2", "--seq", "16"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["ratio"] > 0 and res["rel_err_tokens"] < 0.1 and res["step_ms"] > 0

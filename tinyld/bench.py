@@ -1,0 +1,98 @@
+"""Benchmarks that print JSON (``python -m tinyld bench step|decompose``). Timings are medians of repeats."""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import torch
+
+from tinyld.data import Batch
+from tinyld.dynamics import SFTUpdate, lm_rows, one_step, predict
+from tinyld.losses import sft_loss
+from tinyld.model import GPT, GPTConfig
+from tinyld.runtime import pick_device
+from tinyld.train import TrainConfig, make_optimizer
+
+
+def _setup(preset: str, vocab: int, batch: int, seq: int, device: str, dtype=torch.float32):
+    dev = pick_device(device)
+    torch.manual_seed(0)
+    cfg = GPTConfig.preset(preset, **({} if preset == "gpt2" else {"vocab_size": vocab}))
+    if seq > cfg.block_size:
+        cfg = GPTConfig.from_dict({**cfg.to_dict(), "block_size": seq})
+    model = GPT(cfg).to(dev.device, dtype)
+    x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=dev.device)
+    return dev, model, Batch(x[:, :-1], x[:, 1:])  # every position scored: "the same tokens" for both
+
+
+def _time(fn, repeat: int, warmup: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def bench_step(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=10, warmup=2) -> dict:
+    """One AdamW training step (forward + backward + update) with the summed-log-prob loss."""
+    dev, model, b = _setup(preset, vocab, batch, seq, device)
+    opt = make_optimizer(model, TrainConfig(optimizer="adamw"))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        sft_loss(model(b.idx), b.targets).backward()
+        opt.step()
+
+    s = _time(step, repeat, warmup, dev.device)
+    return {"bench": "step", "preset": preset, "params": model.num_params(), "batch": batch, "seq": seq,
+            "device": str(dev.device), "threads": torch.get_num_threads(), "ms_per_step": round(s * 1e3, 2)}
+
+
+def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=5, warmup=1,
+                    eta=1e-4) -> dict:
+    """Time of one training step vs the predicted full-vocabulary Δ log π (gradient + JVP + A) on the same
+    tokens, the ratio, peak memory and the relative error of the prediction for one small SGD step."""
+    dev, model, b = _setup(preset, vocab, batch, seq, device)
+    model.eval()
+    opt = make_optimizer(model, TrainConfig(optimizer="adamw"))
+    rows = lm_rows(b)
+    update = SFTUpdate(rows)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        sft_loss(model(b.idx), b.targets).backward()
+        opt.step()
+
+    def decompose():
+        d = predict(model, rows, update, eta)  # (N, V) full vocabulary at every position
+        tok = d.gather(1, rows.labels[:, None])[:, 0]  # (N,) reduced on the device
+        return rows.to_groups(tok)  # (B,)
+
+    if dev.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_step = _time(step, repeat, warmup, dev.device)
+    peak_step = _peak_mb(dev.device)
+    if dev.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_dec = _time(decompose, repeat, warmup, dev.device)
+    peak_dec = _peak_mb(dev.device)
+    rep = one_step(model, update, rows, eta, keep_full=False)
+    return {"bench": "decompose", "preset": preset, "params": model.num_params(), "vocab": model.config.vocab_size,
+            "batch": batch, "seq": seq, "device": str(dev.device), "threads": torch.get_num_threads(),
+            "step_ms": round(t_step * 1e3, 2), "predict_full_vocab_ms": round(t_dec * 1e3, 2),
+            "ratio": round(t_dec / t_step, 3), "peak_mb_step": round(peak_step, 1),
+            "peak_mb_predict": round(peak_dec, 1), "eta": eta, "rel_err_tokens": rep.err_tokens,
+            "rel_err_sequences": rep.err_seq}
