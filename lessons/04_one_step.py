@@ -20,14 +20,14 @@ import torch
 from tinyld import GPT, GPTConfig
 from tinyld.data import make_batch
 from tinyld.demo import pretrained
-from tinyld.dynamics import DPOUpdate, SFTUpdate, contributions, lm_rows, one_step, predict
+from tinyld.dynamics import DPOUpdate, SFTUpdate, contributions, lm_rows, one_step, step_size_for
 from tinyld.evaluate import response_logprobs
 
 # ---- knobs -------------------------------------------------------------------------------------------
 FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")
 OUT = os.environ.get("TINYLD_OUT", "tinyld_out/lessons")
 PRETRAIN_STEPS = 400 if FAST else 3000  # cached in tinyld_out/cache
-TARGET = 0.1  # nats: we choose η so that the SFT step raises log π(y⁺|x) by about this much
+TARGET = 0.1  # nats: we choose η so that no observed sequence is predicted to move by more than this
 GPT2_DIR = os.environ.get("TINYLD_GPT2_DIR")  # a local Hugging Face GPT-2 folder, if you have one
 world, tok, model = pretrained(seed=0, steps=PRETRAIN_STEPS)
 model = model.double().eval()
@@ -46,14 +46,13 @@ ro = lm_rows(obs)  # every response position of every family
 update = SFTUpdate(lm_rows(make_batch(tok, [item.prompt], [item.chosen])))
 
 # %% [markdown]
-# How large a step? The prediction is linear in η, so the prediction at η = 1 gives Δ log π *per unit of
-# learning rate*. We pick η to move log π(y⁺) by TARGET nats. A sharp, well-trained model gets a smaller η.
+# How large a step? The prediction is linear in η, so one prediction at η = 1 gives Δ log π *per unit of
+# learning rate*. `step_size_for` picks η so that no family is predicted to move by more than TARGET nats.
+# A sharp, well-trained model gets a smaller η.
 
 # %%
-unit = predict(model, ro, update, 1.0)  # (N_o, V) Δ log π per unit η, first order
-per_seq = ro.to_groups(unit.gather(1, ro.labels[:, None])[:, 0])  # (families,)
-ETA = TARGET / per_seq[names.index("chosen")].item()
-print(f"η = {ETA:.3g} (first-order Δ log π(y⁺) per unit η: {per_seq[0]:.1f})")
+ETA = step_size_for(model, update, ro, TARGET)
+print(f"η = {ETA:.3g}")
 rep = one_step(model, update, ro, ETA)
 print(f"SFT step on {item.prompt!r} → {item.chosen!r}\n{rep.summary()}\n")
 print(f"  {'family':14s} {'response':44s} {'predicted':>10s} {'actual':>10s}")
@@ -128,8 +127,8 @@ assert ra.err_seq < 0.05
 
 # %% [markdown]
 # ## Which training example moved this probe?
-# Update on a batch of 4 prompts about 4 different people. The predicted change of each observed sequence splits exactly into the
-# contributions of the 4 updating examples.
+# Update on a batch of 4 prompts about 4 different people. The predicted change of each observed sequence
+# splits exactly into the contributions of the 4 updating examples.
 
 # %%
 batch_items = [world.train_items()[k] for k in (0, 6, 12, 18)]  # four people, four relations

@@ -137,7 +137,9 @@ def main(argv=None) -> int:
     b.add_argument("--repeat", type=int, default=5, help="timed repeats, median reported (default 5)")
     b.add_argument("--warmup", type=int, default=1, help="untimed repeats first (default 1)")
     b.add_argument("--device", default="cpu", help="auto | cpu (default) | cuda | mps")
-    b.add_argument("--eta", type=float, default=1e-4, help="SGD step for the prediction-error figure (default 1e-4)")
+    b.add_argument("--eta", type=float, default=None,
+                   help="SGD step for the prediction-error figure (default: the largest predicted |Δ log π(y|x)| "
+                        "is 0.1 nats)")
     args = p.parse_args(argv)
     try:
         return {"env": cmd_env, "demo": cmd_demo, "golden": cmd_golden, "bench": cmd_bench}[args.cmd](args)

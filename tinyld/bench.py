@@ -8,7 +8,7 @@ import time
 import torch
 
 from tinyld.data import Batch
-from tinyld.dynamics import SFTUpdate, lm_rows, one_step, predict
+from tinyld.dynamics import SFTUpdate, lm_rows, one_step, predict, step_size_for
 from tinyld.losses import sft_loss
 from tinyld.model import GPT, GPTConfig
 from tinyld.runtime import pick_device
@@ -62,9 +62,11 @@ def bench_step(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=1
 
 
 def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=5, warmup=1,
-                    eta=1e-4) -> dict:
+                    eta: float | None = None) -> dict:
     """Time of one training step vs the predicted full-vocabulary Δ log π (gradient + JVP + A) on the same
-    tokens, the ratio, peak memory and the relative error of the prediction for one small SGD step."""
+    tokens, the ratio, peak memory and the relative error of the prediction for one small SGD step.
+
+    eta=None picks the step from the prediction itself: the largest predicted |Δ log π(y|x)| is 0.1 nats."""
     dev, model, b = _setup(preset, vocab, batch, seq, device)
     model.eval()
     opt = make_optimizer(model, TrainConfig(optimizer="adamw"))
@@ -77,7 +79,7 @@ def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", rep
         opt.step()
 
     def decompose():
-        d = predict(model, rows, update, eta)  # (N, V) full vocabulary at every position
+        d = predict(model, rows, update, eta or 1.0)  # (N, V) full vocabulary at every position
         tok = d.gather(1, rows.labels[:, None])[:, 0]  # (N,) reduced on the device
         return rows.to_groups(tok)  # (B,)
 
@@ -89,6 +91,7 @@ def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", rep
         torch.cuda.reset_peak_memory_stats()
     t_dec = _time(decompose, repeat, warmup, dev.device)
     peak_dec = _peak_mb(dev.device)
+    eta = eta or step_size_for(model, update, rows, 0.1)
     rep = one_step(model, update, rows, eta, keep_full=False)
     return {"bench": "decompose", "preset": preset, "params": model.num_params(), "vocab": model.config.vocab_size,
             "batch": batch, "seq": seq, "device": str(dev.device), "threads": torch.get_num_threads(),

@@ -140,17 +140,20 @@ def run_demo(cfg: DemoConfig) -> dict:
     return result
 
 
-def decomposition_check(model, tok, world: World, eta: float = 5e-5) -> dict:
-    """One SFT step on a training prompt: predicted vs actual Δ log π(y|x_u) for every probe family."""
+def decomposition_check(model, tok, world: World, target: float = 0.1) -> dict:
+    """One SFT step on a training prompt: predicted vs actual Δ log π(y|x_u) for every probe family. η is
+    chosen so that no family is predicted to move by more than ``target`` nats."""
     from tinyld.data import make_batch
-    from tinyld.dynamics import SFTUpdate, lm_rows, one_step
+    from tinyld.dynamics import SFTUpdate, lm_rows, one_step, step_size_for
 
     m = copy.deepcopy(model).double().eval()
     item = world.train_items()[0]
     probes = world.probes(item)
     obs = lm_rows(make_batch(tok, [item.prompt] * len(probes), list(probes.values())))
-    rep = one_step(m, SFTUpdate(lm_rows(make_batch(tok, [item.prompt], [item.chosen]))), obs, eta)
-    print(f"      update: {item.prompt} {item.chosen}   (η = {eta:g})")
+    update = SFTUpdate(lm_rows(make_batch(tok, [item.prompt], [item.chosen])))
+    eta = step_size_for(m, update, obs, target)
+    rep = one_step(m, update, obs, eta)
+    print(f"      update: {item.prompt} {item.chosen}   (η = {eta:.3g})")
     print(f"      {'family':16s}{'predicted':>12s}{'actual':>12s}")
     for k, name in enumerate(probes):
         print(f"      {name:16s}{rep.pred_seq[k]:12.4f}{rep.actual_seq[k]:12.4f}")

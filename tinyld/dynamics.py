@@ -449,6 +449,14 @@ def _load(params: dict, values: dict) -> None:
         p.copy_(values[k])
 
 
+def step_size_for(model, update, observed: Rows, target: float = 0.1) -> float:
+    """A learning rate at which no observed sequence's log π(y|x) is predicted to move by more than ``target``
+    nats. The prediction is linear in η, so one prediction at η = 1 suffices. Sharper models get smaller steps."""
+    unit = predict(model, observed, update, 1.0)  # (N_o, V) Δ log π per unit η
+    per_seq = observed.to_groups(_label_values(observed, unit))  # (n_seq,)
+    return target / per_seq.abs().max().clamp(min=torch.finfo(unit.dtype).tiny).item()
+
+
 def contributions(model, update, observed: Rows, eta: float) -> torch.Tensor:
     """Which updating example moved which observed sequence: (B_u, n_seq) predicted Δ log π(y_o|x_o) due to
     each updating example. The columns sum to the whole batch's prediction."""
