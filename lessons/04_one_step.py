@@ -157,7 +157,8 @@ big = (GPT.from_hf(GPT2_DIR) if GPT2_DIR else GPT(GPTConfig.preset("gpt2"))).dou
 print(f"GPT-2-sized model: {big.num_params():,} parameters ({'imported' if GPT2_DIR else 'random init'})")
 prompt = "Question: What is the capital of France? Answer:"
 b_u = make_batch(bpe, [prompt], [" Paris."])
-b_o = make_batch(bpe, [prompt, prompt, "Question: Where is the Eiffel Tower? Answer:"], [" Paris.", " Rome.", " Paris."])
+other = "Question: Where is the Eiffel Tower? Answer:"
+b_o = make_batch(bpe, [prompt, prompt, other], [" Paris.", " Rome.", " Paris."])
 t0 = time.perf_counter()
 big_eta = 1e-5
 rb = [one_step(big, SFTUpdate(lm_rows(b_u)), lm_rows(b_o), e) for e in (2 * big_eta, big_eta)]

@@ -232,9 +232,9 @@ def test_contributions_sum_to_batch_prediction(tiny64, wtok, world):
     ro = lm_rows(make_batch(wtok, [it[0].prompt, it[4].prompt, it[8].prompt], [it[0].rejected, it[4].chosen,
                                                                                 it[30].chosen]))
     bu = make_batch(wtok, [it[0].prompt, it[1].prompt, it[2].prompt], [it[0].chosen, it[1].chosen, it[2].chosen])
+    br = make_batch(wtok, [x.prompt for x in it[:3]], [x.rejected for x in it[:3]])
     for up in (SFTUpdate(lm_rows(bu)),
-               DPOUpdate(lm_rows(bu), lm_rows(make_batch(wtok, [x.prompt for x in it[:3]], [x.rejected for x in it[:3]])),
-                         torch.tensor([-5.0, -6, -7]), torch.tensor([-9.0, -9, -9]), 0.1)):
+               DPOUpdate(lm_rows(bu), lm_rows(br), torch.tensor([-5.0, -6, -7]), torch.tensor([-9.0, -9, -9]), 0.1)):
         c = contributions(tiny64, up, ro, 1e-3)  # (3, 3)
         r = one_step(tiny64, up, ro, 1e-3)
         torch.testing.assert_close(c.sum(0), r.pred_seq, rtol=1e-9, atol=1e-13)

@@ -125,8 +125,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     after = report(model.eval(), tok, world)
     print(f"\n[5/5] {'':28s}{'before SFT':>14s}{'after SFT':>14s}")
     for split in ("train", "test"):
-        print(f"      {split + ' log π(y⁺|x)':28s}{base[split]['logp_chosen']:14.2f}{after[split]['logp_chosen']:14.2f}")
-        print(f"      {split + ' greedy accuracy':28s}{base[split]['accuracy']:14.2f}{after[split]['accuracy']:14.2f}")
+        b, a = base[split], after[split]
+        print(f"      {split + ' log π(y⁺|x)':28s}{b['logp_chosen']:14.2f}{a['logp_chosen']:14.2f}")
+        print(f"      {split + ' greedy accuracy':28s}{b['accuracy']:14.2f}{a['accuracy']:14.2f}")
     print(f"      {'valley depth':28s}{base['valley_depth']:14.1f}{after['valley_depth']:14.1f}")
     print("      generations after SFT (held-out prompts):")
     for e in after["test"]["examples"]:

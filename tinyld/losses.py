@@ -15,7 +15,9 @@ from tinyld.data import IGNORE
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log π(target_t | χ_<=t) at every position, 0 where the target is IGNORE: (B, T)."""
-    logp = F.log_softmax(logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits, dim=-1)  # (B, T, V)
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()  # the fast path's bf16 logits: log-softmax in float32
+    logp = F.log_softmax(logits, dim=-1)  # (B, T, V)
     mask = targets != IGNORE  # (B, T)
     safe = targets.masked_fill(~mask, 0)  # (B, T) any valid id where masked
     lp = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T)
