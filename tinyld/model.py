@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyld.runtime import TinyldError
+from tinyld.runtime import TinyldError, from_dict_strict
 
 
 @dataclass
@@ -60,11 +60,7 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         """Build from a dict (a checkpoint, a JSON file); an unknown key is an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TinyldError(f"unknown GPTConfig field(s) {unknown}: valid fields are {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -24,6 +24,15 @@ class TinyldError(ValueError):
 
 class TrainingDiverged(TinyldError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def from_dict_strict(cls, d: dict):
+    """Build dataclass ``cls`` from a dict (a checkpoint, a JSON file); an unknown key is an error, never dropped."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise TinyldError(f"unknown {cls.__name__} field(s) {unknown}: valid fields are {sorted(known)}")
+    return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,7 @@ import torch
 
 from tinyld.losses import LOSSES
 from tinyld.model import GPT, GPTConfig
-from tinyld.runtime import TinyldError, TrainingDiverged, versions
+from tinyld.runtime import TinyldError, TrainingDiverged, from_dict_strict, versions
 
 FORMAT = "tinyld-checkpoint"
 FORMAT_VERSION = 1
@@ -62,11 +62,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TinyldError(f"unknown TrainConfig field(s) {unknown}: valid fields are {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
     def lr_at(self, step: int) -> float:
         """Learning rate for the update taken at ``step`` (0-based)."""
