@@ -8,7 +8,7 @@ import time
 import torch
 
 from tinyld.data import Batch
-from tinyld.dynamics import SFTUpdate, lm_rows, one_step, predict, step_size_for
+from tinyld.dynamics import SFTUpdate, lm_rows, one_step, predict, sequence_change, step_size_for
 from tinyld.losses import sft_loss
 from tinyld.model import GPT, GPTConfig
 from tinyld.runtime import pick_device
@@ -80,8 +80,7 @@ def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", rep
 
     def decompose():
         d = predict(model, rows, update, eta or 1.0)  # (N, V) full vocabulary at every position
-        tok = d.gather(1, rows.labels[:, None])[:, 0]  # (N,) reduced on the device
-        return rows.to_groups(tok)  # (B,)
+        return sequence_change(rows, d)  # (B,) reduced on the device
 
     if dev.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, jacrev, jvp
 
 from tinyld.data import IGNORE, Batch
-from tinyld.losses import ce_residual, dpo_loss, dpo_scale
+from tinyld.losses import ce_residual, dpo_loss, dpo_scale, token_logprobs
 from tinyld.runtime import TinyldError
 
 # --------------------------------------------------------------------------------------------------------------
@@ -109,8 +109,7 @@ class SFTUpdate:
         self.rows, self.weight = rows, weight
 
     def loss(self, model) -> torch.Tensor:
-        z = self.rows.logits(model)  # (N, V)
-        logp = -F.cross_entropy(z, self.rows.labels, reduction="none", ignore_index=IGNORE)  # (N,)
+        logp = token_logprobs(self.rows.logits(model), self.rows.labels)  # (N,) log π(label) per row
         return -self.weight * self.rows.to_groups(logp).mean()
 
     def residuals(self, model) -> list[tuple[Rows, torch.Tensor, torch.Tensor]]:
@@ -139,7 +138,7 @@ class DPOUpdate:
         self.ref_c, self.ref_r = ref_chosen.detach(), ref_rejected.detach()  # (B,) log π_ref(y±|x), summed
 
     def _seq_logp(self, rows: Rows, z: torch.Tensor) -> torch.Tensor:
-        return rows.to_groups(-F.cross_entropy(z, rows.labels, reduction="none", ignore_index=IGNORE))  # (B,)
+        return rows.to_groups(token_logprobs(z, rows.labels))  # (B,) log π(y|x), summed over the response
 
     def loss(self, model) -> torch.Tensor:
         lc = self._seq_logp(self.chosen, self.chosen.logits(model))  # (B,)
@@ -283,13 +282,21 @@ def jvp_rows(model, rows: Rows, direction: dict[str, torch.Tensor]) -> tuple[tor
 def kg(model, observed: Rows, update) -> tuple[torch.Tensor, torch.Tensor]:
     """(z_o, K·G) — K(x_o, x_u)·G(x_u) contracted, full vocabulary: two (N_o, V) tensors."""
     _check(model, observed, *_update_rows(update))
-    return jvp_rows(model, observed, gradient(model, update))
+    return _kg(model, observed, update)
+
+
+def _kg(model, observed: Rows, update) -> tuple[torch.Tensor, torch.Tensor]:
+    return jvp_rows(model, observed, gradient(model, update))  # J_o·(J_uᵀG): one backward, one JVP
 
 
 def predict(model, observed: Rows, update, eta: float) -> torch.Tensor:
     """Predicted Δ log π at every observed row over the whole vocabulary: −η·A·(K·G), (N_o, V)."""
     _check(model, observed, *_update_rows(update), eta=eta)
-    z, KG = kg(model, observed, update)  # (N_o, V), (N_o, V)
+    return _predict(model, observed, update, eta)
+
+
+def _predict(model, observed: Rows, update, eta: float) -> torch.Tensor:
+    z, KG = _kg(model, observed, update)  # (N_o, V), (N_o, V)
     return -eta * apply_A(z, KG)  # (N_o, V)
 
 
@@ -425,7 +432,7 @@ def one_step(model, update, observed: Rows, eta: float, optimizer: torch.optim.O
     theta1 = {k: p.detach().clone() for k, p in params.items()}
     _load(params, theta0)  # predictions are taken at θ
     if optimizer is None:
-        dz = -eta * kg(model, observed, update)[1]  # (N_o, V) −η·K·G through the residuals
+        dz = -eta * _kg(model, observed, update)[1]  # (N_o, V) −η·K·G through the residuals
     else:
         dz = jvp_rows(model, observed, {k: theta1[k] - theta0[k] for k in params})[1]  # (N_o, V) J_o·Δθ
         if not commit:
@@ -449,22 +456,24 @@ def _load(params: dict, values: dict) -> None:
         p.copy_(values[k])
 
 
+def sequence_change(observed: Rows, delta: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary Δ log π (N_o, V) → Δ log π(y|x) of each observed sequence, Σ over its tokens: (n_seq,)."""
+    return observed.to_groups(_label_values(observed, delta))
+
+
 def step_size_for(model, update, observed: Rows, target: float = 0.1) -> float:
     """A learning rate at which no observed sequence's log π(y|x) is predicted to move by more than ``target``
     nats. The prediction is linear in η, so one prediction at η = 1 suffices. Sharper models get smaller steps."""
-    unit = predict(model, observed, update, 1.0)  # (N_o, V) Δ log π per unit η
-    per_seq = observed.to_groups(_label_values(observed, unit))  # (n_seq,)
-    return target / per_seq.abs().max().clamp(min=torch.finfo(unit.dtype).tiny).item()
+    per_seq = sequence_change(observed, predict(model, observed, update, 1.0))  # (n_seq,) per unit η
+    return target / per_seq.abs().max().clamp(min=torch.finfo(per_seq.dtype).tiny).item()
 
 
 def contributions(model, update, observed: Rows, eta: float) -> torch.Tensor:
     """Which updating example moved which observed sequence: (B_u, n_seq) predicted Δ log π(y_o|x_o) due to
     each updating example. The columns sum to the whole batch's prediction."""
-    rows = []
-    for sub in update.split():
-        pred = predict(model, observed, sub, eta)  # (N_o, V)
-        rows.append(observed.to_groups(_label_values(observed, pred)))  # (n_seq,)
-    return torch.stack(rows)  # (B_u, n_seq)
+    _check(model, observed, *_update_rows(update), eta=eta)
+    return torch.stack([sequence_change(observed, _predict(model, observed, sub, eta))  # (n_seq,) each
+                        for sub in update.split()])  # (B_u, n_seq)
 
 
 def proxies(delta: torch.Tensor, logits_o: torch.Tensor, G: torch.Tensor | list[torch.Tensor]) -> dict:
