@@ -1,5 +1,10 @@
 import pytest
 import torch
+from hypothesis import settings
+
+# Tests are deterministic: hypothesis draws the same examples on every run and keeps no database.
+settings.register_profile("tinyld", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.load_profile("tinyld")
 
 from tinyld import GPT, GPTConfig
 from tinyld.world import World

@@ -15,7 +15,7 @@ def workdir(tmp_path_factory):
 
 
 def test_there_are_lessons():
-    assert len(LESSONS) >= 5
+    assert len(LESSONS) >= 6
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
