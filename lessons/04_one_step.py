@@ -76,7 +76,7 @@ try:
     from tinyld.plots import lines, scatter
 
     print("figure:", scatter(rep.pred, rep.actual, f"{OUT}/04_pred_vs_actual.png",
-                             f"Δ log π over all {tok.vocab_size} tokens × {ro.n} positions (SGD, η={ETA})"))
+                             f"Δ log π: {tok.vocab_size} tokens × {ro.n} positions\nSGD, η = {ETA:.2g}"))
 except ImportError as e:
     print("(no figures:", e, ")")
 
