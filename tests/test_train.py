@@ -112,6 +112,26 @@ def test_interrupted_run_resumes_from_last_checkpoint(world, wtok, tmp_path):
     assert torch.equal(_params(resumed.model), _params(full.model))
 
 
+def test_interrupt_mid_update_keeps_the_last_clean_checkpoint(world, wtok, tmp_path):
+    full = _setup(world, wtok, steps=10)
+    full.run()
+    tr = _setup(world, wtok, steps=10, ckpt_every=4, out_dir=str(tmp_path))
+    real_step = tr.opt.step
+
+    def step_then_interrupt(*a, **kw):
+        real_step(*a, **kw)
+        if tr.step == 6:  # parameters updated, step counter not yet: a torn state must not be saved
+            raise KeyboardInterrupt
+
+    tr.opt.step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        tr.run()
+    resumed = Trainer.resume(tmp_path / "last.pt", tr.data, wtok)
+    assert resumed.step == 4
+    resumed.run()
+    assert torch.equal(_params(resumed.model), _params(full.model))
+
+
 @pytest.mark.parametrize("kw, msg", [
     (dict(task="rlhf"), "unknown task 'rlhf'"),
     (dict(optimizer="lion"), "unknown optimizer 'lion'"),

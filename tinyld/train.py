@@ -95,12 +95,14 @@ class Trainer:
         self.history: list[dict] = []  # the logged records
         self.device = next(model.parameters()).device
         self.last_ckpt: Path | None = None
+        self._between_steps = True  # False while an update is half-taken: no checkpoint may be written then
         torch.manual_seed(cfg.seed)
 
     # ------------------------------------------------------------------ one update
     def train_step(self) -> dict:
         """One update at ``self.step``; returns ``{"step", "loss", "lr", "grad_norm"}`` (loss before the update)."""
         cfg, model = self.cfg, self.model
+        self._between_steps = False  # an interrupt from here on would leave a half-taken step
         model.train()
         batch = self.data.batch(self.step).to(self.device)
         lr = cfg.lr_at(self.step)
@@ -122,6 +124,7 @@ class Trainer:
         self.opt.step()
         rec = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
         self.step += 1
+        self._between_steps = True
         return rec
 
     def _diverged(self, what: str, value: float):
@@ -159,10 +162,11 @@ class Trainer:
                 if out and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     self.save(out / "last.pt")
         except KeyboardInterrupt:
-            if out:
+            if out and self._between_steps:  # a clean state: save it
                 self.save(out / "last.pt")
-                print(f"\ninterrupted at step {self.step}; resume with Trainer.resume('{out / 'last.pt'}', data)",
-                      file=sys.stderr)
+            if self.last_ckpt:
+                print(f"\ninterrupted at step {self.step}; resume from step {self._ckpt_step} with "
+                      f"Trainer.resume('{self.last_ckpt}', data)", file=sys.stderr)
             raise
         if out:
             self.save(out / "last.pt")
