@@ -57,6 +57,11 @@ def test_checkpoint_roundtrip(world, wtok, tmp_path):
     assert log[0]["event"] == "start" and "versions" in log[0] and [r["step"] for r in log[1:]] == [0, 1, 2]
 
 
+class _Evil:
+    def __reduce__(self):  # would run code when unpickled
+        return (print, ("this must never run",))
+
+
 def test_bad_checkpoints(world, wtok, tmp_path):
     with pytest.raises(TinyldError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "nope.pt")
@@ -66,6 +71,9 @@ def test_bad_checkpoints(world, wtok, tmp_path):
     (tmp_path / "trunc.pt").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(TinyldError, match="truncated or corrupt"):
         load_checkpoint(tmp_path / "trunc.pt")
+    torch.save({"format": "tinyld-checkpoint", "payload": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(TinyldError, match="never unpickles code"):
+        load_checkpoint(tmp_path / "evil.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(TinyldError, match="not a tinyld checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

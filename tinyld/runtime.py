@@ -95,7 +95,7 @@ def versions() -> dict:
     return {
         "tinyld": tinyld.__version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: TorchVersion would not load with weights_only=True
         "numpy": np.__version__,
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),

@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -224,7 +225,13 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise TinyldError(f"no checkpoint at {path}: check the path (training writes out_dir/last.pt)")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):
+            raise TinyldError(f"{path} holds Python objects other than tensors and plain data; tinyld never "
+                              "unpickles code from a checkpoint (torch.load weights_only=True)") from None
+        raise TinyldError(f"checkpoint {path} is truncated or corrupt (UnpicklingError); "
+                          "use an earlier checkpoint or retrain") from None
     except Exception as e:
         raise TinyldError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}); "
                           "use an earlier checkpoint or retrain") from None
