@@ -309,3 +309,20 @@ def test_fast_attention_model_uses_math_kernel_for_jvp():
     fast.load_state_dict(slow.state_dict())
     ro, up = _rows(12, 3), SFTUpdate(_rows(12, 4))
     torch.testing.assert_close(kg(fast, ro, up)[1], kg(slow, ro, up)[1], rtol=1e-9, atol=1e-12)
+
+
+def test_commit_reports_the_same_step_and_keeps_it(wtok, world):
+    it = world.train_items()
+    ro = lm_rows(make_batch(wtok, [it[0].prompt, it[7].prompt], [it[0].rejected, it[7].chosen]))
+    up = SFTUpdate(lm_rows(make_batch(wtok, [it[0].prompt], [it[0].chosen])))
+    for opt in (None, "adam"):
+        torch.manual_seed(0)
+        m = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size)).double().eval()
+        mk = (lambda: None) if opt is None else (lambda: torch.optim.Adam(m.parameters(), lr=1e-4))
+        before = [p.detach().clone() for p in m.parameters()]
+        dry = one_step(m, up, ro, 1e-4, optimizer=mk())
+        assert all(torch.equal(a, p) for a, p in zip(before, m.parameters()))  # restored
+        kept = one_step(m, up, ro, 1e-4, optimizer=mk(), commit=True)
+        assert not all(torch.equal(a, p) for a, p in zip(before, m.parameters()))  # the step stays
+        torch.testing.assert_close(kept.pred, dry.pred, rtol=1e-12, atol=1e-15)
+        assert kept.lbk == pytest.approx(dry.lbk, rel=1e-12)  # proxies are taken at θ, not θ'

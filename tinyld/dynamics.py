@@ -437,14 +437,13 @@ def one_step(model, update, observed: Rows, eta: float, optimizer: torch.optim.O
         dz = jvp_rows(model, observed, {k: theta1[k] - theta0[k] for k in params})[1]  # (N_o, V) J_o·Δθ
         if not commit:
             optimizer.load_state_dict(opt_state)
+    G = [G for _, _, G in update.residuals(model)]  # the updating residuals at θ, for LBK
     if commit:
         _load(params, theta1)
     pred = apply_A(z0, dz)  # (N_o, V) predicted Δ log π
     actual = logp1 - logp0  # (N_o, V)
     pt, at = _label_values(observed, pred), _label_values(observed, actual)  # (N_o,)
     ps, as_ = observed.to_groups(pt), observed.to_groups(at)  # (n_seq,)
-    with torch.enable_grad():
-        G = [G for _, _, G in update.residuals(model)]
     px = proxies(actual, z0, G)
     return StepReport(eta, route, observed.labels, observed.group, pt, at, ps, as_, _rel(pred, actual),
                       _rel(pt, at), _rel(ps, as_), px["lbk"], px["sign_delta"],

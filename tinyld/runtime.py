@@ -54,6 +54,7 @@ def pick_device(prefer: str = "auto", exact: bool = False, verbose: bool = False
     if prefer not in ("auto", "cpu", "cuda", "mps"):
         raise TinyldError(f"unknown device {prefer!r}: use one of auto, cpu, cuda, mps")
     if exact:
+        exact_mode()
         choice = DeviceChoice(torch.device("cpu"), torch.float64, "exact mode: float64 on the CPU, TF32 off")
     elif prefer == "cuda" or (prefer == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
