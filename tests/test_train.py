@@ -72,7 +72,7 @@ def test_bad_checkpoints(world, wtok, tmp_path):
     with pytest.raises(TinyldError, match="truncated or corrupt"):
         load_checkpoint(tmp_path / "trunc.pt")
     torch.save({"format": "tinyld-checkpoint", "payload": _Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(TinyldError, match="never unpickles code"):
+    with pytest.raises(TinyldError, match="carries Python code"):
         load_checkpoint(tmp_path / "evil.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(TinyldError, match="not a tinyld checkpoint"):
@@ -143,7 +143,7 @@ def test_interrupt_mid_update_keeps_the_last_clean_checkpoint(world, wtok, tmp_p
 @pytest.mark.parametrize("kw, msg", [
     (dict(task="rlhf"), "unknown task 'rlhf'"),
     (dict(optimizer="lion"), "unknown optimizer 'lion'"),
-    (dict(lr=float("nan")), "lr must be a positive finite number"),
+    (dict(lr=float("nan")), "TrainConfig.lr must be a positive finite number"),
 ])
 def test_bad_train_config(kw, msg):
     with pytest.raises(TinyldError, match=msg):

@@ -86,12 +86,18 @@ def cmd_demo(args) -> int:
 
 
 def cmd_golden(args) -> int:
-    from tinyld.demo import golden_losses
+    from pathlib import Path
 
+    from tinyld.demo import golden_losses
+    from tinyld.runtime import TinyldError, writable_dir
+
+    if args.write:  # check the destination before the work
+        if Path(args.write).is_dir():
+            raise TinyldError(f"--write {args.write!r} is a folder: give a file name such as first_losses.json")
+        writable_dir(Path(args.write).parent, "folder of --write")
     text = json.dumps(golden_losses(), indent=1)
     if args.write:
-        with open(args.write, "w") as f:
-            f.write(text + "\n")
+        Path(args.write).write_text(text + "\n")
         print(f"wrote {args.write}")
     else:
         print(text)
@@ -123,6 +129,7 @@ def main(argv=None) -> int:
     d.add_argument("--sft-lr", dest="sft_lr", type=float, help="SFT AdamW lr (default 1e-3)")
     d.add_argument("--out", help="output folder (default tinyld_out)")
     d.add_argument("--device", help="auto | cpu (default) | cuda | mps")
+    d.add_argument("--threads", type=int, help="CPU threads (default 2: the figures in the README were made with 2)")
     d.add_argument("--fast", action="store_true", help="a few steps only (also TINYLD_FAST=1)")
     g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
@@ -140,15 +147,20 @@ def main(argv=None) -> int:
                    help="SGD step for the prediction-error figure (default: the largest predicted |Δ log π(y|x)| "
                         "is 0.1 nats)")
     args = p.parse_args(argv)
+    from tinyld.runtime import TinyldError
+
     try:
         return {"env": cmd_env, "demo": cmd_demo, "golden": cmd_golden, "bench": cmd_bench}[args.cmd](args)
-    except Exception as err:
-        from tinyld.runtime import TinyldError
-
-        if isinstance(err, TinyldError):  # a user mistake: one clear line, no traceback
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
+    except TinyldError as err:  # a user mistake: one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path, a permission, a full disk: say which, no traceback
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:  # Ctrl-C: training saved what it could and says how to go on
+        print(f"\n{err or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,9 +10,21 @@ import torch
 from tinyld.data import Batch
 from tinyld.dynamics import SFTUpdate, lm_rows, one_step, predict, sequence_change, step_size_for
 from tinyld.losses import sft_loss
-from tinyld.model import GPT, GPTConfig
-from tinyld.runtime import pick_device
+from tinyld.model import GPT, PRESETS, GPTConfig
+from tinyld.runtime import check_choice, check_int, check_number, pick_device
 from tinyld.train import TrainConfig, make_optimizer
+
+
+def _check_args(preset, vocab, batch, seq, repeat, warmup, eta=None) -> None:
+    """Every benchmark argument, checked before a model is built."""
+    check_choice("bench --preset", preset, PRESETS)
+    check_int("bench --vocab", vocab, 2, 1_000_000)
+    check_int("bench --batch", batch, 1, 4096)
+    check_int("bench --seq", seq, 1, 8192)
+    check_int("bench --repeat", repeat, 1, 10_000)
+    check_int("bench --warmup", warmup, 0, 10_000)
+    if eta is not None:
+        check_number("bench --eta", eta, 0, strict=True)
 
 
 def _setup(preset: str, vocab: int, batch: int, seq: int, device: str, dtype=torch.float32):
@@ -48,6 +60,7 @@ def _peak_mb(device: torch.device) -> float:
 
 def bench_step(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=10, warmup=2) -> dict:
     """One AdamW training step (forward + backward + update) with the summed-log-prob loss."""
+    _check_args(preset, vocab, batch, seq, repeat, warmup)
     dev, model, b = _setup(preset, vocab, batch, seq, device)
     opt = make_optimizer(model, TrainConfig(optimizer="adamw"))
 
@@ -67,6 +80,7 @@ def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", rep
     tokens, the ratio, peak memory and the relative error of the prediction for one small SGD step.
 
     eta=None picks the step from the prediction itself: the largest predicted |Δ log π(y|x)| is 0.1 nats."""
+    _check_args(preset, vocab, batch, seq, repeat, warmup, eta)
     dev, model, b = _setup(preset, vocab, batch, seq, device)
     model.eval()
     opt = make_optimizer(model, TrainConfig(optimizer="adamw"))

@@ -10,6 +10,7 @@ resumed from a checkpoint sees exactly the batches the uninterrupted run would h
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from tinyld.runtime import TinyldError
+from tinyld.runtime import TinyldError, check_int
 from tinyld.tokenizers import fingerprint
 
 IGNORE = -100  # label of a position that carries no loss (prompt or padding)
@@ -40,6 +41,10 @@ class Batch:
     tok: str | None = None  # fingerprint of the tokenizer that built it (tokenizers.fingerprint); None: unknown
 
     def __post_init__(self):
+        for name, t in (("idx", self.idx), ("targets", self.targets)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.is_floating_point() or t.is_complex():
+                what = f"shape {tuple(t.shape)} dtype {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TinyldError(f"Batch.{name} must be a (B, T) tensor of integer token ids, got {what}")
         if self.idx.shape != self.targets.shape:
             raise TinyldError(f"mismatched batch: idx has shape {tuple(self.idx.shape)} but targets has "
                               f"{tuple(self.targets.shape)}; both must be (B, T)")
@@ -68,10 +73,16 @@ def encode_example(tok, prompt: str, response: str | None, append_eos: bool = Tr
 def make_batch(tok, prompts: Sequence[str], responses: Sequence[str | None], block_size: int | None = None,
                append_eos: bool = True) -> Batch:
     """Right-padded batch of prompt+response pairs, prompt and padding masked with IGNORE."""
+    if isinstance(prompts, str) or isinstance(responses, str):
+        raise TinyldError("make_batch takes lists of prompts and responses, not single strings: wrap them in [ ]")
     if len(prompts) != len(responses):
         raise TinyldError(f"mismatched batch lengths: {len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise TinyldError("empty batch: give at least one (prompt, response) pair")
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not isinstance(p, str) or not (r is None or isinstance(r, str)):
+            raise TinyldError(f"pair {i}: prompts and responses must be strings, got {type(p).__name__} and "
+                              f"{type(r).__name__}")
     seqs = [encode_example(tok, p, r, append_eos) for p, r in zip(prompts, responses)]
     return collate(seqs, tok.pad_id, block_size, fingerprint(tok))
 
@@ -98,26 +109,56 @@ def collate(seqs: Sequence[tuple[list[int], int]], pad_id: int, block_size: int 
 
 
 def read_jsonl(path: str | Path) -> list[Example]:
-    """Read ``{"prompt", "chosen" (or "response"), "rejected"?}`` lines into Examples; errors name the line."""
+    """Read ``{"prompt", "chosen" (or "response"), "rejected"?, …}`` lines into Examples.
+
+    Every bad line is an error that names the file and the line: not UTF-8, not JSON, not an object, a missing or
+    empty prompt or response, a value that is not a string. Nothing half-read is returned."""
+    path = Path(path)
+    if not path.is_file():
+        raise TinyldError(f"no JSONL file at {path}" + (" (it is a folder)" if path.is_dir() else "") +
+                          ": check the path")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TinyldError(f"{where}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                  "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
-                raise TinyldError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                raise TinyldError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(d, dict):
+                raise TinyldError(f"{where}: each line must be a JSON object like "
+                                  f'{{"prompt": …, "chosen": …}}, got a {type(d).__name__}')
             if "prompt" not in d:
-                raise TinyldError(f"{path}:{n}: missing 'prompt'")
+                raise TinyldError(f"{where}: missing 'prompt'")
+            if "chosen" in d and "response" in d:
+                raise TinyldError(f"{where}: both 'chosen' and 'response' given; keep one")
             chosen = d.pop("chosen", d.pop("response", None))
-            if chosen is None or not str(chosen).strip():
-                raise TinyldError(f"{path}:{n}: prompt with no response: add a non-empty 'chosen' or 'response'")
-            out.append(Example(d.pop("prompt"), chosen, d.pop("rejected", None), d))
+            if chosen is None:
+                raise TinyldError(f"{where}: prompt with no response: add a non-empty 'chosen' or 'response'")
+            rejected = d.pop("rejected", None)
+            for key, v in (("prompt", d["prompt"]), ("chosen", chosen), ("rejected", rejected)):
+                if v is None and key == "rejected":
+                    continue
+                if not isinstance(v, str):
+                    raise TinyldError(f"{where}: '{key}' must be a string, got {type(v).__name__} {v!r:.40}")
+                if not v.strip():
+                    raise TinyldError(f"{where}: '{key}' is empty; every prompt and response needs text")
+            out.append(Example(d.pop("prompt"), chosen, rejected, d))
+    if not out:
+        raise TinyldError(f"{path} holds no examples (every line is blank)")
     return out
 
 
 def write_jsonl(path: str | Path, examples: Sequence[Example]) -> None:
+    if not all(isinstance(e, Example) for e in examples):
+        raise TinyldError("write_jsonl takes a list of Example objects")
     with open(path, "w", encoding="utf-8") as f:
         for e in examples:
             d = {"prompt": e.prompt, "chosen": e.chosen, **({"rejected": e.rejected} if e.rejected else {}), **e.meta}
@@ -132,6 +173,11 @@ class TextStream:
     """Pretraining data: documents joined by EOS into one token stream; each batch is random windows."""
 
     def __init__(self, tok, docs: Sequence[str], block_size: int, batch_size: int, seed: int = 0):
+        check_int("TextStream.block_size", block_size, 1)
+        check_int("TextStream.batch_size", batch_size, 1)
+        check_int("TextStream.seed", seed, 0)
+        if isinstance(docs, str) or not all(isinstance(d, str) for d in docs):
+            raise TinyldError("TextStream takes a list of documents (strings), not one string")
         ids = []
         for d in docs:
             ids += tok.encode(d) + [tok.eos_id]
@@ -141,6 +187,11 @@ class TextStream:
                               f"block_size+1={block_size + 1}: add text or lower block_size")
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.tok = fingerprint(tok)
+
+    def identity(self) -> dict:
+        """What a checkpoint remembers about this data, so a resume can check it is the same."""
+        return {"kind": "text", "tokenizer": self.tok, "block_size": self.block_size,
+                "batch_size": self.batch_size, "seed": self.seed, "tokens": hashlib.sha1(self.tokens.numpy().tobytes()).hexdigest()[:16]}
 
     def batch(self, step: int) -> Batch:
         T = self.block_size
@@ -156,14 +207,30 @@ class PairData:
                  seed: int = 0):
         if not examples:
             raise TinyldError("no examples: SFT needs at least one (prompt, response) pair")
+        check_int("PairData.batch_size", batch_size, 1)
+        check_int("PairData.seed", seed, 0)
+        if block_size is not None:
+            check_int("PairData.block_size", block_size, 1)
+        if not all(isinstance(e, Example) for e in examples):
+            raise TinyldError("PairData takes a list of Example objects (data.Example or read_jsonl's output)")
         self.seqs = [encode_example(tok, e.prompt, e.chosen) for e in examples]
         collate(self.seqs, tok.pad_id, block_size)  # validate every length once, up front
         self.tok, self.block_size, self.seed, self.fp = tok, block_size, seed, fingerprint(tok)
         self.batch_size = min(batch_size, len(self.seqs))
         self.batches_per_epoch = len(self.seqs) // self.batch_size
 
+    def identity(self) -> dict:
+        """What a checkpoint remembers about this data, so a resume can check it is the same."""
+        return {"kind": "pairs", "tokenizer": self.fp, "block_size": self.block_size,
+                "batch_size": self.batch_size, "seed": self.seed, "examples": _digest(self.seqs)}
+
     def batch(self, step: int) -> Batch:
         epoch, i = divmod(step, self.batches_per_epoch)
         order = torch.randperm(len(self.seqs), generator=_generator(self.seed, epoch)).tolist()
         pick = order[i * self.batch_size: (i + 1) * self.batch_size]
         return collate([self.seqs[j] for j in pick], self.tok.pad_id, self.block_size, self.fp)
+
+
+def _digest(obj) -> str:
+    """A short hash of token ids (a list, or a list of (ids, prompt length) pairs)."""
+    return hashlib.sha1(json.dumps(obj, separators=(",", ":")).encode()).hexdigest()[:16]

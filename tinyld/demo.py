@@ -17,7 +17,8 @@ import torch
 from tinyld.data import PairData, TextStream
 from tinyld.evaluate import greedy_answers, response_logprobs, text_stats, valley_depth
 from tinyld.model import GPT, GPTConfig
-from tinyld.runtime import pick_device, seed_everything, versions
+from tinyld.runtime import (TinyldError, check_choice, check_int, check_number, pick_device, seed_everything,
+                            versions, writable_dir)
 from tinyld.train import TrainConfig, Trainer
 from tinyld.world import World
 
@@ -33,9 +34,21 @@ class DemoConfig:
     sft_lr: float = 1e-3  # AdamW
     out: str = "tinyld_out"  # demo.json, log files and checkpoints go here
     device: str = "cpu"  # auto | cpu | cuda | mps
+    threads: int = 2  # CPU threads. Pinned: float sums, and so a 3000-step model, depend on the thread count
     fast: bool = False  # a few steps of each phase (smoke test; the numbers then mean little)
 
     def __post_init__(self):
+        check_int("demo --seed", self.seed, 0)
+        check_choice("demo --preset", self.preset, ("tiny", "mini"))
+        check_int("demo --pretrain-steps", self.pretrain_steps, 1)
+        check_number("demo --pretrain-lr", self.pretrain_lr, 0, strict=True)
+        check_int("DemoConfig.batch_size", self.batch_size, 1)
+        check_int("demo --sft-steps", self.sft_steps, 1)
+        check_number("demo --sft-lr", self.sft_lr, 0, strict=True)
+        check_choice("demo --device", self.device, ("auto", "cpu", "cuda", "mps"))
+        check_int("demo --threads", self.threads, 1, 256)
+        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
+            raise TinyldError(f"demo --out must be a folder path, got {self.out!r}")
         if self.fast:
             self.pretrain_steps, self.sft_steps = min(self.pretrain_steps, 60), min(self.sft_steps, 10)
 
@@ -62,7 +75,12 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
         model, _, _ = load_model(path)
         return world, tok, model.eval()
     cfg = DemoConfig(seed=seed, pretrain_steps=steps)
-    model, _ = pretrain(world, tok, cfg, torch.device("cpu"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # the demo's thread count, so that both train the same model
+    try:
+        model, _ = pretrain(world, tok, cfg, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
     if path:
         save_checkpoint(path, model, tok, step=steps)
     return world, tok, model
@@ -83,12 +101,24 @@ def report(model, tok, world: World) -> dict:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    t0 = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run the main job with ``cfg.threads`` CPU threads (the previous thread count is restored afterwards)."""
+    if not isinstance(cfg, DemoConfig):
+        raise TinyldError(f"run_demo takes a DemoConfig, got {type(cfg).__name__}")
+    out = writable_dir(cfg.out, "demo output folder")  # before minutes of pretraining, not after
     dev = pick_device(cfg.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_demo(cfg, out, dev)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(cfg: DemoConfig, out: Path, dev) -> dict:
+    t0 = time.perf_counter()
     print("tinyld demo — pretrain a tiny GPT on a synthetic world, then finetune it on instructions")
-    print(f"  {dev}\n  versions: {json.dumps(versions())}\n  config: {json.dumps(asdict(cfg))}")
+    print(f"  {dev}, {cfg.threads} CPU threads\n  versions: {json.dumps(versions())}\n"
+          f"  config: {json.dumps(asdict(cfg))}")
     seed_everything(cfg.seed)
     world = World(cfg.seed)
     tok = world.tokenizer()

@@ -36,7 +36,7 @@ from torch.func import functional_call, jacrev, jvp
 
 from tinyld.data import IGNORE, Batch
 from tinyld.losses import ce_residual, dpo_loss, dpo_scale, token_logprobs
-from tinyld.runtime import TinyldError
+from tinyld.runtime import TinyldError, check_number
 
 # --------------------------------------------------------------------------------------------------------------
 # Rows: where logits are read
@@ -106,7 +106,8 @@ class SFTUpdate:
     name = "sft"
 
     def __init__(self, rows: Rows, weight: float = 1.0):
-        self.rows, self.weight = rows, weight
+        _check_rows("SFTUpdate rows", rows)
+        self.rows, self.weight = rows, check_number("SFTUpdate weight", weight)
 
     def loss(self, model) -> torch.Tensor:
         logp = token_logprobs(self.rows.logits(model), self.rows.labels)  # (N,) log π(label) per row
@@ -131,11 +132,17 @@ class DPOUpdate:
 
     def __init__(self, chosen: Rows, rejected: Rows, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
                  beta: float = 0.1, weight: float = 1.0):
+        _check_rows("DPOUpdate chosen", chosen)
+        _check_rows("DPOUpdate rejected", rejected)
         if chosen.n_groups != rejected.n_groups:
             raise TinyldError(f"DPO needs as many chosen as rejected responses, got {chosen.n_groups} and "
                               f"{rejected.n_groups}")
-        self.chosen, self.rejected, self.beta, self.weight = chosen, rejected, beta, weight
-        self.ref_c, self.ref_r = ref_chosen.detach(), ref_rejected.detach()  # (B,) log π_ref(y±|x), summed
+        self.chosen, self.rejected = chosen, rejected
+        self.beta = check_number("DPO beta", beta, 0, strict=True)
+        self.weight = check_number("DPOUpdate weight", weight)
+        B = chosen.n_groups
+        self.ref_c = _ref_logps("ref_chosen", ref_chosen, B)  # (B,) log π_ref(y⁺|x), summed
+        self.ref_r = _ref_logps("ref_rejected", ref_rejected, B)  # (B,) log π_ref(y⁻|x), summed
 
     def _seq_logp(self, rows: Rows, z: torch.Tensor) -> torch.Tensor:
         return rows.to_groups(token_logprobs(z, rows.labels))  # (B,) log π(y|x), summed over the response
@@ -169,8 +176,14 @@ class ResidualUpdate:
     name = "residual"
 
     def __init__(self, rows: Rows, G: torch.Tensor):
+        _check_rows("ResidualUpdate rows", rows)
+        if not isinstance(G, torch.Tensor) or G.dim() != 2 or not G.is_floating_point():
+            what = f"shape {tuple(G.shape)}, dtype {G.dtype}" if isinstance(G, torch.Tensor) else type(G).__name__
+            raise TinyldError(f"G must be a float tensor of shape (N_u, V), got {what}")
         if G.shape[0] != rows.n:
             raise TinyldError(f"G has {G.shape[0]} rows but the updating batch has {rows.n} scored positions")
+        if not torch.isfinite(G).all():
+            raise TinyldError("G holds NaN or inf: a residual must be finite")
         self.rows, self.G = rows, G.detach()
 
     def loss(self, model) -> torch.Tensor:
@@ -204,7 +217,41 @@ def _sub_rows(r: Rows, b: int) -> Rows:
 
 
 def _update_rows(update) -> list[Rows]:
-    return [update.chosen, update.rejected] if isinstance(update, DPOUpdate) else [update.rows]
+    if isinstance(update, DPOUpdate):
+        return [update.chosen, update.rejected]
+    if isinstance(update, (SFTUpdate, ResidualUpdate)):
+        return [update.rows]
+    if all(hasattr(update, a) for a in ("loss", "residuals", "split", "rows")):  # an update of your own
+        return [update.rows]
+    raise TinyldError(f"expected an update (SFTUpdate, DPOUpdate, ResidualUpdate), got {type(update).__name__}; "
+                      "build one with make_update(loss, rows, …)")
+
+
+def _check_rows(name: str, rows) -> None:
+    if not isinstance(rows, Rows):
+        raise TinyldError(f"{name} must be Rows (from lm_rows(batch) or class_rows(x, y)), got "
+                          f"{type(rows).__name__}")
+    if rows.n == 0:
+        raise TinyldError(f"{name} has no scored positions: observed and updating examples need a non-empty "
+                          "response")
+
+
+def _ref_logps(name: str, ref, B: int) -> torch.Tensor:
+    """Reference log-probs as a (B,) tensor: one finite number per pair, never broadcast."""
+    try:
+        t = ref.detach() if isinstance(ref, torch.Tensor) else torch.as_tensor(ref, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TinyldError(f"{name} must be a tensor of {B} summed log-probs (one per pair), got "
+                          f"{type(ref).__name__}") from None
+    if t.dim() == 0 and B == 1:
+        t = t.reshape(1)
+    if t.dim() != 1 or t.shape[0] != B or not t.is_floating_point():
+        raise TinyldError(f"{name} must hold one float log-prob per pair, shape ({B},); got shape "
+                          f"{tuple(t.shape)}, dtype {t.dtype}. Compute it with "
+                          "evaluate.response_logprobs(ref_model, tok, prompts, responses)")
+    if not torch.isfinite(t).all() or (t > 1e-4).any():
+        raise TinyldError(f"{name} must be finite log-probabilities (≤ 0; not a loss), got {t.tolist()[:4]}")
+    return t
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -226,8 +273,23 @@ def apply_A(logits: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
 
 
 def _check(model, *rows: Rows, eta: float | None = None) -> None:
-    if eta is not None and not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
-        raise TinyldError(f"learning rate eta must be a positive finite number, got {eta!r}")
+    """Everything the engine checks before it computes: a refusal in words beats a silently wrong number."""
+    if eta is not None:
+        check_number("learning rate eta", eta, 0, strict=True)
+    if not isinstance(model, torch.nn.Module):
+        raise TinyldError(f"expected a torch model, got {type(model).__name__}")
+    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    if not params:
+        raise TinyldError("the model has no floating-point parameters: nothing for the engine to differentiate")
+    low = sorted({str(p.dtype) for _, p in params if p.dtype in (torch.float16, torch.bfloat16)})
+    if low:
+        raise TinyldError(f"the model has {', '.join(low)} parameters: the dynamics engine computes in float32 or "
+                          "float64 (forward-mode AD in half precision overflows to NaN). Call model.float(), or "
+                          "model.double() for exact checks")
+    ok = torch.stack([torch.isfinite(p).all() for _, p in params])  # (n_params,) one sync
+    if not bool(ok.all()):
+        raise TinyldError(f"the model's parameter {params[int((~ok).nonzero()[0])][0]!r} holds NaN or inf: a "
+                          "diverged model has no learning dynamics to show; load a good checkpoint")
     if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
         warnings.warn("the model is in training mode with dropout on: the decomposition assumes a deterministic "
                       "forward, so predictions will not match — call model.eval() first", stacklevel=3)
@@ -236,12 +298,25 @@ def _check(model, *rows: Rows, eta: float | None = None) -> None:
         raise TinyldError(f"observed and updating examples were built with different tokenizers ({sorted(toks)}): "
                           "build every batch with the model's tokenizer")
     V = getattr(getattr(model, "config", None), "vocab_size", None)
+    device = params[0][1].device
     for r in rows:
-        if r.n == 0:
-            raise TinyldError("empty rows: observed and updating examples need at least one scored token")
+        _check_rows("observed and updating rows", r)
         if r.tok is not None and V is not None and int(r.tok.split(":")[1]) != V:
             raise TinyldError(f"a batch was built with a {r.tok.split(':')[1]}-token vocabulary but the model has "
                               f"vocab_size={V}: use the tokenizer the model was trained with")
+        if r.inputs.device != device:
+            raise TinyldError(f"the rows are on {r.inputs.device} but the model is on {device}: build the batch "
+                              f"and call batch.to(device) before lm_rows")
+        has = r.labels[r.labels != IGNORE]
+        if V is not None and has.numel() and (int(has.min()) < 0 or int(has.max()) >= V):
+            raise TinyldError(f"a row's label is outside the vocabulary [0, {V}): the batch and the model disagree")
+
+
+def _finite(name: str, t: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(t).all():
+        raise TinyldError(f"{name} came out NaN or inf although the inputs were finite: the model's numbers "
+                          "overflow here (try model.double(), or a smaller eta)")
+    return t
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -282,7 +357,8 @@ def jvp_rows(model, rows: Rows, direction: dict[str, torch.Tensor]) -> tuple[tor
 def kg(model, observed: Rows, update) -> tuple[torch.Tensor, torch.Tensor]:
     """(z_o, K·G) — K(x_o, x_u)·G(x_u) contracted, full vocabulary: two (N_o, V) tensors."""
     _check(model, observed, *_update_rows(update))
-    return _kg(model, observed, update)
+    z, KG = _kg(model, observed, update)
+    return z, _finite("K·G", KG)
 
 
 def _kg(model, observed: Rows, update) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,7 +373,7 @@ def predict(model, observed: Rows, update, eta: float) -> torch.Tensor:
 
 def _predict(model, observed: Rows, update, eta: float) -> torch.Tensor:
     z, KG = _kg(model, observed, update)  # (N_o, V), (N_o, V)
-    return -eta * apply_A(z, KG)  # (N_o, V)
+    return _finite("the predicted Δ log π", -eta * apply_A(z, KG))  # (N_o, V)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -335,6 +411,14 @@ def kernel_restricted(model, observed: Rows, sel_o: torch.Tensor, updating: Rows
     """K on chosen logits: sel (S, 2) lists (row, token) pairs; returns (S_o, S_u) = J_{sel_o} J_{sel_u}ᵀ."""
     updating, sel_u = (observed, sel_o) if updating is None else (updating, sel_u)
     _check(model, observed, updating)
+    V = model.config.vocab_size if hasattr(model, "config") else None
+    for name, rows, sel in (("sel_o", observed, sel_o), ("sel_u", updating, sel_u)):
+        if not isinstance(sel, torch.Tensor) or sel.dim() != 2 or sel.shape[1] != 2 or sel.is_floating_point():
+            raise TinyldError(f"{name} must be an integer tensor of (row, token) pairs, shape (S, 2)")
+        if len(sel) == 0 or int(sel[:, 0].min()) < 0 or int(sel[:, 0].max()) >= rows.n or int(sel[:, 1].min()) < 0 \
+                or (V is not None and int(sel[:, 1].max()) >= V):
+            raise TinyldError(f"{name} must list at least one pair with rows in [0, {rows.n}) and tokens in "
+                              f"[0, {V}), got rows {sel[:, 0].tolist()[:6]} and tokens {sel[:, 1].tolist()[:6]}")
     Jo = _selected_jacobian(model, observed, sel_o)  # (S_o, P)
     Ju = Jo if (updating is observed and sel_u is sel_o) else _selected_jacobian(model, updating, sel_u)
     return Jo @ Ju.T  # (S_o, S_u)
@@ -409,45 +493,65 @@ def one_step(model, update, observed: Rows, eta: float, optimizer: torch.optim.O
     """
     _check(model, observed, *_update_rows(update), eta=eta)
     params = dict(model.named_parameters())
+    if optimizer is not None:
+        _check_optimizer(model, optimizer, eta)
     theta0 = {k: p.detach().clone() for k, p in params.items()}
-    z0 = observed.logits(model)  # (N_o, V)
-    logp0 = F.log_softmax(z0, dim=-1)  # (N_o, V)
-    with torch.enable_grad():
+    opt_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    done = False
+    try:
+        z0 = observed.logits(model)  # (N_o, V)
+        logp0 = F.log_softmax(z0, dim=-1)  # (N_o, V)
+        with torch.enable_grad():
+            model.zero_grad(set_to_none=True)
+            update.loss(model).backward()  # autograd: the oracle for the actual step
+        if optimizer is None:
+            route = "sgd: −η·A·K·G"
+            for p in params.values():
+                if p.grad is not None:
+                    p.sub_(eta * p.grad)
+        else:
+            route = f"{type(optimizer).__name__}: A·J_o·Δθ"
+            optimizer.step()
         model.zero_grad(set_to_none=True)
-        update.loss(model).backward()  # autograd: the oracle for the actual step
-    if optimizer is None:
-        route = "sgd: −η·A·K·G"
-        for p in params.values():
-            if p.grad is not None:
-                p.sub_(eta * p.grad)
-    else:
-        route = f"{type(optimizer).__name__}: A·J_o·Δθ"
-        for g in optimizer.param_groups:
-            if not math.isclose(g["lr"], eta, rel_tol=1e-12):
-                raise TinyldError(f"the optimizer's lr={g['lr']:g} differs from eta={eta:g}: pass the same value")
-        opt_state = copy.deepcopy(optimizer.state_dict())
-        optimizer.step()
-    model.zero_grad(set_to_none=True)
-    logp1 = F.log_softmax(observed.logits(model), dim=-1)  # (N_o, V) after the step
-    theta1 = {k: p.detach().clone() for k, p in params.items()}
-    _load(params, theta0)  # predictions are taken at θ
-    if optimizer is None:
-        dz = -eta * _kg(model, observed, update)[1]  # (N_o, V) −η·K·G through the residuals
-    else:
-        dz = jvp_rows(model, observed, {k: theta1[k] - theta0[k] for k in params})[1]  # (N_o, V) J_o·Δθ
-        if not commit:
-            optimizer.load_state_dict(opt_state)
-    G = [G for _, _, G in update.residuals(model)]  # the updating residuals at θ, for LBK
-    if commit:
-        _load(params, theta1)
-    pred = apply_A(z0, dz)  # (N_o, V) predicted Δ log π
-    actual = logp1 - logp0  # (N_o, V)
+        logp1 = F.log_softmax(observed.logits(model), dim=-1)  # (N_o, V) after the step
+        theta1 = {k: p.detach().clone() for k, p in params.items()}
+        _load(params, theta0)  # predictions are taken at θ
+        if optimizer is None:
+            dz = -eta * _kg(model, observed, update)[1]  # (N_o, V) −η·K·G through the residuals
+        else:
+            dz = jvp_rows(model, observed, {k: theta1[k] - theta0[k] for k in params})[1]  # (N_o, V) J_o·Δθ
+        G = [G for _, _, G in update.residuals(model)]  # the updating residuals at θ, for LBK
+        pred = _finite("the predicted Δ log π", apply_A(z0, dz))  # (N_o, V) predicted Δ log π
+        actual = _finite("the actual Δ log π after the step", logp1 - logp0)  # (N_o, V)
+        done = True
+    finally:  # an error or Ctrl-C anywhere above leaves the model and the optimizer as they were
+        model.zero_grad(set_to_none=True)
+        if done and commit:
+            _load(params, theta1)
+        else:
+            _load(params, theta0)
+            if optimizer is not None:
+                optimizer.load_state_dict(opt_state)
     pt, at = _label_values(observed, pred), _label_values(observed, actual)  # (N_o,)
     ps, as_ = observed.to_groups(pt), observed.to_groups(at)  # (n_seq,)
     px = proxies(actual, z0, G)
     return StepReport(eta, route, observed.labels, observed.group, pt, at, ps, as_, _rel(pred, actual),
                       _rel(pt, at), _rel(ps, as_), px["lbk"], px["sign_delta"],
                       pred if keep_full else None, actual if keep_full else None)
+
+
+def _check_optimizer(model, optimizer, eta: float) -> None:
+    """The optimizer must step this model's parameters, at the learning rate eta."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TinyldError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    mine = {id(p) for p in model.parameters()}
+    theirs = [p for g in optimizer.param_groups for p in g["params"]]
+    if not theirs or any(id(p) not in mine for p in theirs):
+        raise TinyldError("the optimizer holds parameters that are not this model's (was it built for another "
+                          "model, or a copy?): build it with optimizer(model.parameters(), lr=eta)")
+    for g in optimizer.param_groups:
+        if not math.isclose(g["lr"], eta, rel_tol=1e-12):
+            raise TinyldError(f"the optimizer's lr={g['lr']:g} differs from eta={eta:g}: pass the same value")
 
 
 def _load(params: dict, values: dict) -> None:
@@ -463,8 +567,13 @@ def sequence_change(observed: Rows, delta: torch.Tensor) -> torch.Tensor:
 def step_size_for(model, update, observed: Rows, target: float = 0.1) -> float:
     """A learning rate at which no observed sequence's log π(y|x) is predicted to move by more than ``target``
     nats. The prediction is linear in η, so one prediction at η = 1 suffices. Sharper models get smaller steps."""
+    check_number("target", target, 0, strict=True)
     per_seq = sequence_change(observed, predict(model, observed, update, 1.0))  # (n_seq,) per unit η
-    return target / per_seq.abs().max().clamp(min=torch.finfo(per_seq.dtype).tiny).item()
+    biggest = per_seq.abs().max().item()
+    if not biggest > 0:
+        raise TinyldError("the update is predicted not to move any observed sequence (Δ log π = 0 at η = 1): "
+                          "no step size can reach the target; check that the update has a non-zero residual")
+    return target / biggest
 
 
 def contributions(model, update, observed: Rows, eta: float) -> torch.Tensor:

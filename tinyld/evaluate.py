@@ -1,8 +1,9 @@
 """Measurements on a model: confidence on text, valley depth, response log-probs, greedy answers.
 
 Valley depth is the mean log-prob per token that the model gives to *random* token sequences. A model that
-puts e^-30 on tokens it does not expect has deep valleys — the condition for the DPO squeezing effect
-(paper.md §3, §6). Report it beside every squeezing result.
+puts e^-30 on tokens it does not expect has deep valleys. The squeezing theorem holds for any distribution, but
+in this project's small-scale trials valley depth decided whether off-policy DPO squeezed visibly
+(lessons/NOTES.md §5), so report it beside every squeezing result.
 """
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import torch
 
 from tinyld.data import collate, make_batch
 from tinyld.losses import sequence_logprob, token_logprobs
+from tinyld.runtime import TinyldError, check_int
+
+
+def _texts(name: str, texts) -> None:
+    if isinstance(texts, str) or not len(texts) or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise TinyldError(f"{name} must be a non-empty list of non-empty strings")
 
 
 def _device(model):
@@ -21,6 +28,7 @@ def _device(model):
 @torch.no_grad()
 def text_stats(model, tok, texts: Sequence[str]) -> dict:
     """Mean top-1 probability and mean log-prob per token over every predicted token of ``texts``."""
+    _texts("texts", texts)
     model.eval()
     seqs = [(tok.encode(t) + [tok.eos_id], 1) for t in texts]  # score every token after the first
     b = collate(seqs, tok.pad_id, model.config.block_size).to(_device(model))
@@ -35,6 +43,8 @@ def text_stats(model, tok, texts: Sequence[str]) -> dict:
 @torch.no_grad()
 def valley_depth(model, tok, n_seqs: int = 64, length: int = 16, seed: int = 0) -> float:
     """Mean log π per token of uniformly random token sequences (ids ≥ 3 for the word tokenizer: no specials)."""
+    check_int("n_seqs", n_seqs, 1)
+    check_int("length", length, 2, model.config.block_size + 1)
     model.eval()
     lo = 3 if getattr(tok, "name", "") == "word" else 0
     g = torch.Generator().manual_seed(seed)
@@ -46,6 +56,8 @@ def valley_depth(model, tok, n_seqs: int = 64, length: int = 16, seed: int = 0) 
 @torch.no_grad()
 def response_logprobs(model, tok, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 64):
     """log π(y | x) for each pair, summed over response tokens (EOS included): (N,) tensor on the CPU."""
+    check_int("batch_size", batch_size, 1)
+    _texts("prompts", prompts)
     model.eval()
     out = []
     for i in range(0, len(prompts), batch_size):
@@ -58,6 +70,8 @@ def response_logprobs(model, tok, prompts: Sequence[str], responses: Sequence[st
 @torch.no_grad()
 def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 12) -> list[str]:
     """The model's greedy continuation of each prompt, up to EOS."""
+    check_int("max_new_tokens", max_new_tokens, 1)
+    _texts("prompts", prompts)
     model.eval()
     answers = []
     for p in prompts:

@@ -44,7 +44,7 @@ LOSSES = {"pretrain": lm_loss, "sft": sft_loss}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Residuals G = ∂L/∂z, derived by hand (paper.md §2). Each is checked against torch.autograd in the tests.
+# Residuals G = ∂L/∂z, derived by hand (lessons/NOTES.md §2). Each is checked against torch.autograd in the tests.
 # Convention: the batch loss is the mean over B sequences of a per-sequence loss, so every G carries 1/B.
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 Notable choices
 - Exactly GPT-2's architecture (pre-LayerNorm blocks, GELU-tanh MLP, learned positions, tied head), with the
-  Hugging Face parameter names, so a local GPT-2 folder imports with one rename and four transposes.
+  Hugging Face parameter names, so a local GPT-2 folder imports with one rename and four transposes. The two
+  Hugging Face options that change the outputs of a GPT-2, unscaled attention and an untied head, are config
+  fields; the options it cannot reproduce are refused.
 - Attention is written out as a masked softmax by default. Every op then has forward- and reverse-mode AD, so
   ``torch.func.jvp``, ``jacrev`` and ``vmap`` run through the whole model in float64 — the dynamics engine needs
   that. ``GPTConfig.fast = True`` switches to fused ``scaled_dot_product_attention`` and lets the trainer use
@@ -23,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyld.runtime import TinyldError, from_dict_strict
+from tinyld.runtime import TinyldError, check_number, from_dict_strict
 
 
 @dataclass
@@ -36,6 +38,8 @@ class GPTConfig:
     dropout: float = 0.0  # off by default: the dynamics decomposition assumes a deterministic forward
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
     layer_norm_eps: float = 1e-5  # GPT-2's epsilon
+    scale_attn: bool = True  # divide attention scores by sqrt(D), as GPT-2 does (HF: scale_attn_weights)
+    tie_head: bool = True  # the output head is the token embedding matrix (HF: tie_word_embeddings)
     fast: bool = False  # the one fast switch: fused SDPA attention + bf16 autocast when training on a GPU
 
     def __post_init__(self):
@@ -47,8 +51,11 @@ class GPTConfig:
             raise TinyldError(
                 f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 f"pick n_head from {[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0][:8]}…")
-        if not 0.0 <= self.dropout < 1.0:
-            raise TinyldError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        check_number("GPTConfig.dropout", self.dropout, 0, 1, hi_open=True)
+        check_number("GPTConfig.layer_norm_eps", self.layer_norm_eps, 0, strict=True)
+        for name in ("bias", "scale_attn", "tie_head", "fast"):
+            if not isinstance(getattr(self, name), bool):
+                raise TinyldError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
@@ -77,7 +84,7 @@ PRESETS: dict[str, dict] = {
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.fast, self.dropout = cfg.n_head, cfg.fast, cfg.dropout
+        self.n_head, self.fast, self.dropout, self.scale_attn = cfg.n_head, cfg.fast, cfg.dropout, cfg.scale_attn
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.attn_drop = nn.Dropout(cfg.dropout)
@@ -94,9 +101,12 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         if self.fast:
             p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, H, T, D)
+            scale = None if self.scale_attn else 1.0  # None: SDPA's default 1/sqrt(D)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, scale=scale)  # (B, H, T, D)
         else:
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, T) scores
+            att = q @ k.transpose(-2, -1)  # (B, H, T, T) scores
+            if self.scale_attn:
+                att = att / math.sqrt(D)
             att = att.masked_fill(~self.mask[:T, :T], float("-inf"))  # (B, H, T, T) no looking ahead
             att = self.attn_drop(F.softmax(att, dim=-1))  # (B, H, T, T) rows sum to 1
             y = att @ v  # (B, H, T, D)
@@ -139,7 +149,8 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied, as in GPT-2: one (V, C) matrix
+        if cfg.tie_head:
+            self.lm_head.weight = self.wte.weight  # tied, as in GPT-2: one (V, C) matrix
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2·n_layer)
             if name.endswith("c_proj.weight"):
@@ -153,7 +164,7 @@ class GPT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def num_params(self) -> int:
-        """Parameter count P, the tied embedding/head counted once (as GPT-2's 124,439,808)."""
+        """Parameter count P, a tied embedding/head counted once (as GPT-2's 124,439,808)."""
         return sum(p.numel() for p in self.parameters())
 
     def check_input(self, idx: torch.Tensor) -> None:
@@ -229,20 +240,32 @@ class GPT(nn.Module):
         if not cfg_path.is_file():
             raise TinyldError(f"no config.json in {folder}: point from_hf at a Hugging Face GPT-2 folder "
                               "(config.json + model.safetensors or pytorch_model.bin)")
-        hf = json.loads(cfg_path.read_text())
+        try:
+            hf = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise TinyldError(f"{cfg_path} is not readable JSON ({e}): copy the folder again") from None
+        if not isinstance(hf, dict):
+            raise TinyldError(f"{cfg_path} must hold a JSON object, got a {type(hf).__name__}")
         if hf.get("model_type", "gpt2") != "gpt2":
             raise TinyldError(f"{cfg_path} describes a {hf.get('model_type')!r} model; only GPT-2 imports")
         act = hf.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise TinyldError(f"activation_function={act!r} is not GPT-2's GELU-tanh; cannot import exactly")
+        if "n_embd" not in hf:
+            raise TinyldError(f"{cfg_path} lacks the GPT-2 field 'n_embd'")
         n_embd = hf["n_embd"]
         if hf.get("n_inner") not in (None, 4 * n_embd):
             raise TinyldError(f"n_inner={hf['n_inner']} ≠ 4·n_embd: not supported")
-        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-            raise TinyldError("scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
-        cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                        n_head=hf["n_head"], n_embd=n_embd, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                        fast=fast)
+        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+            if hf.get(flag):
+                raise TinyldError(f"{cfg_path}: {flag}=true changes GPT-2's outputs and is not supported")
+        try:
+            cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                            n_head=hf["n_head"], n_embd=n_embd, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                            scale_attn=bool(hf.get("scale_attn_weights", True)),
+                            tie_head=bool(hf.get("tie_word_embeddings", True)), fast=fast)
+        except KeyError as e:
+            raise TinyldError(f"{cfg_path} lacks the GPT-2 field {e.args[0]!r}") from None
         sd = _read_hf_weights(folder)
         model = cls(cfg)
         ours = model.state_dict()
@@ -250,8 +273,8 @@ class GPT(nn.Module):
         loaded = {}
         for key, w in sd.items():
             k = key.removeprefix("transformer.")
-            if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
-                continue  # old causal-mask buffers; the head is tied to wte
+            if k.endswith((".attn.bias", ".attn.masked_bias")) or (k == "lm_head.weight" and cfg.tie_head):
+                continue  # old causal-mask buffers; a tied head is wte itself
             if k not in ours:
                 raise TinyldError(f"unexpected tensor {key!r} in {folder}: not a GPT-2 LM checkpoint?")
             if k.endswith(conv1d):
@@ -260,7 +283,7 @@ class GPT(nn.Module):
                 raise TinyldError(f"tensor {key!r} has shape {tuple(w.shape)}, config.json implies "
                                   f"{tuple(ours[k].shape)}: config and weights disagree")
             loaded[k] = w
-        missing = sorted(set(ours) - set(loaded) - {"lm_head.weight"})
+        missing = sorted(set(ours) - set(loaded) - ({"lm_head.weight"} if cfg.tie_head else set()))
         if missing:
             raise TinyldError(f"{folder} lacks tensors {missing[:4]}{'…' if len(missing) > 4 else ''}: "
                               "incomplete checkpoint")
@@ -279,8 +302,15 @@ def _read_hf_weights(folder: Path) -> dict:
             return load_file(str(st))
         if pt.is_file():
             return torch.load(pt, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or corrupt file
-        raise TinyldError(f"could not read weights in {folder} ({type(e).__name__}: {e}); "
+    except Exception as e:  # code inside, or a truncated or corrupt file
+        import pickle
+
+        if isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in str(e) or "weights_only" in str(e)):
+            raise TinyldError(f"{pt} carries Python code or objects other than tensors; tinyld never runs code "
+                              "from a weights file (torch.load weights_only=True). Use model.safetensors, or "
+                              "re-save the tensors if you trust the file's author") from None
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise TinyldError(f"could not read weights in {folder} ({type(e).__name__}: {first}); "
                           "the file is corrupt or truncated — copy it again") from None
     raise TinyldError(f"no model.safetensors or pytorch_model.bin in {folder}")
 

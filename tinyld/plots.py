@@ -47,16 +47,22 @@ def heatmap(M: torch.Tensor, path, title: str = "", xticks: Sequence[str] | None
     return _save(fig, path)
 
 
-def bars(groups: dict[str, torch.Tensor], labels: Sequence[str], path, title: str = "", ylabel: str = "") -> Path:
-    """Side-by-side bars: one panel per entry of ``groups``."""
+def bars(groups: dict[str, torch.Tensor], labels: Sequence[str], path, title: str = "",
+         ylabel: str | Sequence[str] = "", xlabel: str = "") -> Path:
+    """Side-by-side bars: one panel per entry of ``groups``, each with the x tick ``labels``.
+
+    ``ylabel`` is one label for every panel or a list with one label per panel (panels often differ in units)."""
     plt = _plt()
+    ylabels = [ylabel] * len(groups) if isinstance(ylabel, str) else list(ylabel)
+    if len(ylabels) != len(groups):
+        raise ValueError(f"bars: {len(groups)} panels but {len(ylabels)} y labels: give one label or one per panel")
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2))
     axes = axes if len(groups) > 1 else [axes]
-    for ax, (name, v) in zip(axes, groups.items()):
+    for ax, (name, v), yl in zip(axes, groups.items(), ylabels):
         ax.bar(range(len(v)), v.detach().double().cpu().numpy(), color="tab:blue")
         ax.set_xticks(range(len(labels)), labels)
         ax.axhline(0, color="k", lw=0.5)
-        ax.set(title=name, ylabel=ylabel)
+        ax.set(title=name, xlabel=xlabel, ylabel=yl)
     fig.suptitle(title)
     return _save(fig, path)
 

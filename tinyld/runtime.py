@@ -1,4 +1,4 @@
-"""Small shared pieces every module needs: the error type, the device/dtype choice, seeding, versions.
+"""Small shared pieces every module needs: the error types, argument checks, the device choice, seeding, versions.
 
 Notable choices
 - Every user-facing failure raises :class:`TinyldError` (a ``ValueError``) with one message that names the
@@ -9,10 +9,13 @@ Notable choices
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import platform
 import random
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +26,74 @@ class TinyldError(ValueError):
 
 
 class TrainingDiverged(TinyldError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+    """The loss, the gradient or the weights became NaN or infinite; the message names the step and the last good
+    checkpoint."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training run at a step boundary; ``checkpoint`` is where it was saved (None: nowhere)."""
+
+    def __init__(self, message: str, checkpoint=None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Argument checks: every public entry point validates what it is given with these, so a bad value gets one line
+# that names it and says what is allowed, before any work starts.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_number(name: str, value, lo: float | None = None, hi: float | None = None, strict: bool = False,
+                 hi_open: bool = False) -> float:
+    """A finite real number in [lo, hi] (``strict``: lo excluded; ``hi_open``: hi excluded)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if strict else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        if lo == 0 and strict and hi is None:
+            want = "a positive finite number"
+        elif lo is not None and hi is not None:
+            want = f"a finite number in {'(' if strict else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        elif lo is not None:
+            want = f"a finite number {'>' if strict else '≥'} {lo:g}"
+        else:
+            want = "a finite number"
+        raise TinyldError(f"{name} must be {want}, got {value!r}")
+    return value
+
+
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer (not a bool, not a float) in [lo, hi]."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = (f" in [{lo}, {hi}]" if hi is not None else f" ≥ {lo}") if lo is not None else ""
+        raise TinyldError(f"{name} must be an integer{rng}, got {value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value, choices) -> str:
+    """One of ``choices`` (names of a dict, a tuple…)."""
+    if not isinstance(value, str) or value not in choices:
+        what = name.replace(".", " ").split()[-1].lstrip("-")
+        raise TinyldError(f"{name}: unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def writable_dir(path, what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove that a file can be written there; else one clear TinyldError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".tinyld-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TinyldError(f"cannot write to the {what} {str(path)!r} ({e.strerror or type(e).__name__}): "
+                          "choose a folder you can write to") from None
+    return path
 
 
 def from_dict_strict(cls, d: dict):

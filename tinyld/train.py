@@ -3,10 +3,16 @@
 Notable choices
 - The batch at step s is a pure function of (data seed, s) and the learning rate a pure function of s, so a run
   resumed from a checkpoint at step s reproduces the uninterrupted run **exactly** on the CPU.
-- Checkpoints are written atomically (temp file + rename): a crash or a NaN never destroys the last good one.
-- A NaN/inf loss or gradient stops the run *before* the bad update, naming the step and the last good checkpoint.
+- A checkpoint only ever holds finite weights whose logits are finite. It is written atomically (a temp file +
+  rename), so a crash, a full disk or a diverged update never destroys the last good one.
+- A NaN/inf loss or gradient stops the run *before* the bad update. An update that makes the weights non-finite
+  stops the run *after* it, and nothing is saved from then on. Both errors name the step and the last good
+  checkpoint.
+- Ctrl-C during a step lets the step finish, saves a checkpoint at that step boundary and then stops (a second
+  Ctrl-C stops at once). Only one run at a time may write to an ``out_dir`` (a lock file says which).
+- Resuming checks that the data, the tokenizer and the optimizer are the ones the checkpoint was trained with.
 - Logs are JSON lines (one per ``log_every`` steps); a progress line goes to stderr on long runs.
-- ``callback(trainer, step)`` runs after every update: probe tracking in later lessons hooks in there.
+- ``callback(trainer, step)`` runs after every update: hook your own measurements in there.
 """
 from __future__ import annotations
 
@@ -15,7 +21,9 @@ import json
 import math
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +33,8 @@ import torch
 
 from tinyld.losses import LOSSES
 from tinyld.model import GPT, GPTConfig
-from tinyld.runtime import TinyldError, TrainingDiverged, from_dict_strict, versions
+from tinyld.runtime import (TinyldError, TrainingDiverged, TrainingInterrupted, check_choice, check_int,
+                            check_number, from_dict_strict, versions, writable_dir)
 
 FORMAT = "tinyld-checkpoint"
 FORMAT_VERSION = 1
@@ -50,16 +59,24 @@ class TrainConfig:
     progress: bool = True  # a progress line on stderr for runs of ≥ 200 steps
 
     def __post_init__(self):
-        if self.task not in LOSSES:
-            raise TinyldError(f"unknown task {self.task!r}: choose one of {', '.join(LOSSES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise TinyldError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in ("constant", "cosine"):
-            raise TinyldError(f"unknown schedule {self.schedule!r}: choose constant or cosine")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise TinyldError(f"lr must be a positive finite number, got {self.lr!r}")
-        if self.steps < 0 or self.warmup_steps < 0:
-            raise TinyldError(f"steps and warmup_steps must be ≥ 0, got {self.steps}, {self.warmup_steps}")
+        check_choice("TrainConfig.task", self.task, LOSSES)
+        check_int("TrainConfig.steps", self.steps, 0)
+        check_choice("TrainConfig.optimizer", self.optimizer, OPTIMIZERS)
+        check_number("TrainConfig.lr", self.lr, 0, strict=True)
+        check_int("TrainConfig.warmup_steps", self.warmup_steps, 0)
+        check_choice("TrainConfig.schedule", self.schedule, ("constant", "cosine"))
+        check_number("TrainConfig.weight_decay", self.weight_decay, 0)
+        check_number("TrainConfig.momentum", self.momentum, 0, 1, hi_open=True)
+        check_number("TrainConfig.grad_clip", self.grad_clip, 0)
+        check_int("TrainConfig.seed", self.seed, 0)
+        check_int("TrainConfig.log_every", self.log_every, 1)
+        check_int("TrainConfig.ckpt_every", self.ckpt_every, 0)
+        if self.out_dir is not None and not (isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir)):
+            raise TinyldError(f"TrainConfig.out_dir must be a folder path or None, got {self.out_dir!r}")
+        if self.out_dir is not None:
+            self.out_dir = str(self.out_dir)
+        if not isinstance(self.progress, bool):
+            raise TinyldError(f"TrainConfig.progress must be True or False, got {self.progress!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -89,6 +106,15 @@ class Trainer:
     """Owns a model, a data source (``.batch(step)``), an optimizer and the step counter."""
 
     def __init__(self, model: GPT, data, cfg: TrainConfig, tokenizer=None):
+        if not isinstance(model, torch.nn.Module):
+            raise TinyldError(f"Trainer needs a torch model (a tinyld GPT), got {type(model).__name__}")
+        if not callable(getattr(data, "batch", None)):
+            raise TinyldError(f"Trainer needs a data source with a .batch(step) method (TextStream, PairData), "
+                              f"got {type(data).__name__}")
+        if not isinstance(cfg, TrainConfig):
+            raise TinyldError(f"Trainer needs a TrainConfig, got {type(cfg).__name__}")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise TinyldError("the model has no trainable parameters (every requires_grad is False)")
         self.model, self.data, self.cfg, self.tokenizer = model, data, cfg, tokenizer
         self.opt = make_optimizer(model, cfg)
         self.loss_fn = LOSSES[cfg.task]
@@ -96,126 +122,296 @@ class Trainer:
         self.history: list[dict] = []  # the logged records
         self.device = next(model.parameters()).device
         self.last_ckpt: Path | None = None
+        self._ckpt_step: int | None = None
         self._between_steps = True  # False while an update is half-taken: no checkpoint may be written then
+        self._stop_requested = False  # set by Ctrl-C: finish this step, save, stop
         torch.manual_seed(cfg.seed)
 
     # ------------------------------------------------------------------ one update
     def train_step(self) -> dict:
         """One update at ``self.step``; returns ``{"step", "loss", "lr", "grad_norm"}`` (loss before the update)."""
         cfg, model = self.cfg, self.model
-        self._between_steps = False  # an interrupt from here on would leave a half-taken step
         model.train()
         batch = self.data.batch(self.step).to(self.device)
         lr = cfg.lr_at(self.step)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        fast = model.config.fast and self.device.type == "cuda"
+        fast = getattr(model.config, "fast", False) and self.device.type == "cuda"
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
         with ctx:
             logits = model(batch.idx)  # (B, T, V)
         loss = self.loss_fn(logits, batch.targets)  # bf16 logits are upcast inside (losses.token_logprobs)
         if not torch.isfinite(loss):
-            self._diverged("loss", loss.item())
+            self._diverged("the loss", loss.item(), before=True)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         if not torch.isfinite(grad_norm):
-            self._diverged("gradient norm", grad_norm.item())
+            self._diverged("the gradient norm", grad_norm.item(), before=True)
+        # Until now nothing that a checkpoint holds has changed: an interrupt above leaves a clean state.
+        self._between_steps = False
+        for g in self.opt.param_groups:
+            g["lr"] = lr
         self.opt.step()
+        bad = _first_nonfinite(model)
+        if bad:
+            self._diverged(f"parameter {bad!r}", "NaN or inf", before=False)
         rec = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
         self.step += 1
         self._between_steps = True
         return rec
 
-    def _diverged(self, what: str, value: float):
-        where = (f"the last good checkpoint is {self.last_ckpt} (step {self._ckpt_step})" if self.last_ckpt
-                 else "no checkpoint was saved yet (set ckpt_every and out_dir to keep one)")
-        raise TrainingDiverged(f"{what} became {value} at step {self.step}; training stopped before that update. "
-                               f"{where}. Lower lr (now {self.cfg.lr_at(self.step):g}) or grad_clip, then resume.")
+    def _where(self) -> str:
+        if self.last_ckpt:
+            return f"The last good checkpoint is {self.last_ckpt} (step {self._ckpt_step})"
+        if self.cfg.out_dir and self.cfg.ckpt_every:
+            return "No good checkpoint was saved before this"
+        return "No checkpoint was saved (set out_dir and ckpt_every to keep one)"
+
+    def _diverged(self, what: str, value, before: bool):
+        when = ("training stopped before that update" if before else
+                "the update was taken, so the model in memory is unusable and nothing more is saved")
+        self._between_steps = before  # a model with bad weights is never checkpointed
+        raise TrainingDiverged(f"{what} became {value} at step {self.step}; {when}. {self._where()}. "
+                               f"Lower lr (now {self.cfg.lr_at(self.step):g}) or grad_clip, then resume.")
 
     # ------------------------------------------------------------------ the loop
     def run(self, callback: Callable[["Trainer", int], None] | None = None) -> list[dict]:
         cfg = self.cfg
-        out = Path(cfg.out_dir) if cfg.out_dir else None
-        if out:
-            out.mkdir(parents=True, exist_ok=True)
-            self._log(out, {"event": "start", "step": self.step, "train_config": asdict(cfg),
-                            "model_config": self.model.config.to_dict(), "versions": versions()})
-        show = cfg.progress and cfg.steps - self.step >= 200
-        t0, first = time.perf_counter(), self.step
-        try:
-            while self.step < cfg.steps:
-                rec = self.train_step()
-                if callback:
-                    callback(self, self.step)
-                if rec["step"] % cfg.log_every == 0 or self.step == cfg.steps:
-                    rec["elapsed_s"] = round(time.perf_counter() - t0, 3)
-                    self.history.append(rec)
-                    if out:
-                        self._log(out, rec)
-                if show and (self.step % max(1, cfg.steps // 20) == 0 or self.step == cfg.steps):
-                    rate = (self.step - first) / max(1e-9, time.perf_counter() - t0)
-                    tty = sys.stderr.isatty()
-                    print(("\r" if tty else "") + f"  step {self.step:>6}/{cfg.steps}  loss {rec['loss']:.4f}  "
-                          f"{rate:6.0f} steps/s", end="\n" if self.step == cfg.steps or not tty else "",
-                          file=sys.stderr, flush=True)
-                if out and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                    self.save(out / "last.pt")
-        except KeyboardInterrupt:
-            if out and self._between_steps:  # a clean state: save it
+        out = writable_dir(cfg.out_dir, "TrainConfig.out_dir") if cfg.out_dir else None
+        with _OutDirLock(out), self._defer_interrupts():
+            if out:
+                self._log(out, {"event": "start", "step": self.step, "train_config": asdict(cfg),
+                                "model_config": self.model.config.to_dict(), "versions": versions()})
+            show = cfg.progress and cfg.steps - self.step >= 200
+            t0, first = time.perf_counter(), self.step
+            try:
+                while self.step < cfg.steps:
+                    rec = self.train_step()
+                    if callback:
+                        callback(self, self.step)
+                    if rec["step"] % cfg.log_every == 0 or self.step == cfg.steps:
+                        rec["elapsed_s"] = round(time.perf_counter() - t0, 3)
+                        self.history.append(rec)
+                        if out:
+                            self._log(out, rec)
+                    if show and (self.step % max(1, cfg.steps // 20) == 0 or self.step == cfg.steps):
+                        rate = (self.step - first) / max(1e-9, time.perf_counter() - t0)
+                        tty = sys.stderr.isatty()
+                        print(("\r" if tty else "") + f"  step {self.step:>6}/{cfg.steps}  loss {rec['loss']:.4f}  "
+                              f"{rate:6.0f} steps/s", end="\n" if self.step == cfg.steps or not tty else "",
+                              file=sys.stderr, flush=True)
+                    if out and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                        self.save(out / "last.pt")
+                    if self._stop_requested:
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                self._on_interrupt(out)
+            if out:
                 self.save(out / "last.pt")
-            if self.last_ckpt:
-                print(f"\ninterrupted at step {self.step}; resume from step {self._ckpt_step} with "
-                      f"Trainer.resume('{self.last_ckpt}', data)", file=sys.stderr)
-            raise
-        if out:
-            self.save(out / "last.pt")
         return self.history
+
+    def _on_interrupt(self, out: Path | None):
+        """Save at the step boundary if the state is clean, then stop with a message that says how to resume."""
+        if out and self._between_steps and self._ckpt_step != self.step:
+            try:
+                self.save(out / "last.pt")
+            except TinyldError as e:  # say why, keep the earlier checkpoint
+                print(f"\ncould not save at step {self.step}: {e}", file=sys.stderr)
+        if self.last_ckpt:
+            msg = (f"interrupted at step {self.step}; the checkpoint {self.last_ckpt} holds step {self._ckpt_step}: "
+                   f"continue with Trainer.resume('{self.last_ckpt}', data, tokenizer).run()")
+        else:
+            msg = f"interrupted at step {self.step}; nothing was saved (set out_dir to keep checkpoints)"
+        raise TrainingInterrupted(msg, self.last_ckpt) from None
+
+    @contextlib.contextmanager
+    def _defer_interrupts(self):
+        """Ctrl-C asks the loop to stop at the next step boundary; a second Ctrl-C stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print(f"\nCtrl-C: finishing step {self.step}, then saving and stopping (Ctrl-C again to stop now)",
+                  file=sys.stderr, flush=True)
+
+        try:
+            old = signal.signal(signal.SIGINT, handler)
+        except (ValueError, OSError):  # no signals here (an embedded interpreter): plain KeyboardInterrupt
+            yield
+            return
+        self._stop_requested = False
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
 
     @staticmethod
     def _log(out: Path, rec: dict) -> None:
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        try:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        except OSError as e:
+            raise TinyldError(f"cannot append to {out / 'log.jsonl'} ({e.strerror or type(e).__name__})") from None
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:
-        """Write config, tokenizer identity, step, model + optimizer state, RNG state and format version."""
+        """Write config, tokenizer and data identity, step, model + optimizer state, RNG state and format version.
+
+        Refuses (TrainingDiverged) when the weights, or the logits they give on the next batch, are not finite:
+        the previous checkpoint then stays the last good one."""
+        if not self._between_steps:
+            raise TinyldError("an update is half-taken: a checkpoint can only be written between steps")
+        bad = _first_nonfinite(self.model)
+        bad = f"the weights of {bad!r}" if bad else None
+        if bad is None:
+            was = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                logits = self.model(self.data.batch(self.step).idx.to(self.device))  # (B, T, V)
+            self.model.train(was)
+            if not torch.isfinite(logits).all():
+                bad = "the logits the weights give on the next batch"
+        if bad:
+            raise TrainingDiverged(f"not saving step {self.step} to {path}: {bad} are not finite. {self._where()}. "
+                                   "Lower lr or grad_clip and resume from there.")
         path = Path(path)
         save_checkpoint(path, self.model, self.tokenizer, step=self.step, train_config=asdict(self.cfg),
-                        optimizer=self.opt.state_dict())
+                        optimizer=self.opt.state_dict(), data=data_identity(self.data))
         self.last_ckpt, self._ckpt_step = path, self.step
         return path
 
     @classmethod
     def resume(cls, path: str | Path, data, tokenizer=None, **overrides) -> "Trainer":
         """Rebuild model, optimizer and step from a checkpoint; ``overrides`` change TrainConfig fields
-        (e.g. ``steps`` to train longer)."""
+        (e.g. ``steps`` to train longer). The data, tokenizer and optimizer must match the checkpoint's."""
         ck = load_checkpoint(path)
-        model = model_from_checkpoint(ck)
-        if tokenizer is not None and tokenizer.identity() != ck["tokenizer"]:
+        if tokenizer is not None and ck.get("tokenizer") and tokenizer.identity() != ck["tokenizer"]:
             raise TinyldError(f"{path} was trained with tokenizer {ck['tokenizer'].get('kind')!r} "
                               f"(vocab {ck['tokenizer'].get('vocab_size')}), not the one given: use the same one")
+        want, got = ck.get("data"), data_identity(data)
+        if want is not None and got is not None and want != got:
+            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+            raise TinyldError(f"{path} was trained on other data than the data given (they differ in {diff}): "
+                              "resume with the same data source, seed, batch size and block size")
+        if ck.get("train_config") is None or ck.get("optimizer") is None:
+            raise TinyldError(f"{path} holds weights only (no optimizer state): load it with load_model() and "
+                              "start a new Trainer instead of resuming")
+        model = model_from_checkpoint(ck)
+        old_opt = ck["train_config"].get("optimizer")
+        if "optimizer" in overrides and overrides["optimizer"] != old_opt:
+            raise TinyldError(f"{path} holds {old_opt} optimizer state; it cannot resume as "
+                              f"{overrides['optimizer']!r}: start a new Trainer from load_model() instead")
         cfg = TrainConfig.from_dict({**ck["train_config"], **overrides})
         tr = cls(model, data, cfg, tokenizer)
-        tr.opt.load_state_dict(ck["optimizer"])
-        tr.step = ck["step"]
+        try:
+            tr.opt.load_state_dict(ck["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise TinyldError(f"the optimizer state in {path} does not fit the model ({e}): the file is "
+                              "incompatible with this tinyld") from None
+        tr.step = check_int(f"step stored in {path}", ck["step"], 0)
         torch.set_rng_state(ck["rng"])
         tr.last_ckpt, tr._ckpt_step = Path(path), ck["step"]
         return tr
 
 
+def _first_nonfinite(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or inf, or None (one device sync)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    if not params:
+        return None
+    ok = torch.stack([torch.isfinite(p).all() for _, p in params])  # (n_params,)
+    if bool(ok.all()):
+        return None
+    return params[int((~ok).nonzero()[0])][0]
+
+
+def data_identity(data) -> dict | None:
+    """What a data source says about itself (``identity()``), stored in checkpoints and checked on resume."""
+    ident = getattr(data, "identity", None)
+    return ident() if callable(ident) else None
+
+
+class _OutDirLock:
+    """``out_dir/.lock`` holds the pid of the run writing there; a second live run is refused, a stale lock taken."""
+
+    def __init__(self, out: Path | None):
+        self.path = out / ".lock" if out else None
+        self.held = False
+
+    def __enter__(self):
+        if self.path is None:
+            return self
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    raise TinyldError(f"{self.path.parent} is in use by another training run (pid {pid}): two runs "
+                                      "writing one folder would overwrite each other's checkpoints; give this run "
+                                      "its own out_dir") from None
+                with contextlib.suppress(OSError):  # stale: its run ended without cleaning up
+                    self.path.unlink()
+                continue
+            except OSError as e:
+                raise TinyldError(f"cannot write to {self.path.parent} ({e.strerror})") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise TinyldError(f"could not take the lock {self.path}: another run keeps taking it")
+
+    def __exit__(self, *exc):
+        if self.held:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def save_checkpoint(path: str | Path, model: GPT, tokenizer=None, step: int = 0, train_config: dict | None = None,
                     optimizer: dict | None = None, **extra) -> Path:
+    """Write a checkpoint atomically: a temp file in the same folder, then a rename over ``path``. If anything
+    fails (a full disk, a NaN weight) the file at ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    bad = _first_nonfinite(model)
+    if bad:
+        raise TrainingDiverged(f"not saving {path}: parameter {bad!r} is not finite (checkpoints hold finite "
+                               "weights only)")
+    writable_dir(path.parent, "checkpoint folder")
     ck = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": model.config.to_dict(),
           "tokenizer": tokenizer.identity() if tokenizer is not None else None, "step": step,
           "train_config": train_config, "model": model.state_dict(), "optimizer": optimizer,
           "rng": torch.get_rng_state(), "versions": versions(), **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ck, tmp)
-    os.replace(tmp, path)  # atomic: the old file stays whole until the new one is complete
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+    try:
+        torch.save(ck, tmp)
+        os.replace(tmp, path)  # atomic: the old file stays whole until the new one is complete
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if not isinstance(e, (OSError, RuntimeError)):
+            raise
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        keep = f"{path} was left as it was" if path.exists() else "nothing was written"
+        raise TinyldError(f"could not write checkpoint {path} ({why}); {keep}. Free disk space or choose "
+                          "another folder, then save again") from None
     return path
 
 
@@ -227,9 +423,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):
-            raise TinyldError(f"{path} holds Python objects other than tensors and plain data; tinyld never "
-                              "unpickles code from a checkpoint (torch.load weights_only=True)") from None
+        if "Unsupported global" in str(e) or "weights_only" in str(e):
+            raise TinyldError(f"{path} carries Python code or objects other than tensors and plain data; "
+                              "tinyld never runs code from a checkpoint (torch.load weights_only=True). "
+                              "If you trust its author, re-save its tensors with torch.save") from None
         raise TinyldError(f"checkpoint {path} is truncated or corrupt (UnpicklingError); "
                           "use an earlier checkpoint or retrain") from None
     except Exception as e:
@@ -241,10 +438,15 @@ def load_checkpoint(path: str | Path) -> dict:
     if ck.get("format_version") != FORMAT_VERSION:
         raise TinyldError(f"{path} has checkpoint format version {ck.get('format_version')}, this tinyld reads "
                           f"version {FORMAT_VERSION}: use the tinyld version that wrote it")
+    missing = [k for k in ("model_config", "model", "step", "rng") if k not in ck]
+    if missing or not isinstance(ck["model"], dict) or not ck["model"]:
+        raise TinyldError(f"checkpoint {path} lacks {missing or ['model weights']}: it is incomplete; "
+                          "use an earlier checkpoint or retrain")
     return ck
 
 
 def model_from_checkpoint(ck: dict | str | Path) -> GPT:
+    path = ck if not isinstance(ck, dict) else "the checkpoint"
     if not isinstance(ck, dict):
         ck = load_checkpoint(ck)
     sd = ck["model"]
@@ -256,6 +458,10 @@ def model_from_checkpoint(ck: dict | str | Path) -> GPT:
     if missing or unexpected:
         raise TinyldError(f"checkpoint weights do not fit its config (missing/mismatched {missing[:3]}, unexpected "
                           f"{unexpected[:3]}): the file is incompatible with this tinyld")
+    bad = _first_nonfinite(model)
+    if bad:
+        raise TinyldError(f"{path} holds non-finite weights ({bad!r}): it comes from a diverged run; use an "
+                          "earlier checkpoint")
     return model
 
 

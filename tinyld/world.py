@@ -10,9 +10,10 @@ color). From those facts the world writes:
 (c) **held-out prompts** — the same kind of questions about people whose Q&A was never trained on.
 
 Everything is deterministic given ``seed``. :meth:`World.probes` derives, for any prompt, the response families
-of the paper's probing dataset (paper.md §4) that do not need a model: rephrases, format-preserving rewrites,
-another question's answer, a fluent unrelated sentence, word permutations and random tokens. (``y_init`` and
-``y*`` depend on the model; the training and dynamics code computes them.)
+of the paper's probing dataset (lessons/NOTES.md §4) that do not need a model: rephrases, format-preserving
+rewrites, another question's answer, a fluent unrelated sentence, word permutations and random tokens. The two
+families that need a model, ``y_init`` (its own first answer) and ``y*`` (its teacher-forced argmax), are not
+computed by tinyld yet.
 
 Texts are lower-case words separated by single spaces, so the same strings work with the word-level tokenizer
 and with GPT-2's BPE.
@@ -23,6 +24,7 @@ import random
 from dataclasses import dataclass
 
 from tinyld.data import Example
+from tinyld.runtime import TinyldError, check_int
 from tinyld.tokenizers import WordTokenizer
 
 NAMES = ("alice bob carol dave erin frank grace heidi ivan judy karl liam mona nina oscar peggy quinn rita sam "
@@ -70,8 +72,8 @@ class World:
     form the SFT/preference training prompts, the rest are held out for testing."""
 
     def __init__(self, seed: int = 0, n_people: int = 24):
-        if not 3 <= n_people <= len(NAMES):
-            raise ValueError(f"n_people must be in [3, {len(NAMES)}], got {n_people}")
+        check_int("World seed", seed, 0)
+        check_int("World n_people", n_people, 3, len(NAMES))
         self.seed = seed
         rng = random.Random(seed)
         self.people = rng.sample(NAMES, n_people)
@@ -86,6 +88,10 @@ class World:
         return (reph if rephrase else canon).format(n=name, v=value or self.facts[name][rel])
 
     def item(self, name: str, rel: str) -> Item:
+        if name not in self.facts:
+            raise TinyldError(f"{name!r} is not a person of this world: choose one of {', '.join(self.people)}")
+        if rel not in RELATIONS:
+            raise TinyldError(f"unknown relation {rel!r}: choose one of {', '.join(RELATIONS)}")
         true = self.facts[name][rel]
         rng = random.Random(f"{self.seed}/{name}/{rel}")
         wrong = rng.choice([v for v in RELATIONS[rel][0] if v != true])
@@ -151,7 +157,7 @@ class World:
 
     # ------------------------------------------------------------------ probe families (paper §4)
     def probes(self, item: Item) -> dict[str, str]:
-        """Model-free response families for one prompt, keyed by the paper's names (paper.md §4).
+        """Model-free response families for one prompt, keyed by the paper's names (lessons/NOTES.md §4).
 
         chosen y_u⁺ · rejected y_u⁻ · gpts_chosen / gpts_rejected (rephrase, same meaning) · gptf_chosen /
         gptf_rejected (same format, another person: meaning changed) · other_chosen y_{j≠u}⁺ (another training
@@ -159,6 +165,8 @@ class World:
         urnd_chosen (y_u⁺ with its words permuted) · rnd (a permuted unrelated sentence: non-human text) ·
         random_tokens (uniform random words).
         """
+        if not isinstance(item, Item):
+            raise TinyldError(f"probes() takes an Item (world.train_items()[k]), got {type(item).__name__}")
         rng = random.Random(f"{self.seed}/probes/{item.name}/{item.relation}")
         train, test = self.train_items(), self.test_items()
         pool = train if item in train else test
