@@ -73,11 +73,13 @@ assert all(a <= b + 1e-12 for a, b in zip(fro, fro[1:]))  # monotone in the peak
 try:
     from tinyld.plots import heatmap, lines
 
-    print("figure:", heatmap(A, f"{OUT}/01_A.png", "A = I − 1πᵀ (row i = e_i − π)", xlabel="j", ylabel="i",
+    print("figure:", heatmap(A, f"{OUT}/01_A.png", "A = I − 1πᵀ (row i = e_i − π)",
+                             xlabel="j: logit z_j that moves", ylabel="i: log π_i that responds",
                              cmap="coolwarm", annotate=True))
     print("figure:", lines(scales, {"‖A‖²_F": fro, "V − 1 (uniform)": [V - 1] * len(scales),
                                      "2V − 2 (one-hot)": [2 * V - 2] * len(scales)},
-                           f"{OUT}/01_peakiness.png", "peakier π ⇒ larger A", "logit scale", "‖A‖²_F"))
+                           f"{OUT}/01_peakiness.png", "peakier π ⇒ larger A", "logit scale s (z → s·z)",
+                           "‖A‖²_F"))
 except ImportError as e:
     print("(no figures:", e, ")")
 
@@ -85,7 +87,12 @@ except ImportError as e:
 # ## Where A matters: a row of A moves mass between classes
 # Suppose one step raises only the logit of class k, so Δz = e_k. Then Δ log π = A e_k = e_k − π_k·1. Class k
 # gains (1 − π_k) in log-probability. Every other class loses π_k. When π_k is already near 1 the gain is
-# small. The lessons on DPO come back to this fact (the push on a class does not fade as π_k → 0).
+# small.
+#
+# The same factor 1 − π_k is the size of cross-entropy's residual π − e_k at class k (lesson 2). It fades as
+# π_k → 1, but it does *not* fade as π_k → 0. So a loss that pushes an already unlikely class further down, as
+# DPO does with its rejected response, keeps pushing at almost full strength. lessons/NOTES.md §3 builds the
+# squeezing effect on this asymmetry.
 
 # %%
 k = int(pi.argsort()[-2])  # the runner-up class
@@ -99,4 +106,15 @@ assert torch.isclose(d[k], 1 - pi[k]) and torch.allclose(d[torch.arange(V) != k]
 # * A·1 = 0 and πᵀA = 0, so to first order a step shifts log-probability mass without creating any.
 # * ‖A‖²_F = V − 2 + V‖π‖² grows as π gets peakier.
 # * tinyld never forms A at full vocabulary size. `apply_A(z, Δz)` computes Δz − (πᵀΔz)·1.
+#
+# ## Exercises
+# 1. **The spectrum of A.** Predict the eigenvalues of A before computing them. (Hint: what does A do to 1, and
+#    what does it do to a vector v with πᵀv = 0?) Check with `torch.linalg.eigvals(A)`: one eigenvalue is 0 and
+#    the other V − 1 are 1.
+# 2. **When is A symmetric?** A = I − 1πᵀ is symmetric only for one π. Find it, then check with
+#    `torch.allclose(softmax_jacobian(z), softmax_jacobian(z).T)` for that z and for the random `z` above.
+# 3. **Lower a likely class.** Take Δz = −e_k for the most likely class k = `pi.argmax()`. Which classes gain
+#    log-probability, and by how much? Check your formula against `A @ (-torch.eye(V)[k].double())`.
+
+# %%
 print("lesson 1 OK")

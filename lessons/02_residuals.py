@@ -2,7 +2,7 @@
 # # Lesson 2 — The residual G: what the loss asks of the logits
 #
 # G = ∂L/∂z is the residual of a loss at the updating example. It sets the direction and the energy of an
-# update (paper.md §2). Log-probs of a response are **summed** over its tokens, and the batch loss is a mean
+# update (lessons/NOTES.md §2). Log-probs of a response are **summed** over its tokens, and the batch loss is a mean
 # over sequences, so every G below carries a factor 1/B.
 #
 # * SFT:  L = −log π(y⁺|x)                        G_l = (π_l − e_{y_l}) / B
@@ -19,6 +19,7 @@ import torch
 
 from tinyld import GPT, GPTConfig
 from tinyld.data import make_batch
+from tinyld.dynamics import SFTUpdate, kg, lm_rows
 from tinyld.losses import dpo_loss, dpo_residual, dpo_scale, sequence_logprob, sft_loss, sft_residual
 from tinyld.runtime import compare
 from tinyld.world import World
@@ -67,18 +68,40 @@ assert compare("DPO chosen residual G⁺", Gc, zc.grad) < 1e-15
 assert compare("DPO rejected residual G⁻", Gr, zr.grad) < 1e-15
 
 # %% [markdown]
-# Look at the sign of G at the token that was actually written. A gradient step moves z by −ηJᵀG. A
-# *negative* entry of G at the written token therefore raises that token's logit, and a *positive* entry
-# lowers it.
+# ## What the sign of G means
+# G lives on the logits, but a step changes the *parameters*. With J = ∂z/∂θ (the Jacobian of the updating
+# logits), the parameter gradient is ∇_θL = JᵀG, so an SGD step moves the parameters by Δθ = −η·JᵀG. The logits
+# then move by Δz = J·Δθ = −η·J·JᵀG = −η·K·G to first order, where K = JJᵀ is the eNTK of lesson 3.
+#
+# K is positive semi-definite, so ⟨G, Δz⟩ = −η·GᵀKG ≤ 0: the step moves z *against* G, measured in K's
+# metric. That is why the sign of G at the written token is informative. A *negative* entry asks for that logit
+# to rise (the loss falls when it rises), and a *positive* entry asks for it to fall. Single logits can still
+# move the other way, because K couples them; only the K-weighted sum is guaranteed.
+#
+# Predict before you run: which sign will G⁺ have at the chosen tokens, and G⁻ at the rejected tokens?
 
 # %%
 def at_written(G, batch):
     return G.gather(-1, batch.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[batch.mask]  # (N,)
 
 
-print("G⁺ at the chosen tokens   (all < 0: pulled up):  ", at_written(Gc, chosen)[:6].tolist())
-print("G⁻ at the rejected tokens (all > 0: pushed down):", at_written(Gr, rejected)[:6].tolist())
+print("G⁺ at the chosen tokens   (all < 0: asks the logit to rise):", at_written(Gc, chosen)[:6].tolist())
+print("G⁻ at the rejected tokens (all > 0: asks the logit to fall):", at_written(Gr, rejected)[:6].tolist())
 assert (at_written(Gc, chosen) < 0).all() and (at_written(Gr, rejected) > 0).all()
+
+# %% [markdown]
+# A numeric check of ⟨G, Δz⟩ ≤ 0 for the SFT residual. `kg` returns K·G at the updating rows themselves, and
+# GᵀKG = ‖JᵀG‖² is the squared norm of the parameter gradient, which autograd gives us independently.
+
+# %%
+rows = lm_rows(chosen)  # the N scored (response) positions of the chosen batch
+_, KG = kg(model, rows, SFTUpdate(rows))  # (N, V) K(x_u, x_u)·G
+GKG = (G[chosen.mask] * KG).sum()  # GᵀKG, the same G as above restricted to the scored rows
+model.zero_grad()
+sft_loss(model(chosen.idx), chosen.targets).backward()
+grad_sq = sum((p.grad ** 2).sum() for p in model.parameters())  # ‖∇_θ L‖² = ‖JᵀG‖²
+print(f"GᵀKG = {GKG.item():.6g}   ‖∇_θ L‖² = {grad_sq.item():.6g}   so ⟨G, Δz⟩ = −η·{GKG.item():.4g} < 0")
+assert GKG > 0 and torch.isclose(GKG, grad_sq, rtol=1e-10)
 
 # %% [markdown]
 # ## DPO's scale β(1 − a) fades as the margin grows
@@ -97,14 +120,26 @@ try:
     from tinyld.plots import lines
 
     print("figure:", lines(margins.tolist(), {"β(1 − a)": scale.tolist()}, f"{OUT}/02_dpo_scale.png",
-                           f"DPO's scale, β = {BETA}", "margin r⁺ − r⁻", "β(1 − a)"))
+                           f"DPO's scale, β = {BETA}", "margin r⁺ − r⁻ (nats)", "β(1 − a)"))
 except ImportError as e:
     print("(no figures:", e, ")")
 
 # %% [markdown]
 # ## Recap
 # * SFT's residual is π − e_y per response token. It vanishes as the model learns y.
-# * DPO is SFT on y⁺ plus a *negative* SFT on y⁻, both scaled by β(1 − a). The negative half is what later
-#   lessons blame for the squeezing effect.
+# * A step moves the parameters by −η·JᵀG and the logits by −η·K·G, so ⟨G, Δz⟩ = −η·GᵀKG ≤ 0.
+# * DPO is SFT on y⁺ plus a *negative* SFT on y⁻, both scaled by β(1 − a). The negative half is the force behind
+#   the squeezing effect (lessons/NOTES.md §3). Lesson 4 takes a real DPO step and splits it into its halves.
 # * Every residual is derived by hand and equals autograd to machine precision.
+#
+# ## Exercises
+# 1. **Identical responses.** Run DPO with y⁻ = y⁺ (pass `chosen` and its logits for both). Predict G⁺ + G⁻.
+#    Check with `torch.equal(Gc, -Gr)` on the output of `dpo_residual`.
+# 2. **A larger β.** Set `BETA = 1.0`. What is β(1 − a) at margin 0, and how fast does it fade? Check with
+#    `dpo_scale(margins, zero, zero, zero, 1.0)` and the assert on `scale[6]`.
+# 3. **Your own loss.** Derive G for a length-normalised SFT loss, −log π(y|x)/|y| averaged over the batch. Check
+#    it against autograd with `compare(...)` as in the SFT cell (hint: divide each row of `sft_residual` by its
+#    sequence's response length, `chosen.mask.sum(1)`).
+
+# %%
 print("lesson 2 OK")

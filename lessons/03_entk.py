@@ -8,11 +8,12 @@
 # K is learned: it reflects what the network has come to treat as alike.
 #
 # For a language model, every scored position of a response has its own V logits, so K has one V × V block per
-# pair of positions (m, l). tinyld has three routes to K (see `tinyld/dynamics.py`). Here we use the first
-# two, on a tiny GPT pretrained on the synthetic world:
+# pair of positions (m, l). tinyld has three routes to K (see `tinyld/dynamics.py`), and this lesson uses all
+# three on a tiny GPT pretrained on the synthetic world:
 #
 # 1. `kernel`: the **full** K, a V × V block per pair of positions. It is feasible only for tiny models.
 # 2. `kernel_restricted`: K on **chosen** (position, token) logits. It costs one backward per chosen logit.
+# 3. `kg`: K·G **contracted** with a residual G: one backward plus one forward-mode JVP, at any size.
 
 # %%
 import os
@@ -79,6 +80,7 @@ try:
 
     labels = [f"{i.name}/{i.relation}" for i in items]
     print("figure:", heatmap(C, f"{OUT}/03_K_cosine.png", "eNTK cosine on the answer word", labels, labels,
+                             xlabel="prompt b (person/relation)", ylabel="prompt a (person/relation)",
                              cmap="magma"))
 except ImportError as e:
     print("(no figures:", e, ")")
@@ -126,7 +128,9 @@ names = sorted(RELATIONS["city"][0])
 ids = [tok.encode(c)[0] for c in names]
 try:
     print("figure:", heatmap(Kfull[ids][:, ids], f"{OUT}/03_K_city_block.png",
-                             "K block: answer positions, city tokens", names, names, cmap="magma"))
+                             "K block: answer positions, city tokens", names, names,
+                             xlabel=f"token at the answer position of {u.name}/{u.relation} (x_u)",
+                             ylabel=f"token at the answer position of {o.name}/{o.relation} (x_o)", cmap="magma"))
 except (ImportError, NameError) as e:
     print("(no figures:", e, ")")
 
@@ -137,4 +141,15 @@ except (ImportError, NameError) as e:
 #   prompts that share nothing. That alignment is how learning one answer moves others.
 # * The full route gives whole V × V blocks, the restricted route gives chosen entries, and the contracted route
 #   gives whole columns (or K·G) with one JVP. All three agree.
+#
+# ## Exercises
+# 1. **Symmetry across inputs.** Compute `kernel(model, one_u, one_o)` (the roles swapped). Predict how it relates
+#    to `Kfull`, then check with `torch.allclose(kernel(model, one_u, one_o)[0, :, 0, :], Kfull.T)`.
+# 2. **Is the similarity learned?** Build a randomly initialised model,
+#    `GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).double().eval()`, and recompute `means`. Do the two
+#    asserts on `means` still hold? (Try it before you guess.)
+# 3. **Another position.** Select the row that predicts each response's *first* token (the person's name) instead
+#    of the answer word. Which kind of pair is now the most aligned? Read it off `means`.
+
+# %%
 print("lesson 3 OK")

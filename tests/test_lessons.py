@@ -1,12 +1,20 @@
-"""Every lesson runs end to end in fast mode and asserts its own claims."""
+"""Every lesson runs end to end in fast mode, asserts its own claims, opens as a notebook, and cites only notes
+that exist."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-LESSONS = sorted((Path(__file__).parent.parent / "lessons").glob("[0-9][0-9]_*.py"))
+ROOT = Path(__file__).parent.parent
+LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
+NOTES = ROOT / "lessons" / "NOTES.md"
+
+
+def lesson_number(path: Path) -> int:
+    return int(path.name[:2])
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +30,79 @@ def test_there_are_lessons():
 def test_lesson_runs_in_fast_mode(path, workdir):
     text = path.read_text()
     assert text.startswith("# %% [markdown]") and text.count("# %%") >= 4  # jupytext percent format
-    env = {**os.environ, "TINYLD_FAST": "1", "TINYLD_OUT": str(workdir / "figures"), "MPLBACKEND": "Agg"}
+    assert "## Exercises" in text, "every lesson ends with two or three exercises"
+    in_markdown = False
+    for i, line in enumerate(text.splitlines(), 1):  # code inside a markdown cell would never run in a notebook
+        if line.startswith("# %%"):
+            in_markdown = "[markdown]" in line
+        elif in_markdown:
+            assert not line.strip() or line.startswith("#"), f"{path.name}:{i}: code in a markdown cell: {line!r}"
+    env = {**os.environ, "TINYLD_FAST": "1", "TINYLD_OUT": str(workdir / "figures"), "MPLBACKEND": "Agg",
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}  # spinning threads crawl on a busy CPU
     r = subprocess.run([sys.executable, str(path)], cwd=workdir, env=env, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    assert r.stdout.strip().splitlines()[-1].endswith("OK")
+    assert r.stdout.strip().splitlines()[-1] == f"lesson {lesson_number(path)} OK"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_lesson_opens_as_notebook(path):
+    """The README promises that each lesson opens as a notebook: jupytext must turn it into prose and code cells."""
+    jupytext = pytest.importorskip("jupytext")
+    nbformat = pytest.importorskip("nbformat")
+    nb = jupytext.read(path)
+    nbformat.validate(nb)
+    kinds = [c.cell_type for c in nb.cells]
+    assert len(nb.cells) >= 4, kinds
+    assert kinds[0] == "markdown" and "code" in kinds
+    assert any("## Exercises" in c.source for c in nb.cells if c.cell_type == "markdown")
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert f'print("lesson {lesson_number(path)} OK")' in code, "the final OK line must be in a code cell"
+    assert not any(c.source.lstrip().startswith("# %%") for c in nb.cells), "a cell marker was not recognised"
+
+
+def test_a_lesson_executes_as_a_notebook(workdir, monkeypatch):
+    """Run lesson 1 through a real Jupyter kernel, in fast mode, and check it ends with its OK line."""
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
+    path = next(p for p in LESSONS if lesson_number(p) == 1)
+    nb = jupytext.read(path)
+    # a first cell that reports which Python runs the kernel: it must be this environment (the venv)
+    nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print('KERNEL-PREFIX', sys.prefix)"))
+    for key, value in {"TINYLD_FAST": "1", "TINYLD_OUT": str(workdir / "nb_figures"), "MPLBACKEND": "Agg",
+                       "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}.items():
+        monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
+                                     resources={"metadata": {"path": str(workdir)}})
+    client.execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    assert f"KERNEL-PREFIX {sys.prefix}" in text, "the 'python3' kernel runs another Python than the tests"
+    assert "lesson 1 OK" in text
+    assert (workdir / "nb_figures" / "01_A.png").exists()
+
+
+def test_notes_have_the_numbered_sections_that_are_cited():
+    """Code and lessons cite "lessons/NOTES.md §N": every cited section must exist, under its number."""
+    notes = NOTES.read_text()
+    sections = {int(n) for n in re.findall(r"^## §(\d+) ", notes, flags=re.M)}
+    assert sections == set(range(1, 8)), sorted(sections)
+    cited = set()
+    for f in [*ROOT.glob("tinyld/*.py"), *LESSONS, ROOT / "README.md", NOTES]:
+        cited |= {int(n) for n in re.findall(r"NOTES(?:\.md)? §(\d+)", f.read_text())}
+    assert cited <= sections, f"cited sections that do not exist: {sorted(cited - sections)}"
+
+
+@pytest.mark.parametrize("path", [*LESSONS, NOTES], ids=[p.name for p in [*LESSONS, NOTES]])
+def test_lessons_point_only_at_what_exists(path):
+    """Users do not have the project's private notes, and a lesson must not promise lessons or code that are not
+    there."""
+    text = path.read_text()
+    assert "paper.md" not in text
+    assert not re.search(r"later lessons?|lessons on DPO", text)
+    for n in re.findall(r"\blesson (\d+)\b", text, flags=re.I):
+        assert any(lesson_number(p) == int(n) for p in LESSONS), f"{path.name} points at lesson {n}"

@@ -68,22 +68,38 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
     """(world, tokenizer, pretrained tiny GPT) for lessons; cached as a checkpoint so a second call is instant."""
     from tinyld.train import load_model, save_checkpoint
 
+    check_int("seed", seed, 0)
+    check_int("steps", steps, 1)
     world = World(seed)
     tok = world.tokenizer()
-    path = Path(cache) / f"world-{seed}-tiny-{steps}.pt" if cache else None
+    threads = DemoConfig().threads
+    # The key names everything the weights depend on: a cache made by other code or threads is never reused.
+    key = f"world-{seed}-tiny-{steps}-t{threads}-torch{torch.__version__.split('+')[0]}-code{_code_digest()}"
+    path = Path(cache) / f"{key}.pt" if cache else None
     if path and path.is_file():
         model, _, _ = load_model(path)
         return world, tok, model.eval()
     cfg = DemoConfig(seed=seed, pretrain_steps=steps)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)  # the demo's thread count, so that both train the same model
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the demo's thread count, so that both train the same model
     try:
         model, _ = pretrain(world, tok, cfg, torch.device("cpu"))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     if path:
         save_checkpoint(path, model, tok, step=steps)
     return world, tok, model
+
+
+def _code_digest() -> str:
+    """A short hash of the modules a pretrained model depends on."""
+    import hashlib
+
+    here = Path(__file__).parent
+    h = hashlib.sha1()
+    for name in ("model.py", "data.py", "losses.py", "train.py", "world.py", "tokenizers.py", "demo.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:8]
 
 
 def report(model, tok, world: World) -> dict:

@@ -1,0 +1,542 @@
+"""tinyld's promises to its users, one test each: bad input gets one clear error that names the value and the fix,
+never a raw traceback; no number it prints is silently wrong; no work is lost or poisoned.
+
+Sections: the six cases that once broke a promise · the command line · configs and public arguments · the
+dynamics engine · training, checkpoints and resume · files.
+"""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyld import GPT, GPTConfig, TinyldError, TrainingDiverged
+from tinyld.__main__ import main
+from tinyld.data import Example, PairData, TextStream, make_batch, read_jsonl
+from tinyld.dynamics import (DPOUpdate, ResidualUpdate, SFTUpdate, kernel_restricted, lm_rows, one_step, predict,
+                             step_size_for)
+from tinyld.runtime import TrainingInterrupted
+from tinyld.train import TrainConfig, Trainer, load_checkpoint, load_model, save_checkpoint
+from tinyld.world import World
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _trainer(world, wtok, out=None, steps=10, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size)).double()
+    data = TextStream(wtok, world.pretrain_docs(), 32, 4, seed=seed)
+    cfg = TrainConfig(steps=steps, lr=kw.pop("lr", 1e-3), log_every=1, progress=False,
+                      out_dir=str(out) if out else None, **kw)
+    return Trainer(model, data, cfg, wtok)
+
+
+def _item_batches(world, wtok, n=1):
+    items = world.train_items()[:n]
+    chosen = lm_rows(make_batch(wtok, [i.prompt for i in items], [i.chosen for i in items]))
+    rejected = lm_rows(make_batch(wtok, [i.prompt for i in items], [i.rejected for i in items]))
+    return items, chosen, rejected
+
+
+# ==============================================================================================================
+# 1. The six cases that once broke a promise
+# ==============================================================================================================
+
+
+def test_an_update_that_poisons_the_weights_stops_the_run_and_keeps_the_last_good_checkpoint(world, wtok, tmp_path):
+    """Divergence is checked on the weights after the step, not only on the loss and gradient before it."""
+    tr = _trainer(world, wtok, tmp_path, steps=10, ckpt_every=2)
+    real_step = tr.opt.step
+
+    def step_to_nan(*a, **kw):  # what SGD with a NaN momentum does: a finite gradient, NaN weights after the step
+        real_step(*a, **kw)
+        if tr.step == 5:
+            with torch.no_grad():
+                tr.model.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+
+    tr.opt.step = step_to_nan
+    with pytest.raises(TrainingDiverged, match=r"h\.0\.mlp\.c_fc\.weight.*at step 5.*last\.pt \(step 4\)"):
+        tr.run()
+    model, _, ck = load_model(tmp_path / "last.pt")
+    assert ck["step"] == 4 and torch.isfinite(_params(model)).all()
+
+
+def test_weights_that_give_nan_logits_are_never_saved(world, wtok, tmp_path):
+    """AdamW at lr 1e6: the weights stay finite but the logits overflow. No checkpoint may hold them."""
+    tr = _trainer(world, wtok, tmp_path, steps=5, ckpt_every=1, lr=1e6)
+    tr.model.float()
+    tr.opt = torch.optim.AdamW(tr.model.parameters(), lr=1e6)
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        tr.run()
+    if (tmp_path / "last.pt").exists():  # whatever was saved before the blow-up is healthy
+        model, _, _ = load_model(tmp_path / "last.pt")
+        x = torch.randint(0, wtok.vocab_size, (2, 16))
+        assert torch.isfinite(model(x)).all()
+
+
+def test_ctrl_c_during_the_forward_pass_saves_at_the_step_boundary(world, wtok, tmp_path):
+    """A real SIGINT in the middle of a step: the step finishes, a checkpoint is written, the run resumes exactly."""
+    full = _trainer(world, wtok, steps=8)
+    full.run()
+    tr = _trainer(world, wtok, tmp_path, steps=8)  # no ckpt_every: only the interrupt can save
+
+    def ctrl_c(module, args):
+        if tr.step == 3 and module.training:
+            signal.raise_signal(signal.SIGINT)
+
+    hook = tr.model.register_forward_pre_hook(ctrl_c)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 4"):
+        tr.run()
+    hook.remove()
+    resumed = Trainer.resume(tmp_path / "last.pt", tr.data, wtok)
+    assert resumed.step == 4
+    resumed.run()
+    assert torch.equal(_params(resumed.model), _params(full.model))
+
+
+def test_keyboard_interrupt_before_the_update_saves_the_clean_state(world, wtok, tmp_path):
+    """An interrupt raised while the batch is read (nothing changed yet) still writes a checkpoint."""
+    tr = _trainer(world, wtok, tmp_path, steps=8)
+    real_batch, calls = tr.data.batch, []
+
+    def batch(step):
+        calls.append(step)
+        if calls.count(3) == 1 and step == 3:  # once: as if Ctrl-C came while the batch was read
+            raise KeyboardInterrupt
+        return real_batch(step)
+
+    tr.data.batch = batch
+    with pytest.raises(KeyboardInterrupt):
+        tr.run()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
+def test_ctrl_c_on_the_cli_saves_and_prints_one_message(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "tinyld", "demo", "--pretrain-steps", "100000", "--threads", "1",
+                          "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lock = tmp_path / "pretrain" / ".lock"
+    t0 = time.time()
+    while not lock.exists() and time.time() - t0 < 120 and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # well inside pretraining
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "interrupted at step" in err
+    assert load_checkpoint(tmp_path / "pretrain" / "last.pt")["step"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_are_refused_by_the_engine(world, wtok, dtype):
+    """Forward-mode AD in float16 overflows to NaN: refuse, never return NaN predictions."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size)).to(dtype).eval()
+    _, rows, _ = _item_batches(world, wtok)
+    with pytest.raises(TinyldError, match=f"{str(dtype).split('.')[1]}.*model.float"):
+        predict(model, rows, SFTUpdate(rows), 1e-3)
+
+
+def test_dpo_reference_of_the_wrong_length_is_refused(world, wtok, tiny64):
+    _, c, r = _item_batches(world, wtok, n=2)
+    with pytest.raises(TinyldError, match=r"ref_chosen must hold one float log-prob per pair, shape \(2,\)"):
+        DPOUpdate(c, r, torch.tensor([-3.0]), torch.tensor([-4.0, -5.0]))
+    with pytest.raises(TinyldError, match=r"ref_rejected .* shape \(2,\); got shape \(3,\)"):
+        DPOUpdate(c, r, torch.tensor([-3.0, -4.0]), torch.tensor([-4.0, -5.0, -6.0]))
+    with pytest.raises(TinyldError, match=r"shape \(2,\); got shape \(\)"):
+        DPOUpdate(c, r, -3.0, -4.0)
+
+
+def test_dpo_reference_as_python_numbers_equals_tensors_for_one_pair(world, wtok, tiny64):
+    _, c, r = _item_batches(world, wtok, n=1)
+    a = DPOUpdate(c, r, -3.0, -4.0)
+    b = DPOUpdate(c, r, torch.tensor([-3.0], dtype=torch.float64), torch.tensor([-4.0], dtype=torch.float64))
+    torch.testing.assert_close(predict(tiny64, c, a, 1e-3), predict(tiny64, c, b, 1e-3), rtol=0, atol=0)
+
+
+def test_one_step_refuses_an_optimizer_of_another_model(world, wtok, tiny64):
+    other = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size)).double()
+    _, rows, _ = _item_batches(world, wtok)
+    before = _params(tiny64).clone()
+    with pytest.raises(TinyldError, match="not this model's"):
+        one_step(tiny64, SFTUpdate(rows), rows, 1e-3, optimizer=torch.optim.SGD(other.parameters(), lr=1e-3))
+    assert torch.equal(_params(tiny64), before)
+
+
+def test_an_interrupt_inside_one_step_leaves_model_and_optimizer_untouched(world, wtok, tiny64, monkeypatch):
+    import tinyld.dynamics as dyn
+
+    _, rows, _ = _item_batches(world, wtok)
+    opt = torch.optim.Adam(tiny64.parameters(), lr=1e-4)
+    one_step(tiny64, SFTUpdate(rows), rows, 1e-4, optimizer=opt, commit=True)  # Adam now has state
+    before, state = _params(tiny64).clone(), {k: v.clone() for k, v in opt.state[next(iter(opt.state))].items()}
+
+    def interrupted(*a, **kw):  # after the real step, while predicting
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dyn, "jvp_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        one_step(tiny64, SFTUpdate(rows), rows, 1e-4, optimizer=opt)
+    assert torch.equal(_params(tiny64), before)
+    after = opt.state[next(iter(opt.state))]
+    assert all(torch.equal(after[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("field", ["scale_attn_weights", "tie_word_embeddings"])
+def test_from_hf_follows_the_gpt2_options_that_change_outputs(tmp_path, field):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=97, n_positions=40, n_embd=48, n_layer=2, n_head=4,
+                                  initializer_range=0.2, **{field: False})
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    if field == "tie_word_embeddings":
+        assert not torch.equal(hf.lm_head.weight, hf.transformer.wte.weight)
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_hf(tmp_path).eval()
+    x = torch.randint(0, 97, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = hf(x).logits
+        diff = (ref - ours(x)).abs().max().item()
+    assert diff <= 1e-5, diff
+    assert ref.abs().max() > 1.0  # logits large enough that ignoring the option would show
+
+
+def test_from_hf_refuses_options_it_cannot_reproduce(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 48, "n_layer": 2, "n_head": 4,
+                                                      "vocab_size": 97, "n_positions": 40,
+                                                      "scale_attn_by_inverse_layer_idx": True}))
+    with pytest.raises(TinyldError, match="scale_attn_by_inverse_layer_idx=true .* not supported"):
+        GPT.from_hf(tmp_path)
+
+
+# ==============================================================================================================
+# 2. The command line: one line, no traceback, before any work
+# ==============================================================================================================
+
+CLI_BAD = [
+    (["demo", "--preset", "huge"], "unknown preset 'huge'"),
+    (["demo", "--preset", "gpt2"], "unknown preset 'gpt2'; choose one of tiny, mini"),
+    (["demo", "--pretrain-steps", "0"], "--pretrain-steps must be an integer ≥ 1, got 0"),
+    (["demo", "--pretrain-lr", "nan"], "--pretrain-lr must be a positive finite number, got nan"),
+    (["demo", "--sft-lr", "-1"], "--sft-lr must be a positive finite number"),
+    (["demo", "--sft-steps", "-5"], "--sft-steps must be an integer ≥ 1"),
+    (["demo", "--seed", "-1"], "--seed must be an integer ≥ 0"),
+    (["demo", "--threads", "0"], "--threads must be an integer in [1, 256]"),
+    (["demo", "--device", "tpu"], "unknown device 'tpu'"),
+    (["bench", "step", "--batch", "0"], "--batch must be an integer in [1, 4096]"),
+    (["bench", "decompose", "--seq", "0"], "--seq must be an integer in [1, 8192]"),
+    (["bench", "decompose", "--eta", "inf"], "--eta must be a positive finite number"),
+    (["bench", "step", "--preset", "nope"], "unknown preset 'nope'"),
+    (["bench", "step", "--repeat", "0"], "--repeat must be an integer in [1, 10000]"),
+    (["bench", "step", "--device", "tpu"], "unknown device 'tpu'"),
+    (["env", "--device", "tpu"], "unknown device 'tpu'"),
+]
+
+
+@pytest.mark.parametrize("argv, msg", CLI_BAD, ids=[" ".join(a) for a, _ in CLI_BAD])
+def test_cli_bad_values_get_one_line(argv, msg, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
+    assert time.perf_counter() - t0 < 10 and not (tmp_path / "tinyld_out" / "pretrain").exists()  # before work
+
+
+def test_cli_unwritable_output_folder_is_reported_before_pretraining(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["demo", "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write to the demo output folder" in err
+
+
+def test_cli_golden_to_a_folder_or_under_a_file(tmp_path, capsys):
+    assert main(["golden", "--write", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "f").write_text("")
+    assert main(["golden", "--write", str(tmp_path / "f" / "x.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_cli_argparse_rejects_non_numbers_without_a_traceback(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--pretrain-steps", "many"])
+    assert e.value.code == 2 and "invalid int value: 'many'" in capsys.readouterr().err
+
+
+# ==============================================================================================================
+# 3. Configs and public arguments: checked where they enter
+# ==============================================================================================================
+
+TRAIN_BAD = [
+    (dict(steps=-1), "steps must be an integer ≥ 0"),
+    (dict(steps=2.5), "steps must be an integer"),
+    (dict(lr=0.0), "lr must be a positive finite number"),
+    (dict(lr=float("inf")), "lr must be a positive finite number"),
+    (dict(lr="0.1"), "lr must be a positive finite number"),
+    (dict(warmup_steps=-3), "warmup_steps must be an integer ≥ 0"),
+    (dict(momentum=float("nan")), r"momentum must be a finite number in \[0, 1\)"),
+    (dict(momentum=1.5), r"momentum must be a finite number in \[0, 1\)"),
+    (dict(weight_decay=-0.1), "weight_decay must be a finite number ≥ 0"),
+    (dict(grad_clip=float("nan")), "grad_clip must be a finite number ≥ 0"),
+    (dict(log_every=0), "log_every must be an integer ≥ 1"),
+    (dict(ckpt_every=-1), "ckpt_every must be an integer ≥ 0"),
+    (dict(progress="yes"), "progress must be True or False"),
+    (dict(out_dir=5), "out_dir must be a folder path or None"),
+    (dict(schedule="linear"), "unknown schedule 'linear'"),
+]
+
+
+@pytest.mark.parametrize("kw, msg", TRAIN_BAD, ids=[next(iter(k)) + "=" + repr(v) for k, _ in TRAIN_BAD
+                                                   for v in k.values()])
+def test_train_config_is_checked(kw, msg):
+    with pytest.raises(TinyldError, match=msg):
+        TrainConfig(**kw)
+
+
+GPT_BAD = [
+    (dict(layer_norm_eps=0.0), "layer_norm_eps must be a positive finite number"),
+    (dict(dropout=float("nan")), r"dropout must be a finite number in \[0, 1\)"),
+    (dict(bias="no"), "bias must be True or False"),
+    (dict(n_head=3), "n_embd=64 is not divisible by n_head=3"),
+    (dict(vocab_size=0), "vocab_size must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("kw, msg", GPT_BAD, ids=[next(iter(k)) for k, _ in GPT_BAD])
+def test_gpt_config_is_checked(kw, msg):
+    with pytest.raises(TinyldError, match=msg):
+        GPTConfig.preset("tiny", **kw)
+
+
+def test_world_and_data_arguments_are_checked(world, wtok):
+    with pytest.raises(TinyldError, match=r"n_people must be an integer in \[3, 26\]"):
+        World(n_people=2)
+    with pytest.raises(TinyldError, match="'nobody' is not a person of this world"):
+        world.item("nobody", "city")
+    with pytest.raises(TinyldError, match="unknown relation 'age'"):
+        world.item(world.people[0], "age")
+    with pytest.raises(TinyldError, match="batch_size must be an integer ≥ 1"):
+        TextStream(wtok, world.pretrain_docs(), 32, 0)
+    with pytest.raises(TinyldError, match="batch_size must be an integer ≥ 1"):
+        PairData(wtok, [i.example() for i in world.train_items()], 0)
+    with pytest.raises(TinyldError, match="not single strings"):
+        make_batch(wtok, "question : where", "alice lives in paris .")
+    with pytest.raises(TinyldError, match="data source with a .batch"):
+        Trainer(GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size)), [1, 2, 3], TrainConfig())
+
+
+# ==============================================================================================================
+# 4. The dynamics engine: refuses what it cannot compute exactly
+# ==============================================================================================================
+
+
+def test_engine_refuses_a_model_with_nan_weights(world, wtok, tiny64):
+    _, rows, _ = _item_batches(world, wtok)
+    with torch.no_grad():
+        tiny64.h[1].attn.c_proj.bias[3] = float("nan")
+    with pytest.raises(TinyldError, match=r"'h\.1\.attn\.c_proj\.bias' holds NaN or inf"):
+        predict(tiny64, rows, SFTUpdate(rows), 1e-3)
+
+
+def test_engine_reports_a_prediction_that_overflows(world, wtok):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e37)  # finite weights, logits past float32's range
+    _, rows, _ = _item_batches(world, wtok)
+    with pytest.raises(TinyldError, match="came out NaN or inf"):
+        predict(model, rows, SFTUpdate(rows), 1e-3)
+
+
+@pytest.mark.parametrize("eta", [0.0, -1e-3, float("nan"), True, "0.1"])
+def test_engine_learning_rate_is_checked(world, wtok, tiny64, eta):
+    _, rows, _ = _item_batches(world, wtok)
+    with pytest.raises(TinyldError, match="eta must be a positive finite number"):
+        predict(tiny64, rows, SFTUpdate(rows), eta)
+
+
+def test_dpo_beta_and_reference_values_are_checked(world, wtok):
+    _, c, r = _item_batches(world, wtok)
+    with pytest.raises(TinyldError, match="beta must be a positive finite number"):
+        DPOUpdate(c, r, -3.0, -4.0, beta=0.0)
+    with pytest.raises(TinyldError, match=r"finite log-probabilities \(≤ 0; not a loss\)"):
+        DPOUpdate(c, r, 3.0, 4.0)  # a loss (−log π) passed where log π belongs
+    with pytest.raises(TinyldError, match="finite log-probabilities"):
+        DPOUpdate(c, r, float("nan"), -4.0)
+    with pytest.raises(TinyldError, match="must be a tensor of 1 summed log-probs"):
+        DPOUpdate(c, r, "ref", -4.0)
+
+
+def test_residual_update_shape_and_values_are_checked(world, wtok):
+    _, rows, _ = _item_batches(world, wtok)
+    with pytest.raises(TinyldError, match=r"G has 3 rows but the updating batch has \d+ scored positions"):
+        ResidualUpdate(rows, torch.zeros(3, wtok.vocab_size, dtype=torch.float64))
+    with pytest.raises(TinyldError, match="G holds NaN or inf"):
+        ResidualUpdate(rows, torch.full((rows.n, wtok.vocab_size), float("nan")))
+    with pytest.raises(TinyldError, match=r"G must be a float tensor of shape \(N_u, V\)"):
+        ResidualUpdate(rows, torch.zeros(rows.n, wtok.vocab_size, dtype=torch.long))
+
+
+def test_step_size_for_an_update_that_moves_nothing(world, wtok, tiny64):
+    _, rows, _ = _item_batches(world, wtok)
+    still = ResidualUpdate(rows, torch.zeros(rows.n, wtok.vocab_size, dtype=torch.float64))
+    with pytest.raises(TinyldError, match="predicted not to move any observed sequence"):
+        step_size_for(tiny64, still, rows)
+
+
+def test_engine_refuses_things_that_are_not_updates_or_rows(world, wtok, tiny64):
+    _, rows, _ = _item_batches(world, wtok)
+    with pytest.raises(TinyldError, match="expected an update"):
+        predict(tiny64, rows, rows, 1e-3)
+    with pytest.raises(TinyldError, match="must be Rows"):
+        SFTUpdate(make_batch(wtok, ["question :"], ["alice ."]))
+
+
+def test_restricted_kernel_selection_is_checked(world, wtok, tiny64):
+    _, rows, _ = _item_batches(world, wtok)
+    with pytest.raises(TinyldError, match=r"rows in \[0, \d+\) and tokens in \[0, \d+\)"):
+        kernel_restricted(tiny64, rows, torch.tensor([[0, 0], [rows.n, 1]]))
+    with pytest.raises(TinyldError, match=r"shape \(S, 2\)"):
+        kernel_restricted(tiny64, rows, torch.tensor([0, 1]))
+
+
+# ==============================================================================================================
+# 5. Training, checkpoints and resume: no lost or poisoned work
+# ==============================================================================================================
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint(world, wtok, tmp_path, monkeypatch):
+    import tinyld.train as train
+
+    tr = _trainer(world, wtok, tmp_path, steps=6, ckpt_every=2)
+    real_save = torch.save
+
+    def disk_full(obj, f, *a, **kw):
+        if tr.step >= 4:
+            Path(f).write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(train.torch, "save", disk_full)
+    with pytest.raises(TinyldError, match=r"No space left on device.*last\.pt was left as it was"):
+        tr.run()
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "log.jsonl"]  # no temp file, lock released
+
+
+def test_two_runs_cannot_write_one_folder(world, wtok, tmp_path):
+    keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(str(keeper.pid))  # another live run holds the folder
+        with pytest.raises(TinyldError, match=f"in use by another training run \\(pid {keeper.pid}\\)"):
+            _trainer(world, wtok, tmp_path, steps=2).run()
+    finally:
+        keeper.kill()
+        keeper.wait()
+    _trainer(world, wtok, tmp_path, steps=2).run()  # a lock left by a dead run is taken over
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2 and not (tmp_path / ".lock").exists()
+
+
+def test_resume_checks_the_data_and_the_optimizer(world, wtok, tmp_path):
+    tr = _trainer(world, wtok, tmp_path, steps=2)
+    tr.run()
+    other_seed = TextStream(wtok, world.pretrain_docs(), 32, 4, seed=1)
+    with pytest.raises(TinyldError, match=r"other data .*\['seed'\]"):
+        Trainer.resume(tmp_path / "last.pt", other_seed, wtok)
+    other_text = TextStream(wtok, world.pretrain_docs()[1:], 32, 4, seed=0)
+    with pytest.raises(TinyldError, match=r"other data .*\['tokens'\]"):
+        Trainer.resume(tmp_path / "last.pt", other_text, wtok)
+    with pytest.raises(TinyldError, match="holds adamw optimizer state; it cannot resume as 'sgd'"):
+        Trainer.resume(tmp_path / "last.pt", tr.data, wtok, optimizer="sgd")
+    save_checkpoint(tmp_path / "weights.pt", tr.model, wtok)
+    with pytest.raises(TinyldError, match="weights only"):
+        Trainer.resume(tmp_path / "weights.pt", tr.data, wtok)
+
+
+def test_checkpoints_never_hold_non_finite_weights(world, wtok, tmp_path):
+    tr = _trainer(world, wtok, tmp_path, steps=1)
+    with torch.no_grad():
+        tr.model.wte.weight[5, 0] = float("inf")
+    with pytest.raises(TrainingDiverged, match="'wte.weight' is not finite"):
+        save_checkpoint(tmp_path / "x.pt", tr.model, wtok)
+    assert not (tmp_path / "x.pt").exists()
+    ck = load_checkpoint(save_checkpoint(tmp_path / "ok.pt", _trainer(world, wtok).model, wtok))
+    ck["model"]["ln_f.weight"][0] = float("nan")  # written by something else
+    torch.save(ck, tmp_path / "nan.pt")
+    with pytest.raises(TinyldError, match="non-finite weights"):
+        load_model(tmp_path / "nan.pt")
+
+
+def test_unwritable_out_dir_fails_before_training(world, wtok, tmp_path):
+    (tmp_path / "f").write_text("")
+    tr = _trainer(world, wtok, tmp_path / "f" / "run", steps=3)
+    with pytest.raises(TinyldError, match="cannot write to the TrainConfig.out_dir"):
+        tr.run()
+    assert tr.step == 0
+
+
+# ==============================================================================================================
+# 6. Files: every bad line is named by file and line; code is called code
+# ==============================================================================================================
+
+JSONL_BAD = [
+    (b'{"prompt": "q", "chosen": "a"}\n[1, 2]\n', r"d\.jsonl:2: each line must be a JSON object"),
+    (b'{"prompt": "q", "chosen": "a"}\n42\n', r"d\.jsonl:2: each line must be a JSON object .* got a int"),
+    (b'{"prompt": 7, "chosen": "a"}\n', r"d\.jsonl:1: 'prompt' must be a string, got int"),
+    (b'{"prompt": "q", "chosen": ["a"]}\n', r"d\.jsonl:1: 'chosen' must be a string, got list"),
+    (b'{"prompt": "q", "chosen": "a", "rejected": 3}\n', r"d\.jsonl:1: 'rejected' must be a string"),
+    (b'{"prompt": "", "chosen": "a"}\n', r"d\.jsonl:1: 'prompt' is empty"),
+    (b'{"prompt": "q", "chosen": "a"}\n{"prompt": "q\xff", "chosen": "a"}\n', r"d\.jsonl:2: not valid UTF-8"),
+    (b'{"prompt": "q", "chosen": "a", "response": "b"}\n', r"d\.jsonl:1: both 'chosen' and 'response'"),
+    (b"\n\n", r"d\.jsonl holds no examples"),
+    (b'{"prompt": "q", "chosen": "a"}\n{oops\n', r"d\.jsonl:2: not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("raw, msg", JSONL_BAD, ids=[m.split(": ", 1)[-1][:30] for _, m in JSONL_BAD])
+def test_jsonl_errors_name_file_and_line(tmp_path, raw, msg):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(raw)
+    with pytest.raises(TinyldError, match=msg):
+        read_jsonl(p)
+
+
+def test_jsonl_missing_file_or_folder(tmp_path):
+    with pytest.raises(TinyldError, match="no JSONL file at"):
+        read_jsonl(tmp_path / "none.jsonl")
+    with pytest.raises(TinyldError, match="it is a folder"):
+        read_jsonl(tmp_path)
+    assert read_jsonl(_write(tmp_path / "ok.jsonl", b'{"prompt": "q", "chosen": "a", "x": 1}\n')) == [
+        Example("q", "a", None, {"x": 1})]
+
+
+def _write(p, raw):
+    p.write_bytes(raw)
+    return p
+
+
+class _Evil:
+    def __reduce__(self):  # would run code when unpickled
+        return (print, ("this must never run",))
+
+
+def test_weights_file_with_code_is_called_code_not_corrupt(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 48, "n_layer": 2, "n_head": 4,
+                                                      "vocab_size": 97, "n_positions": 40}))
+    torch.save({"wte.weight": _Evil()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(TinyldError, match="carries Python code"):
+        GPT.from_hf(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(TinyldError, match="config.json is not readable JSON"):
+        GPT.from_hf(tmp_path)
