@@ -190,8 +190,9 @@ class TextStream:
 
     def identity(self) -> dict:
         """What a checkpoint remembers about this data, so a resume can check it is the same."""
+        digest = hashlib.sha1(self.tokens.numpy().tobytes()).hexdigest()[:16]
         return {"kind": "text", "tokenizer": self.tok, "block_size": self.block_size,
-                "batch_size": self.batch_size, "seed": self.seed, "tokens": hashlib.sha1(self.tokens.numpy().tobytes()).hexdigest()[:16]}
+                "batch_size": self.batch_size, "seed": self.seed, "tokens": digest}
 
     def batch(self, step: int) -> Batch:
         T = self.block_size
