@@ -228,7 +228,8 @@ CLI_BAD = [
     (["demo", "--pretrain-lr", "nan"], "--pretrain-lr must be a positive finite number, got nan"),
     (["demo", "--sft-lr", "-1"], "--sft-lr must be a positive finite number"),
     (["demo", "--sft-steps", "-5"], "--sft-steps must be an integer ≥ 1"),
-    (["demo", "--seed", "-1"], "--seed must be an integer ≥ 0"),
+    (["demo", "--seed", "-1"], "--seed must be an integer in [0, 2147483647]"),
+    (["demo", "--seed", "100000000000000"], "--seed must be an integer in [0, 2147483647]"),
     (["demo", "--threads", "0"], "--threads must be an integer in [1, 256]"),
     (["demo", "--device", "tpu"], "unknown device 'tpu'"),
     (["bench", "step", "--batch", "0"], "--batch must be an integer in [1, 4096]"),
@@ -540,3 +541,166 @@ def test_weights_file_with_code_is_called_code_not_corrupt(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(TinyldError, match="config.json is not readable JSON"):
         GPT.from_hf(tmp_path)
+
+
+# ==============================================================================================================
+# 7. Found by an adversarial review: each once gave a silent wrong number, lost work, a hang or a traceback
+# ==============================================================================================================
+
+
+def test_resume_overrides_reach_the_optimizer(world, wtok, tmp_path):
+    tr = _trainer(world, wtok, tmp_path, steps=2, optimizer="sgd", momentum=0.9)
+    tr.run()
+    resumed = Trainer.resume(tmp_path / "last.pt", tr.data, wtok, steps=4, momentum=0.0, weight_decay=0.5)
+    assert all(g["momentum"] == 0.0 and g["weight_decay"] == 0.5 for g in resumed.opt.param_groups)
+
+
+def test_resume_refuses_an_incomplete_train_config(world, wtok, tmp_path):
+    tr = _trainer(world, wtok, tmp_path, steps=1)
+    tr.run()
+    ck = load_checkpoint(tmp_path / "last.pt")
+    del ck["train_config"]["lr"]
+    torch.save(ck, tmp_path / "partial.pt")
+    with pytest.raises(TinyldError, match=r"lacks \['lr'\]: resuming would silently use defaults"):
+        Trainer.resume(tmp_path / "partial.pt", tr.data, wtok)
+
+
+def test_trainer_refuses_a_tokenizer_that_did_not_build_the_data(world, wtok):
+    from tinyld.tokenizers import WordTokenizer
+
+    other = WordTokenizer([f"x{i}" for i in range(wtok.vocab_size - 3)])  # same size, other words
+    tr = _trainer(world, wtok)
+    with pytest.raises(TinyldError, match="the data was encoded with tokenizer"):
+        Trainer(tr.model, tr.data, tr.cfg, other)
+    with pytest.raises(TinyldError, match="the tokenizer has 7 tokens but the model's vocab_size is"):
+        Trainer(tr.model, tr.data, tr.cfg, WordTokenizer(["a", "b", "c", "d"]))
+
+
+def test_numpy_numbers_in_configs_still_give_loadable_checkpoints(world, wtok, tmp_path):
+    np = pytest.importorskip("numpy")
+    tr = _trainer(world, wtok, tmp_path, steps=np.int64(2), lr=np.float32(1e-3))
+    tr.run()
+    assert type(tr.cfg.lr) is float and type(tr.cfg.steps) is int
+    assert Trainer.resume(tmp_path / "last.pt", tr.data, wtok).step == 2
+    with pytest.raises(TinyldError, match="field 'note' holds a PosixPath"):
+        save_checkpoint(tmp_path / "x.pt", tr.model, wtok, note=tmp_path)
+
+
+def test_probes_of_a_response_with_one_repeated_word_do_not_hang(world):
+    from tinyld.world import Item
+
+    it = world.train_items()[0]
+    odd = Item(it.prompt, "a a a", "b b b", it.name, it.relation, it.value, it.wrong)
+    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("probes() hangs")))
+    signal.alarm(10)
+    try:
+        assert world.probes(odd)["urnd_chosen"] == "a a a"
+    finally:
+        signal.alarm(0)
+
+
+def test_a_new_run_never_replaces_another_runs_checkpoint(world, wtok, tmp_path):
+    _trainer(world, wtok, tmp_path, steps=5).run()
+    with pytest.raises(TinyldError, match="holds a checkpoint of another run: continue it with Trainer.resume"):
+        _trainer(world, wtok, tmp_path, steps=1).run()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 5
+    _trainer(world, wtok, tmp_path, steps=1).run(overwrite=True)
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r.get("event") for r in log].count("start") == 1  # a fresh run, a fresh log
+
+
+def test_write_jsonl_never_leaves_a_half_written_file(tmp_path):
+    from tinyld.data import write_jsonl
+
+    p = tmp_path / "d.jsonl"
+    write_jsonl(p, [Example("q", "a")])
+    with pytest.raises(TinyldError, match="example 2 cannot be written as JSON"):
+        write_jsonl(p, [Example("q1", "a1"), Example("q2", "a2", meta={"t": {1, 2}})])
+    assert read_jsonl(p) == [Example("q", "a")]
+    with pytest.raises(TinyldError, match="cannot write"):
+        write_jsonl(tmp_path / "missing" / "d.jsonl", [Example("q", "a")])
+
+
+@pytest.mark.parametrize("blocker", ["pretrain/last.pt", "demo.json", "sft"])
+def test_demo_output_paths_are_checked_before_pretraining(tmp_path, capsys, blocker):
+    target = tmp_path / blocker
+    if blocker == "sft":
+        target.write_text("")  # a file where the demo needs a folder
+    else:
+        target.mkdir(parents=True)  # a folder where the demo writes a file
+    t0 = time.perf_counter()
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert time.perf_counter() - t0 < 10 and "error:" in capsys.readouterr().err
+    assert not (tmp_path / "pretrain" / "log.jsonl").exists()
+
+
+def test_engine_checks_widths_and_lengths(world, wtok, tiny64):
+    from tinyld.dynamics import class_rows, sequence_change
+
+    _, rows, _ = _item_batches(world, wtok)
+    with pytest.raises(TinyldError, match=r"G has shape \(\d+, 1\) but the logits it pairs with have"):
+        predict(tiny64, rows, ResidualUpdate(rows, torch.ones(rows.n, 1, dtype=torch.float64)), 1e-3)
+    _, two, _ = _item_batches(world, wtok, n=2)
+    with pytest.raises(TinyldError, match="delta must be .* one row per observed row"):
+        sequence_change(rows, predict(tiny64, two, SFTUpdate(rows), 1e-3))
+    with pytest.raises(TinyldError, match=r"one input x becomes x\[None\]"):
+        class_rows(torch.randn(4))
+    with pytest.raises(TinyldError, match=r"labels y must be an integer tensor of shape \(5,\)"):
+        class_rows(torch.randn(5, 4), torch.tensor([1, 2]))
+    with pytest.raises(TinyldError, match="no labelled rows"):
+        SFTUpdate(class_rows(torch.randn(2, 4)))
+
+
+def test_restricted_kernel_honours_sel_u_with_the_same_rows(world, wtok, tiny64):
+    _, rows, _ = _item_batches(world, wtok)
+    K = kernel_restricted(tiny64, rows, torch.tensor([[0, 5], [1, 6]]), sel_u=torch.tensor([[2, 7]]))
+    assert K.shape == (2, 1)
+
+
+def test_frozen_parameters_are_left_out_of_the_prediction(world, wtok, tiny64):
+    _, rows, _ = _item_batches(world, wtok)
+    tiny64.wte.weight.requires_grad_(False)  # a frozen embedding: the step cannot move it
+    a, b = (one_step(tiny64, SFTUpdate(rows), rows, eta) for eta in (2e-4, 1e-4))
+    ratio = (a.pred - a.actual).norm() / (b.pred - b.actual).norm()
+    assert 3.5 < ratio < 4.5 and b.err_full < 0.05  # second order: frozen weights are left out of both
+
+
+def test_generate_and_evaluate_arguments(world, wtok, tiny64):
+    from tinyld.evaluate import response_logprobs, text_stats
+
+    x = torch.tensor([wtok.encode("question : where")])
+    with pytest.raises(TinyldError, match="temperature must be a finite number ≥ 0"):
+        tiny64.generate(x, 3, temperature=-1.0)
+    with pytest.raises(TinyldError, match="max_new_tokens must be an integer ≥ 0"):
+        tiny64.generate(x, -1)
+    with pytest.raises(TinyldError, match="2 prompts but 3 responses"):
+        response_logprobs(tiny64, wtok, ["question :", "question :"], ["a .", "b .", "c ."], batch_size=2)
+    with torch.no_grad():
+        tiny64.ln_f.bias[0] = float("nan")
+    with pytest.raises(TinyldError, match="'ln_f.bias' holds NaN or inf"):
+        text_stats(tiny64, wtok, world.heldout_text())
+
+
+DAMAGED = [("rng", 5), ("model_config", [1]), ("tokenizer", "word"), ("optimizer", 5), ("train_config", [1]),
+           ("data", "x")]
+
+
+@pytest.mark.parametrize("field, value", DAMAGED, ids=[f for f, _ in DAMAGED])
+def test_damaged_checkpoint_fields_are_named(world, wtok, tmp_path, field, value):
+    tr = _trainer(world, wtok, tmp_path, steps=1)
+    tr.run()
+    ck = load_checkpoint(tmp_path / "last.pt")
+    ck[field] = value
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(TinyldError, match=f"damaged fields \\['{field}'\\]"):
+        Trainer.resume(tmp_path / "bad.pt", tr.data, wtok)
+
+
+def test_tokenizers_check_their_inputs(wtok):
+    with pytest.raises(TinyldError, match="encode takes a string, got NoneType"):
+        wtok.encode(None)
+    with pytest.raises(TinyldError, match=r"token id 'a' is not an integer in the vocabulary \[0, 128\)"):
+        wtok.decode(["a"])
+    with pytest.raises(TinyldError, match=r"token id 999 is not an integer"):
+        wtok.decode([999])

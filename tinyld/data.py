@@ -18,7 +18,9 @@ from typing import Sequence
 
 import torch
 
-from tinyld.runtime import TinyldError, check_int
+import os
+
+from tinyld.runtime import TinyldError, check_int, check_seed
 from tinyld.tokenizers import fingerprint
 
 IGNORE = -100  # label of a position that carries no loss (prompt or padding)
@@ -75,6 +77,11 @@ def make_batch(tok, prompts: Sequence[str], responses: Sequence[str | None], blo
     """Right-padded batch of prompt+response pairs, prompt and padding masked with IGNORE."""
     if isinstance(prompts, str) or isinstance(responses, str):
         raise TinyldError("make_batch takes lists of prompts and responses, not single strings: wrap them in [ ]")
+    if not callable(getattr(tok, "encode", None)) or not hasattr(tok, "pad_id"):
+        raise TinyldError(f"make_batch's first argument is the tokenizer, got {type(tok).__name__}")
+    prompts, responses = list(prompts), list(responses)
+    if block_size is not None:
+        check_int("block_size", block_size, 1)
     if len(prompts) != len(responses):
         raise TinyldError(f"mismatched batch lengths: {len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
@@ -91,6 +98,8 @@ def collate(seqs: Sequence[tuple[list[int], int]], pad_id: int, block_size: int 
             tok: str | None = None) -> Batch:
     """[(ids of χ, prompt length)] → Batch. Sequences are right-padded; the model is causal, so padding after
     a sequence never changes its logits."""
+    if not seqs:
+        raise TinyldError("empty batch: give at least one sequence")
     T = max(len(s) for s, _ in seqs) - 1
     if block_size is not None and T > block_size:
         i = max(range(len(seqs)), key=lambda j: len(seqs[j][0]))
@@ -113,6 +122,8 @@ def read_jsonl(path: str | Path) -> list[Example]:
 
     Every bad line is an error that names the file and the line: not UTF-8, not JSON, not an object, a missing or
     empty prompt or response, a value that is not a string. Nothing half-read is returned."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TinyldError(f"read_jsonl needs a file path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise TinyldError(f"no JSONL file at {path}" + (" (it is a folder)" if path.is_dir() else "") +
@@ -132,6 +143,9 @@ def read_jsonl(path: str | Path) -> list[Example]:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
                 raise TinyldError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # absurdly deep nesting or huge numbers
+                raise TinyldError(f"{where}: JSON that cannot be read ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:80]})") from None
             if not isinstance(d, dict):
                 raise TinyldError(f"{where}: each line must be a JSON object like "
                                   f'{{"prompt": …, "chosen": …}}, got a {type(d).__name__}')
@@ -157,12 +171,26 @@ def read_jsonl(path: str | Path) -> list[Example]:
 
 
 def write_jsonl(path: str | Path, examples: Sequence[Example]) -> None:
+    """Write Examples as JSON lines. Everything is checked and encoded first, then written atomically, so a bad
+    example never leaves a half-written file."""
+    examples = list(examples)
     if not all(isinstance(e, Example) for e in examples):
         raise TinyldError("write_jsonl takes a list of Example objects")
-    with open(path, "w", encoding="utf-8") as f:
-        for e in examples:
-            d = {"prompt": e.prompt, "chosen": e.chosen, **({"rejected": e.rejected} if e.rejected else {}), **e.meta}
-            f.write(json.dumps(d) + "\n")
+    lines = []
+    for n, e in enumerate(examples, 1):
+        d = {"prompt": e.prompt, "chosen": e.chosen, **({"rejected": e.rejected} if e.rejected else {}), **e.meta}
+        try:
+            lines.append(json.dumps(d) + "\n")
+        except (TypeError, ValueError) as err:
+            raise TinyldError(f"example {n} cannot be written as JSON ({err}); nothing was written") from None
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text("".join(lines), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise TinyldError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
 
 
 def _generator(seed: int, step: int) -> torch.Generator:
@@ -175,16 +203,19 @@ class TextStream:
     def __init__(self, tok, docs: Sequence[str], block_size: int, batch_size: int, seed: int = 0):
         check_int("TextStream.block_size", block_size, 1)
         check_int("TextStream.batch_size", batch_size, 1)
-        check_int("TextStream.seed", seed, 0)
-        if isinstance(docs, str) or not all(isinstance(d, str) for d in docs):
+        check_seed("TextStream.seed", seed)
+        if isinstance(docs, str) or docs is None:
             raise TinyldError("TextStream takes a list of documents (strings), not one string")
+        docs = list(docs)
+        if not all(isinstance(d, str) for d in docs):
+            raise TinyldError("TextStream takes a list of documents (strings)")
         ids = []
         for d in docs:
             ids += tok.encode(d) + [tok.eos_id]
         self.tokens = torch.tensor(ids, dtype=torch.long)  # (N,)
-        if len(self.tokens) <= block_size + 1:
-            raise TinyldError(f"pretraining text has {len(self.tokens)} tokens, fewer than one window of "
-                              f"block_size+1={block_size + 1}: add text or lower block_size")
+        if len(self.tokens) < block_size + 2:
+            raise TinyldError(f"pretraining text has {len(self.tokens)} tokens; windows of block_size={block_size} "
+                              f"need at least {block_size + 2}: add text or lower block_size")
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.tok = fingerprint(tok)
 
@@ -206,14 +237,19 @@ class PairData:
 
     def __init__(self, tok, examples: Sequence[Example], batch_size: int, block_size: int | None = None,
                  seed: int = 0):
+        examples = list(examples) if examples is not None else []
         if not examples:
             raise TinyldError("no examples: SFT needs at least one (prompt, response) pair")
         check_int("PairData.batch_size", batch_size, 1)
-        check_int("PairData.seed", seed, 0)
+        check_seed("PairData.seed", seed)
         if block_size is not None:
             check_int("PairData.block_size", block_size, 1)
         if not all(isinstance(e, Example) for e in examples):
             raise TinyldError("PairData takes a list of Example objects (data.Example or read_jsonl's output)")
+        for n, e in enumerate(examples):
+            if not isinstance(e.prompt, str) or not isinstance(e.chosen, str):
+                raise TinyldError(f"example {n}: prompt and chosen must be strings, got {type(e.prompt).__name__} "
+                                  f"and {type(e.chosen).__name__}")
         self.seqs = [encode_example(tok, e.prompt, e.chosen) for e in examples]
         collate(self.seqs, tok.pad_id, block_size)  # validate every length once, up front
         self.tok, self.block_size, self.seed, self.fp = tok, block_size, seed, fingerprint(tok)

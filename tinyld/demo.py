@@ -17,8 +17,8 @@ import torch
 from tinyld.data import PairData, TextStream
 from tinyld.evaluate import greedy_answers, response_logprobs, text_stats, valley_depth
 from tinyld.model import GPT, GPTConfig
-from tinyld.runtime import (TinyldError, check_choice, check_int, check_number, pick_device, seed_everything,
-                            versions, writable_dir)
+from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
+                            pick_device, seed_everything, versions, writable_dir)
 from tinyld.train import TrainConfig, Trainer
 from tinyld.world import World
 
@@ -38,15 +38,15 @@ class DemoConfig:
     fast: bool = False  # a few steps of each phase (smoke test; the numbers then mean little)
 
     def __post_init__(self):
-        check_int("demo --seed", self.seed, 0)
+        self.seed = check_seed("demo --seed", self.seed)
         check_choice("demo --preset", self.preset, ("tiny", "mini"))
-        check_int("demo --pretrain-steps", self.pretrain_steps, 1)
-        check_number("demo --pretrain-lr", self.pretrain_lr, 0, strict=True)
-        check_int("DemoConfig.batch_size", self.batch_size, 1)
-        check_int("demo --sft-steps", self.sft_steps, 1)
-        check_number("demo --sft-lr", self.sft_lr, 0, strict=True)
+        self.pretrain_steps = check_int("demo --pretrain-steps", self.pretrain_steps, 1)
+        self.pretrain_lr = check_number("demo --pretrain-lr", self.pretrain_lr, 0, strict=True)
+        self.batch_size = check_int("DemoConfig.batch_size", self.batch_size, 1)
+        self.sft_steps = check_int("demo --sft-steps", self.sft_steps, 1)
+        self.sft_lr = check_number("demo --sft-lr", self.sft_lr, 0, strict=True)
         check_choice("demo --device", self.device, ("auto", "cpu", "cuda", "mps"))
-        check_int("demo --threads", self.threads, 1, 256)
+        self.threads = check_int("demo --threads", self.threads, 1, 256)
         if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
             raise TinyldError(f"demo --out must be a folder path, got {self.out!r}")
         if self.fast:
@@ -60,7 +60,10 @@ def pretrain(world: World, tok, cfg: DemoConfig, device, out: Path | None = None
     data = TextStream(tok, world.pretrain_docs(), model.config.block_size, cfg.batch_size, seed=cfg.seed)
     tc = TrainConfig(task="pretrain", steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, warmup_steps=50,
                      schedule="cosine", seed=cfg.seed, log_every=50, out_dir=str(out) if out else None)
-    hist = Trainer(model, data, tc, tok).run()
+    try:
+        hist = Trainer(model, data, tc, tok).run(overwrite=True)  # the demo always starts over
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"pretraining diverged (lower --pretrain-lr, now {cfg.pretrain_lr:g}): {e}") from None
     return model.eval(), hist
 
 
@@ -68,7 +71,7 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
     """(world, tokenizer, pretrained tiny GPT) for lessons; cached as a checkpoint so a second call is instant."""
     from tinyld.train import load_model, save_checkpoint
 
-    check_int("seed", seed, 0)
+    check_seed("seed", seed)
     check_int("steps", steps, 1)
     world = World(seed)
     tok = world.tokenizer()
@@ -76,9 +79,14 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
     # The key names everything the weights depend on: a cache made by other code or threads is never reused.
     key = f"world-{seed}-tiny-{steps}-t{threads}-torch{torch.__version__.split('+')[0]}-code{_code_digest()}"
     path = Path(cache) / f"{key}.pt" if cache else None
+    if cache is not None and not isinstance(cache, (str, os.PathLike)):
+        raise TinyldError(f"cache must be a folder path or None, got {type(cache).__name__}")
     if path and path.is_file():
-        model, _, _ = load_model(path)
-        return world, tok, model.eval()
+        try:
+            model, _, _ = load_model(path)
+            return world, tok, model.eval()
+        except TinyldError as e:  # derived data: rebuild it
+            print(f"[tinyld] the cached model {path} is unreadable ({e}); pretraining it again")
     cfg = DemoConfig(seed=seed, pretrain_steps=steps)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the demo's thread count, so that both train the same model
@@ -121,6 +129,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     if not isinstance(cfg, DemoConfig):
         raise TinyldError(f"run_demo takes a DemoConfig, got {type(cfg).__name__}")
     out = writable_dir(cfg.out, "demo output folder")  # before minutes of pretraining, not after
+    for sub in ("pretrain", "sft"):
+        writable_dir(out / sub, f"demo output folder {sub!r}")
+        if (out / sub / "last.pt").is_dir():
+            raise TinyldError(f"{out / sub / 'last.pt'} is a folder: the demo writes a checkpoint there; remove it")
+    if (out / "demo.json").is_dir():
+        raise TinyldError(f"{out / 'demo.json'} is a folder: the demo writes its results there; remove it")
     dev = pick_device(cfg.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -166,7 +180,11 @@ def _run_demo(cfg: DemoConfig, out: Path, dev) -> dict:
     data = PairData(tok, [i.example("train") for i in world.train_items()], 8, model.config.block_size, cfg.seed)
     tc = TrainConfig(task="sft", steps=cfg.sft_steps, lr=cfg.sft_lr, seed=cfg.seed, log_every=5,
                      out_dir=str(out / "sft"))
-    sft_hist = Trainer(model, data, tc, tok).run()
+    try:
+        sft_hist = Trainer(model, data, tc, tok).run(overwrite=True)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"SFT diverged (lower --sft-lr, now {cfg.sft_lr:g}); the pretrained model is in "
+                               f"{out / 'pretrain' / 'last.pt'}: {e}") from None
     print("      loss " + " → ".join(f"{r['loss']:.2f}" for r in sft_hist[:: max(1, len(sft_hist) // 6)]))
     after = report(model.eval(), tok, world)
     print(f"\n[5/5] {'':28s}{'before SFT':>14s}{'after SFT':>14s}")

@@ -78,6 +78,8 @@ class Rows:
 
 def lm_rows(batch: Batch) -> Rows:
     """The response positions of a batch (targets ≠ −100) as rows; labels are the response tokens."""
+    if not isinstance(batch, Batch):
+        raise TinyldError(f"lm_rows takes a Batch (from data.make_batch), got {type(batch).__name__}")
     mask = batch.mask  # (B, T)
     if not bool(mask.any()):
         raise TinyldError("the batch has no response tokens (every target is −100): observed and updating "
@@ -88,9 +90,16 @@ def lm_rows(batch: Batch) -> Rows:
 
 def class_rows(x: torch.Tensor, y: torch.Tensor | None = None) -> Rows:
     """One row per input of a classifier; ``y`` (B,) are class labels (optional for observed inputs)."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        what = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TinyldError(f"class_rows needs a batch of inputs x of shape (B, …), got {what}; one input x becomes "
+                          "x[None]")
     B = x.shape[0]
     if B == 0:
         raise TinyldError("empty input batch: give at least one example")
+    if y is not None and (not isinstance(y, torch.Tensor) or y.shape != (B,) or y.is_floating_point()):
+        what = f"shape {tuple(y.shape)}, dtype {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TinyldError(f"labels y must be an integer tensor of shape ({B},), one class per input; got {what}")
     labels = y if y is not None else torch.full((B,), IGNORE, dtype=torch.long, device=x.device)
     return Rows(x, None, labels, torch.arange(B, device=x.device), B)
 
@@ -107,6 +116,9 @@ class SFTUpdate:
 
     def __init__(self, rows: Rows, weight: float = 1.0):
         _check_rows("SFTUpdate rows", rows)
+        if not bool((rows.labels != IGNORE).any()):
+            raise TinyldError("the SFT update has no labelled rows, so its residual is 0 and nothing would move: "
+                              "give labels (class_rows(x, y), or a batch with responses)")
         self.rows, self.weight = rows, check_number("SFTUpdate weight", weight)
 
     def loss(self, model) -> torch.Tensor:
@@ -202,7 +214,7 @@ UPDATES = {"sft": SFTUpdate, "ce": SFTUpdate, "dpo": DPOUpdate, "residual": Resi
 
 def make_update(loss: str, *args, **kw):
     """Build an update by loss name: ``make_update("sft", rows)``, ``make_update("dpo", c, r, ref_c, ref_r)``."""
-    if loss not in UPDATES:
+    if not isinstance(loss, str) or loss not in UPDATES:
         raise TinyldError(f"unknown loss {loss!r}: choose one of {', '.join(UPDATES)}")
     return UPDATES[loss](*args, **kw)
 
@@ -301,8 +313,9 @@ def _check(model, *rows: Rows, eta: float | None = None) -> None:
     device = params[0][1].device
     for r in rows:
         _check_rows("observed and updating rows", r)
-        if r.tok is not None and V is not None and int(r.tok.split(":")[1]) != V:
-            raise TinyldError(f"a batch was built with a {r.tok.split(':')[1]}-token vocabulary but the model has "
+        tok_v = _fingerprint_vocab(r.tok)
+        if tok_v is not None and V is not None and tok_v != V:
+            raise TinyldError(f"a batch was built with a {tok_v}-token vocabulary but the model has "
                               f"vocab_size={V}: use the tokenizer the model was trained with")
         if r.inputs.device != device:
             raise TinyldError(f"the rows are on {r.inputs.device} but the model is on {device}: build the batch "
@@ -310,6 +323,14 @@ def _check(model, *rows: Rows, eta: float | None = None) -> None:
         has = r.labels[r.labels != IGNORE]
         if V is not None and has.numel() and (int(has.min()) < 0 or int(has.max()) >= V):
             raise TinyldError(f"a row's label is outside the vocabulary [0, {V}): the batch and the model disagree")
+
+
+def _fingerprint_vocab(fp) -> int | None:
+    """The vocabulary size in a tokenizer fingerprint 'name:V:hash' (None if there is none to read)."""
+    try:
+        return int(str(fp).split(":")[1]) if fp is not None else None
+    except (IndexError, ValueError):
+        return None
 
 
 def _finite(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -339,12 +360,21 @@ def _math_attention(model):
 
 def gradient(model, update) -> dict[str, torch.Tensor]:
     """g_u = Σ_parts J_uᵀ G_u, one backward through the hand-derived residuals. It equals ∇_θ L_u."""
-    names, params = zip(*model.named_parameters())
+    named = list(model.named_parameters())
+    train = [p for _, p in named if p.requires_grad]  # frozen parameters do not move: their direction is 0
     with torch.enable_grad():
         parts = update.residuals(model)
+        for _, z, G in parts:
+            if z.shape != G.shape:
+                raise TinyldError(f"the residual G has shape {tuple(G.shape)} but the logits it pairs with have "
+                                  f"{tuple(z.shape)}: G needs one entry per (row, vocabulary token)")
         total = sum((z * G).sum() for _, z, G in parts)  # Σ ⟨z, G⟩ whose gradient is Jᵀ G
-        grads = torch.autograd.grad(total, params, allow_unused=True)
-    return {n: (g if g is not None else torch.zeros_like(p)) for n, p, g in zip(names, params, grads)}
+        grads = iter(torch.autograd.grad(total, train, allow_unused=True))
+    out = {}
+    for n, p in named:
+        g = next(grads) if p.requires_grad else None
+        out[n] = g if g is not None else torch.zeros_like(p)
+    return out
 
 
 def jvp_rows(model, rows: Rows, direction: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,8 +414,9 @@ def _predict(model, observed: Rows, update, eta: float) -> torch.Tensor:
 def kernel(model, observed: Rows, updating: Rows | None = None, max_bytes: float = 2 ** 31) -> torch.Tensor:
     """The full eNTK K(x_o, x_u) = J_o J_uᵀ: (N_o, V, N_u, V). Refuses when the Jacobians exceed ``max_bytes``."""
     updating = observed if updating is None else updating
+    check_number("max_bytes", max_bytes, 0, strict=True)
     _check(model, observed, updating)
-    params = _params(model)
+    params = {k: v for k, v in _params(model).items() if dict(model.named_parameters())[k].requires_grad}
     P = sum(p.numel() for p in params.values())
     V = observed.logits(model).shape[-1] if not hasattr(model, "config") else model.config.vocab_size
     item = next(iter(params.values())).element_size()
@@ -409,11 +440,18 @@ def kernel(model, observed: Rows, updating: Rows | None = None, max_bytes: float
 def kernel_restricted(model, observed: Rows, sel_o: torch.Tensor, updating: Rows | None = None,
                       sel_u: torch.Tensor | None = None) -> torch.Tensor:
     """K on chosen logits: sel (S, 2) lists (row, token) pairs; returns (S_o, S_u) = J_{sel_o} J_{sel_u}ᵀ."""
-    updating, sel_u = (observed, sel_o) if updating is None else (updating, sel_u)
+    if updating is None:
+        updating = observed
+    if sel_u is None:
+        if updating is not observed:
+            raise TinyldError("give sel_u, the (row, token) pairs of the updating rows")
+        sel_u = sel_o
     _check(model, observed, updating)
-    V = model.config.vocab_size if hasattr(model, "config") else None
+    with torch.no_grad():
+        V = observed.logits(model).shape[-1]
     for name, rows, sel in (("sel_o", observed, sel_o), ("sel_u", updating, sel_u)):
-        if not isinstance(sel, torch.Tensor) or sel.dim() != 2 or sel.shape[1] != 2 or sel.is_floating_point():
+        if not isinstance(sel, torch.Tensor) or sel.dim() != 2 or sel.shape[1] != 2 or sel.dtype not in (
+                torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise TinyldError(f"{name} must be an integer tensor of (row, token) pairs, shape (S, 2)")
         if len(sel) == 0 or int(sel[:, 0].min()) < 0 or int(sel[:, 0].max()) >= rows.n or int(sel[:, 1].min()) < 0 \
                 or (V is not None and int(sel[:, 1].max()) >= V):
@@ -426,7 +464,7 @@ def kernel_restricted(model, observed: Rows, sel_o: torch.Tensor, updating: Rows
 
 def _selected_jacobian(model, rows: Rows, sel: torch.Tensor) -> torch.Tensor:
     """Gradients of the chosen scalar logits, one batched backward: (S, P)."""
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen parameters cannot move: not in K
     with torch.enable_grad():
         z = rows.logits(model)  # (N, V)
         zs = z[sel[:, 0], sel[:, 1]]  # (S,)
@@ -544,14 +582,19 @@ def _check_optimizer(model, optimizer, eta: float) -> None:
     """The optimizer must step this model's parameters, at the learning rate eta."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TinyldError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise TinyldError("LBFGS needs a closure that re-evaluates the loss; one_step supports one-call "
+                          "optimizers (SGD, Adam, AdamW, RMSprop, …)")
     mine = {id(p) for p in model.parameters()}
     theirs = [p for g in optimizer.param_groups for p in g["params"]]
     if not theirs or any(id(p) not in mine for p in theirs):
         raise TinyldError("the optimizer holds parameters that are not this model's (was it built for another "
                           "model, or a copy?): build it with optimizer(model.parameters(), lr=eta)")
     for g in optimizer.param_groups:
-        if not math.isclose(g["lr"], eta, rel_tol=1e-12):
-            raise TinyldError(f"the optimizer's lr={g['lr']:g} differs from eta={eta:g}: pass the same value")
+        lr = float(g["lr"])
+        if not math.isclose(lr, eta, rel_tol=1e-12):
+            raise TinyldError(f"the optimizer's lr={lr!r} differs from eta={eta!r}: pass the same value (a Python "
+                              "float, not a tensor)")
 
 
 def _load(params: dict, values: dict) -> None:
@@ -561,6 +604,11 @@ def _load(params: dict, values: dict) -> None:
 
 def sequence_change(observed: Rows, delta: torch.Tensor) -> torch.Tensor:
     """Full-vocabulary Δ log π (N_o, V) → Δ log π(y|x) of each observed sequence, Σ over its tokens: (n_seq,)."""
+    _check_rows("observed", observed)
+    if not isinstance(delta, torch.Tensor) or delta.dim() != 2 or delta.shape[0] != observed.n:
+        what = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
+        raise TinyldError(f"delta must be (N_o, V) with one row per observed row (N_o = {observed.n}), got {what}: "
+                          "pass the same rows that the prediction was made on")
     return observed.to_groups(_label_values(observed, delta))
 
 

@@ -13,7 +13,14 @@ import torch
 
 from tinyld.data import collate, make_batch
 from tinyld.losses import sequence_logprob, token_logprobs
-from tinyld.runtime import TinyldError, check_int
+from tinyld.runtime import TinyldError, check_int, check_seed, first_nonfinite
+
+
+def _healthy(model) -> None:
+    bad = first_nonfinite(model)
+    if bad:
+        raise TinyldError(f"the model's parameter {bad!r} holds NaN or inf: a diverged model has no meaningful "
+                          "measurements; load a good checkpoint")
 
 
 def _texts(name: str, texts) -> None:
@@ -29,6 +36,7 @@ def _device(model):
 def text_stats(model, tok, texts: Sequence[str]) -> dict:
     """Mean top-1 probability and mean log-prob per token over every predicted token of ``texts``."""
     _texts("texts", texts)
+    _healthy(model)
     model.eval()
     seqs = [(tok.encode(t) + [tok.eos_id], 1) for t in texts]  # score every token after the first
     b = collate(seqs, tok.pad_id, model.config.block_size).to(_device(model))
@@ -45,6 +53,8 @@ def valley_depth(model, tok, n_seqs: int = 64, length: int = 16, seed: int = 0) 
     """Mean log π per token of uniformly random token sequences (ids ≥ 3 for the word tokenizer: no specials)."""
     check_int("n_seqs", n_seqs, 1)
     check_int("length", length, 2, model.config.block_size + 1)
+    check_seed("seed", seed)
+    _healthy(model)
     model.eval()
     lo = 3 if getattr(tok, "name", "") == "word" else 0
     g = torch.Generator().manual_seed(seed)
@@ -58,6 +68,10 @@ def response_logprobs(model, tok, prompts: Sequence[str], responses: Sequence[st
     """log π(y | x) for each pair, summed over response tokens (EOS included): (N,) tensor on the CPU."""
     check_int("batch_size", batch_size, 1)
     _texts("prompts", prompts)
+    if isinstance(responses, str) or len(responses) != len(prompts):
+        raise TinyldError(f"give one response per prompt: {len(prompts)} prompts but "
+                          f"{1 if isinstance(responses, str) else len(responses)} responses")
+    _healthy(model)
     model.eval()
     out = []
     for i in range(0, len(prompts), batch_size):
@@ -72,6 +86,7 @@ def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 12)
     """The model's greedy continuation of each prompt, up to EOS."""
     check_int("max_new_tokens", max_new_tokens, 1)
     _texts("prompts", prompts)
+    _healthy(model)
     model.eval()
     answers = []
     for p in prompts:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyld.runtime import TinyldError, check_number, from_dict_strict
+from tinyld.runtime import TinyldError, check_int, check_number, first_nonfinite, from_dict_strict
 
 
 @dataclass
@@ -47,6 +48,9 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TinyldError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.block_size > 16384:
+            raise TinyldError(f"GPTConfig.block_size={self.block_size} is too long for this model's explicit "
+                              "attention mask (block_size² bytes per layer): use at most 16384")
         if self.n_embd % self.n_head:
             raise TinyldError(
                 f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
@@ -60,7 +64,7 @@ class GPTConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
         """A named shape (see ``PRESETS``) with any field overridden, e.g. ``preset("tiny", vocab_size=200)``."""
-        if name not in PRESETS:
+        if not isinstance(name, str) or name not in PRESETS:
             raise TinyldError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
@@ -171,7 +175,11 @@ class GPT(nn.Module):
         """Clear errors for the three classic input mistakes: wrong shape/dtype, too long, id out of range."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-            raise TinyldError(f"GPT expects token ids of shape (B, T), got {shape}; add a batch dim with idx[None]")
+            fix = "add a batch dim with idx[None]" if isinstance(idx, torch.Tensor) and idx.dim() == 1 else \
+                "give a (B, T) tensor of token ids"
+            raise TinyldError(f"GPT expects token ids of shape (B, T), got {shape}; {fix}")
+        if idx.shape[0] == 0:
+            raise TinyldError("empty batch (B=0): give the model at least one sequence")
         if idx.dtype not in (torch.long, torch.int32, torch.int64):
             raise TinyldError(f"token ids must be integers (torch.long), got dtype {idx.dtype}")
         T = idx.shape[1]
@@ -208,6 +216,11 @@ class GPT(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
                  eos_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Continue ``idx`` (B, T). temperature 0 = greedy. Stops early when every row has produced ``eos_id``."""
+        check_int("max_new_tokens", max_new_tokens, 0)
+        check_number("temperature", temperature, 0)
+        if top_k is not None:
+            check_int("top_k", top_k, 1)
+        self.check_input(idx)
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)  # (B,)
         for _ in range(max_new_tokens):
             logits = self(idx[:, -self.config.block_size:])[:, -1, :]  # (B, V)
@@ -235,6 +248,8 @@ class GPT(nn.Module):
         No network. HF's GPT-2 stores its linear layers as Conv1D with weight (in, out): those four are
         transposed into nn.Linear's (out, in).
         """
+        if not isinstance(folder, (str, os.PathLike)):
+            raise TinyldError(f"from_hf needs a folder path, got {type(folder).__name__}")
         folder = Path(folder)
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():
@@ -266,11 +281,16 @@ class GPT(nn.Module):
                             tie_head=bool(hf.get("tie_word_embeddings", True)), fast=fast)
         except KeyError as e:
             raise TinyldError(f"{cfg_path} lacks the GPT-2 field {e.args[0]!r}") from None
+        except TinyldError as e:
+            raise TinyldError(f"{cfg_path}: {e}") from None
         sd = _read_hf_weights(folder)
         model = cls(cfg)
         ours = model.state_dict()
         conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         loaded = {}
+        if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(w, torch.Tensor)
+                                               for k, w in sd.items()):
+            raise TinyldError(f"the weights file in {folder} is not a dict of named tensors: not a GPT-2 checkpoint")
         for key, w in sd.items():
             k = key.removeprefix("transformer.")
             if k.endswith((".attn.bias", ".attn.masked_bias")) or (k == "lm_head.weight" and cfg.tie_head):
@@ -290,6 +310,10 @@ class GPT(nn.Module):
         with torch.no_grad():
             for k, w in loaded.items():
                 ours[k].copy_(w)
+        bad = first_nonfinite(model)
+        if bad:
+            raise TinyldError(f"the weights in {folder} hold NaN or inf (in {bad!r}): the file is damaged or comes "
+                              "from a diverged run")
         return model
 
 

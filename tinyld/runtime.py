@@ -44,6 +44,20 @@ class TrainingInterrupted(KeyboardInterrupt):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+SEED_MAX = 2**31 - 1  # seeds are mixed with step numbers in int64 arithmetic: keep them well inside it
+
+
+def first_nonfinite(model: torch.nn.Module) -> str | None:
+    """The name of the first floating-point parameter holding a NaN or inf, or None (one device sync)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    if not params:
+        return None
+    ok = torch.stack([torch.isfinite(p).all() for _, p in params])  # (n_params,)
+    if bool(ok.all()):
+        return None
+    return params[int((~ok).nonzero()[0])][0]
+
+
 def check_number(name: str, value, lo: float | None = None, hi: float | None = None, strict: bool = False,
                  hi_open: bool = False) -> float:
     """A finite real number in [lo, hi] (``strict``: lo excluded; ``hi_open``: hi excluded)."""
@@ -62,7 +76,7 @@ def check_number(name: str, value, lo: float | None = None, hi: float | None = N
         else:
             want = "a finite number"
         raise TinyldError(f"{name} must be {want}, got {value!r}")
-    return value
+    return float(value) if not isinstance(value, int) else value  # numpy scalars become Python numbers
 
 
 def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
@@ -72,6 +86,10 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None) ->
         rng = (f" in [{lo}, {hi}]" if hi is not None else f" ≥ {lo}") if lo is not None else ""
         raise TinyldError(f"{name} must be an integer{rng}, got {value!r}")
     return int(value)
+
+
+def check_seed(name: str, value) -> int:
+    return check_int(name, value, 0, SEED_MAX)
 
 
 def check_choice(name: str, value, choices) -> str:

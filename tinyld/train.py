@@ -25,16 +25,17 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from tinyld.data import Batch
 from tinyld.losses import LOSSES
 from tinyld.model import GPT, GPTConfig
 from tinyld.runtime import (TinyldError, TrainingDiverged, TrainingInterrupted, check_choice, check_int,
-                            check_number, from_dict_strict, versions, writable_dir)
+                            check_number, check_seed, first_nonfinite, from_dict_strict, versions, writable_dir)
 
 FORMAT = "tinyld-checkpoint"
 FORMAT_VERSION = 1
@@ -60,17 +61,17 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choice("TrainConfig.task", self.task, LOSSES)
-        check_int("TrainConfig.steps", self.steps, 0)
+        self.steps = check_int("TrainConfig.steps", self.steps, 0)
         check_choice("TrainConfig.optimizer", self.optimizer, OPTIMIZERS)
-        check_number("TrainConfig.lr", self.lr, 0, strict=True)
-        check_int("TrainConfig.warmup_steps", self.warmup_steps, 0)
+        self.lr = check_number("TrainConfig.lr", self.lr, 0, strict=True)
+        self.warmup_steps = check_int("TrainConfig.warmup_steps", self.warmup_steps, 0)
         check_choice("TrainConfig.schedule", self.schedule, ("constant", "cosine"))
-        check_number("TrainConfig.weight_decay", self.weight_decay, 0)
-        check_number("TrainConfig.momentum", self.momentum, 0, 1, hi_open=True)
-        check_number("TrainConfig.grad_clip", self.grad_clip, 0)
-        check_int("TrainConfig.seed", self.seed, 0)
-        check_int("TrainConfig.log_every", self.log_every, 1)
-        check_int("TrainConfig.ckpt_every", self.ckpt_every, 0)
+        self.weight_decay = check_number("TrainConfig.weight_decay", self.weight_decay, 0)
+        self.momentum = check_number("TrainConfig.momentum", self.momentum, 0, 1, hi_open=True)
+        self.grad_clip = check_number("TrainConfig.grad_clip", self.grad_clip, 0)
+        self.seed = check_seed("TrainConfig.seed", self.seed)
+        self.log_every = check_int("TrainConfig.log_every", self.log_every, 1)
+        self.ckpt_every = check_int("TrainConfig.ckpt_every", self.ckpt_every, 0)
         if self.out_dir is not None and not (isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir)):
             raise TinyldError(f"TrainConfig.out_dir must be a folder path or None, got {self.out_dir!r}")
         if self.out_dir is not None:
@@ -106,8 +107,8 @@ class Trainer:
     """Owns a model, a data source (``.batch(step)``), an optimizer and the step counter."""
 
     def __init__(self, model: GPT, data, cfg: TrainConfig, tokenizer=None):
-        if not isinstance(model, torch.nn.Module):
-            raise TinyldError(f"Trainer needs a torch model (a tinyld GPT), got {type(model).__name__}")
+        if not isinstance(model, torch.nn.Module) or not hasattr(getattr(model, "config", None), "to_dict"):
+            raise TinyldError(f"Trainer needs a tinyld GPT (a model with a GPTConfig), got {type(model).__name__}")
         if not callable(getattr(data, "batch", None)):
             raise TinyldError(f"Trainer needs a data source with a .batch(step) method (TextStream, PairData), "
                               f"got {type(data).__name__}")
@@ -115,6 +116,20 @@ class Trainer:
             raise TinyldError(f"Trainer needs a TrainConfig, got {type(cfg).__name__}")
         if not any(p.requires_grad for p in model.parameters()):
             raise TinyldError("the model has no trainable parameters (every requires_grad is False)")
+        if tokenizer is not None:
+            from tinyld.tokenizers import fingerprint
+
+            if not all(hasattr(tokenizer, a) for a in ("identity", "vocab_size", "name", "encode", "decode")):
+                raise TinyldError(f"tokenizer must be a tinyld tokenizer (WordTokenizer, GPT2BPE) or None, got "
+                                  f"{type(tokenizer).__name__}")
+            if tokenizer.vocab_size != model.config.vocab_size:
+                raise TinyldError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                                  f"{model.config.vocab_size}: build the model with vocab_size=tokenizer.vocab_size")
+            made_with = (data_identity(data) or {}).get("tokenizer")
+            if made_with is not None and made_with != fingerprint(tokenizer):
+                raise TinyldError(f"the data was encoded with tokenizer {made_with}, not with the one given "
+                                  f"({fingerprint(tokenizer)}): a checkpoint would pair the model with the wrong "
+                                  "vocabulary; pass the tokenizer that built the data")
         self.model, self.data, self.cfg, self.tokenizer = model, data, cfg, tokenizer
         self.opt = make_optimizer(model, cfg)
         self.loss_fn = LOSSES[cfg.task]
@@ -132,7 +147,10 @@ class Trainer:
         """One update at ``self.step``; returns ``{"step", "loss", "lr", "grad_norm"}`` (loss before the update)."""
         cfg, model = self.cfg, self.model
         model.train()
-        batch = self.data.batch(self.step).to(self.device)
+        batch = self.data.batch(self.step)
+        if not isinstance(batch, Batch):
+            raise TinyldError(f"data.batch({self.step}) returned a {type(batch).__name__}, not a tinyld Batch")
+        batch = batch.to(self.device)
         lr = cfg.lr_at(self.step)
         fast = getattr(model.config, "fast", False) and self.device.type == "cuda"
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
@@ -152,7 +170,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.step()
-        bad = _first_nonfinite(model)
+        bad = first_nonfinite(model)
         if bad:
             self._diverged(f"parameter {bad!r}", "NaN or inf", before=False)
         rec = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
@@ -175,10 +193,22 @@ class Trainer:
                                f"Lower lr (now {self.cfg.lr_at(self.step):g}) or grad_clip, then resume.")
 
     # ------------------------------------------------------------------ the loop
-    def run(self, callback: Callable[["Trainer", int], None] | None = None) -> list[dict]:
+    def run(self, callback: Callable[["Trainer", int], None] | None = None, overwrite: bool = False) -> list[dict]:
+        """Train up to ``cfg.steps``. An ``out_dir`` that already holds another run's checkpoint is refused unless
+        ``overwrite`` (this trainer resumed from it, or saved it itself, is fine)."""
         cfg = self.cfg
+        if callback is not None and not callable(callback):
+            raise TinyldError(f"callback must be a function (trainer, step), got {type(callback).__name__}")
         out = writable_dir(cfg.out_dir, "TrainConfig.out_dir") if cfg.out_dir else None
+        if out and (out / "last.pt").is_dir():
+            raise TinyldError(f"{out / 'last.pt'} is a folder: the checkpoint goes there; remove or rename it")
         with _OutDirLock(out), self._defer_interrupts():
+            if out and (out / "last.pt").exists() and not overwrite and not self._owns(out / "last.pt"):
+                raise TinyldError(f"{out / 'last.pt'} holds a checkpoint of another run: continue it with "
+                                  f"Trainer.resume('{out / 'last.pt'}', data, tokenizer), choose another out_dir, "
+                                  "or pass run(overwrite=True) to replace it")
+            if out and self.step == 0 and (out / "log.jsonl").exists():
+                (out / "log.jsonl").unlink()  # a fresh run starts a fresh log
             if out:
                 self._log(out, {"event": "start", "step": self.step, "train_config": asdict(cfg),
                                 "model_config": self.model.config.to_dict(), "versions": versions()})
@@ -206,9 +236,15 @@ class Trainer:
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 self._on_interrupt(out)
-            if out:
+            if out and (self.last_ckpt, self._ckpt_step) != (out / "last.pt", self.step):  # not saved just now
                 self.save(out / "last.pt")
         return self.history
+
+    def _owns(self, path: Path) -> bool:
+        try:
+            return self.last_ckpt is not None and Path(self.last_ckpt).resolve() == path.resolve()
+        except OSError:
+            return False
 
     def _on_interrupt(self, out: Path | None):
         """Save at the step boundary if the state is clean, then stop with a message that says how to resume."""
@@ -263,9 +299,11 @@ class Trainer:
 
         Refuses (TrainingDiverged) when the weights, or the logits they give on the next batch, are not finite:
         the previous checkpoint then stays the last good one."""
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            raise TinyldError(f"save() needs a file path, got {path!r}")
         if not self._between_steps:
             raise TinyldError("an update is half-taken: a checkpoint can only be written between steps")
-        bad = _first_nonfinite(self.model)
+        bad = first_nonfinite(self.model)
         bad = f"the weights of {bad!r}" if bad else None
         if bad is None:
             was = self.model.training
@@ -305,28 +343,26 @@ class Trainer:
         if "optimizer" in overrides and overrides["optimizer"] != old_opt:
             raise TinyldError(f"{path} holds {old_opt} optimizer state; it cannot resume as "
                               f"{overrides['optimizer']!r}: start a new Trainer from load_model() instead")
-        cfg = TrainConfig.from_dict({**ck["train_config"], **overrides})
+        stored = ck["train_config"]
+        lacking = sorted({f.name for f in fields(TrainConfig)} - set(stored))
+        if lacking:
+            raise TinyldError(f"the train_config in {path} lacks {lacking}: resuming would silently use defaults; "
+                              "the file is incomplete or from another tinyld")
+        cfg = TrainConfig.from_dict({**stored, **overrides})
         tr = cls(model, data, cfg, tokenizer)
         try:
             tr.opt.load_state_dict(ck["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise TinyldError(f"the optimizer state in {path} does not fit the model ({e}): the file is "
-                              "incompatible with this tinyld") from None
+        except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
+            raise TinyldError(f"the optimizer state in {path} does not fit the model ({type(e).__name__}): the "
+                              "file is incompatible with this tinyld") from None
+        for g in tr.opt.param_groups:  # load_state_dict brings back the old hyper-parameters: apply the config
+            g["weight_decay"] = cfg.weight_decay
+            if "momentum" in g:
+                g["momentum"] = cfg.momentum
         tr.step = check_int(f"step stored in {path}", ck["step"], 0)
         torch.set_rng_state(ck["rng"])
         tr.last_ckpt, tr._ckpt_step = Path(path), ck["step"]
         return tr
-
-
-def _first_nonfinite(model: torch.nn.Module) -> str | None:
-    """The name of the first parameter holding a NaN or inf, or None (one device sync)."""
-    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
-    if not params:
-        return None
-    ok = torch.stack([torch.isfinite(p).all() for _, p in params])  # (n_params,)
-    if bool(ok.all()):
-        return None
-    return params[int((~ok).nonzero()[0])][0]
 
 
 def data_identity(data) -> dict | None:
@@ -390,7 +426,16 @@ def save_checkpoint(path: str | Path, model: GPT, tokenizer=None, step: int = 0,
     """Write a checkpoint atomically: a temp file in the same folder, then a rename over ``path``. If anything
     fails (a full disk, a NaN weight) the file at ``path`` is left as it was."""
     path = Path(path)
-    bad = _first_nonfinite(model)
+    if not isinstance(model, torch.nn.Module) or not hasattr(getattr(model, "config", None), "to_dict"):
+        raise TinyldError(f"save_checkpoint saves a tinyld GPT, got {type(model).__name__}")
+    if tokenizer is not None and not callable(getattr(tokenizer, "identity", None)):
+        raise TinyldError(f"tokenizer must be a tinyld tokenizer or None, got {type(tokenizer).__name__}")
+    step = check_int("step", step, 0)
+    for k, v in extra.items():
+        if not _plain(v):
+            raise TinyldError(f"checkpoint field {k!r} holds a {type(v).__name__}: checkpoints keep tensors and "
+                              "plain data (str, int, float, bool, None, lists, dicts) so they load without code")
+    bad = first_nonfinite(model)
     if bad:
         raise TrainingDiverged(f"not saving {path}: parameter {bad!r} is not finite (checkpoints hold finite "
                                "weights only)")
@@ -415,8 +460,21 @@ def save_checkpoint(path: str | Path, model: GPT, tokenizer=None, step: int = 0,
     return path
 
 
+def _plain(v) -> bool:
+    """Data that torch.load(weights_only=True) reads back: tensors and JSON-like Python values."""
+    if v is None or type(v) in (str, int, float, bool) or isinstance(v, torch.Tensor):
+        return True
+    if type(v) in (list, tuple):
+        return all(_plain(x) for x in v)
+    if type(v) is dict:
+        return all(type(k) in (str, int) and _plain(x) for k, x in v.items())
+    return False
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read and validate a checkpoint; every failure is one clear TinyldError."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TinyldError(f"a checkpoint path must be a string or Path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise TinyldError(f"no checkpoint at {path}: check the path (training writes out_dir/last.pt)")
@@ -442,6 +500,16 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing or not isinstance(ck["model"], dict) or not ck["model"]:
         raise TinyldError(f"checkpoint {path} lacks {missing or ['model weights']}: it is incomplete; "
                           "use an earlier checkpoint or retrain")
+    kinds = {"model_config": dict, "train_config": (dict, type(None)), "optimizer": (dict, type(None)),
+             "tokenizer": (dict, type(None)), "data": (dict, type(None)), "step": int, "rng": torch.Tensor}
+    bad = [k for k, t in kinds.items() if k in ck and not isinstance(ck[k], t)]
+    weights = ck["model"].values()
+    if not all(isinstance(w, torch.Tensor) and w.is_floating_point() for w in weights):
+        bad.append("model")
+    elif isinstance(ck["rng"], torch.Tensor) and ck["rng"].dtype != torch.uint8:
+        bad.append("rng")
+    if bad:
+        raise TinyldError(f"checkpoint {path} has damaged fields {bad}: use an earlier checkpoint or retrain")
     return ck
 
 
@@ -450,7 +518,11 @@ def model_from_checkpoint(ck: dict | str | Path) -> GPT:
     if not isinstance(ck, dict):
         ck = load_checkpoint(ck)
     sd = ck["model"]
-    model = GPT(GPTConfig.from_dict(ck["model_config"])).to(next(iter(sd.values())).dtype)  # keep float64 models
+    try:
+        config = GPTConfig.from_dict(ck["model_config"])
+    except TinyldError as e:
+        raise TinyldError(f"{path}: its model_config is not valid ({e})") from None
+    model = GPT(config).to(next(iter(sd.values())).dtype)  # keep float64 models
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatch
@@ -458,7 +530,7 @@ def model_from_checkpoint(ck: dict | str | Path) -> GPT:
     if missing or unexpected:
         raise TinyldError(f"checkpoint weights do not fit its config (missing/mismatched {missing[:3]}, unexpected "
                           f"{unexpected[:3]}): the file is incompatible with this tinyld")
-    bad = _first_nonfinite(model)
+    bad = first_nonfinite(model)
     if bad:
         raise TinyldError(f"{path} holds non-finite weights ({bad!r}): it comes from a diverged run; use an "
                           "earlier checkpoint")
@@ -472,4 +544,6 @@ def load_model(path: str | Path):
     ck = load_checkpoint(path)
     model = model_from_checkpoint(ck)
     tok = tokenizer_from_identity(ck["tokenizer"]) if ck.get("tokenizer") else None
+    if tok is not None and tok.vocab_size != model.config.vocab_size:
+        raise TinyldError(f"{path}: its tokenizer has {tok.vocab_size} tokens but its model {model.config.vocab_size}")
     return model, tok, ck

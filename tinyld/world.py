@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 
 from tinyld.data import Example
-from tinyld.runtime import TinyldError, check_int
+from tinyld.runtime import TinyldError, check_int, check_seed
 from tinyld.tokenizers import WordTokenizer
 
 NAMES = ("alice bob carol dave erin frank grace heidi ivan judy karl liam mona nina oscar peggy quinn rita sam "
@@ -72,7 +72,7 @@ class World:
     form the SFT/preference training prompts, the rest are held out for testing."""
 
     def __init__(self, seed: int = 0, n_people: int = 24):
-        check_int("World seed", seed, 0)
+        check_seed("World seed", seed)
         check_int("World n_people", n_people, 3, len(NAMES))
         self.seed = seed
         rng = random.Random(seed)
@@ -84,6 +84,10 @@ class World:
 
     # ------------------------------------------------------------------ sentences
     def fact(self, name: str, rel: str, value: str | None = None, rephrase: bool = False) -> str:
+        if rel not in RELATIONS:
+            raise TinyldError(f"unknown relation {rel!r}: choose one of {', '.join(RELATIONS)}")
+        if value is None and name not in self.facts:
+            raise TinyldError(f"{name!r} is not a person of this world: choose one of {', '.join(self.people)}")
         vals, canon, reph, _ = RELATIONS[rel]
         return (reph if rephrase else canon).format(n=name, v=value or self.facts[name][rel])
 
@@ -177,8 +181,10 @@ class World:
         somebody = rng.choice([n for n in self.people if n != item.name])
         n_words = len(item.chosen.split())
         perm = item.chosen.split()
-        while perm == item.chosen.split():
+        for _ in range(100):  # a shuffle that differs from y⁺ (impossible if all its words are the same)
             rng.shuffle(perm)
+            if perm != item.chosen.split() or len(set(perm)) < 2:
+                break
         rnd = (self.story(rng)).split()
         rng.shuffle(rnd)
         return {
