@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinyld.dynamics import SFTUpdate, class_rows, kernel, predict
+from tinyld.runtime import TinyldError, check_int, check_number, check_seed
 
 
 def load_digits(seed: int = 0, n_test: int = 360, dtype=torch.float64):
@@ -28,6 +29,8 @@ def load_digits(seed: int = 0, n_test: int = 360, dtype=torch.float64):
 
     Standardising removes the "every image has ink in the middle" direction that would otherwise make all
     images look alike to the eNTK."""
+    check_seed("seed", seed)
+    check_int("n_test", n_test, 1, 1797 - 10)
     try:
         from sklearn.datasets import load_digits as sk_digits
     except ImportError:
@@ -65,6 +68,10 @@ class DigitsRun:
 def train_digits(epochs: int = 10, lr: float = 0.05, batch_size: int = 32, hidden: int = 64,
                  seed: int = 0) -> DigitsRun:
     """Mini-batch SGD on cross-entropy; a checkpoint at the start and after every epoch."""
+    check_int("epochs", epochs, 1)
+    check_number("lr", lr, 0, strict=True)
+    check_int("batch_size", batch_size, 1)
+    check_int("hidden", hidden, 1)
     xtr, ytr, xte, yte = load_digits(seed)
     torch.manual_seed(seed)
     model = DigitNet(hidden).double()
@@ -95,6 +102,7 @@ def one_step_picture(model: nn.Module, x_u: torch.Tensor, y_u: int, x_o: torch.T
     Δπ(y_u) = π(y_u)·Δ log π(y_u) to first order; ``dlogpi``, the predicted Δ log π(y_u); and ``k_norm``,
     ‖K(x_o, x_u)‖_F.
     """
+    check_int("y_u", y_u, 0, 9)
     model.eval()
     up = SFTUpdate(class_rows(x_u[None], torch.tensor([y_u])))
     d = predict(model, class_rows(x_o), up, eta)[:, y_u]  # (N_o,) Δ log π_o(y_u)
@@ -108,6 +116,8 @@ def one_step_picture(model: nn.Module, x_u: torch.Tensor, y_u: int, x_o: torch.T
 @torch.no_grad()
 def mean_prediction_matrix(run: DigitsRun) -> torch.Tensor:
     """(10, 10): row c = mean π over test images of class c, averaged over the checkpoints (after the first)."""
+    if len(run.checkpoints) < 2:
+        raise TinyldError("the run has no checkpoint after training: train for at least one epoch")
     _, _, xte, yte = run.data
     model = DigitNet(run.model.fc1.out_features).double()
     total = torch.zeros(10, 10, dtype=torch.float64)
@@ -129,6 +139,7 @@ def entk_ranking_stability(run: DigitsRun, n_images: int = 24, seed: int = 0) ->
     """Spearman correlation between ‖K(x_i, x_j)‖_F over all pairs of ``n_images`` test images, at each
     checkpoint vs the final one."""
     _, _, xte, _ = run.data
+    check_int("n_images", n_images, 2, len(xte))
     pick = torch.randperm(len(xte), generator=torch.Generator().manual_seed(seed))[:n_images]
     rows = class_rows(xte[pick])
     model = DigitNet(run.model.fc1.out_features).double().eval()

@@ -328,8 +328,10 @@ class Trainer:
         (e.g. ``steps`` to train longer). The data, tokenizer and optimizer must match the checkpoint's."""
         ck = load_checkpoint(path)
         if tokenizer is not None and ck.get("tokenizer") and tokenizer.identity() != ck["tokenizer"]:
-            raise TinyldError(f"{path} was trained with tokenizer {ck['tokenizer'].get('kind')!r} "
-                              f"(vocab {ck['tokenizer'].get('vocab_size')}), not the one given: use the same one")
+            want, got = ck["tokenizer"], tokenizer.identity()
+            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+            raise TinyldError(f"{path} was trained with tokenizer {want.get('kind')!r} (vocab "
+                              f"{want.get('vocab_size')}), not the one given (they differ in {diff}): use the same one")
         want, got = ck.get("data"), data_identity(data)
         if want is not None and got is not None and want != got:
             diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
@@ -381,6 +383,8 @@ class _OutDirLock:
     def __enter__(self):
         if self.path is None:
             return self
+        if self.path.is_dir():
+            raise TinyldError(f"{self.path} is a folder; tinyld keeps its lock file there: remove the folder")
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
