@@ -75,7 +75,7 @@ try:
 
     print("figure:", heatmap(A, f"{OUT}/01_A.png", "A = I − 1πᵀ (row i = e_i − π)",
                              xlabel="j: logit z_j that moves", ylabel="i: log π_i that responds",
-                             cmap="coolwarm", annotate=True))
+                             cmap="coolwarm", annotate=True, cbar_label="A_ij (0 is white)"))
     print("figure:", lines(scales, {"‖A‖²_F": fro, "V − 1 (uniform)": [V - 1] * len(scales),
                                      "2V − 2 (one-hot)": [2 * V - 2] * len(scales)},
                            f"{OUT}/01_peakiness.png", "peakier π ⇒ larger A", "logit scale s (z → s·z)",

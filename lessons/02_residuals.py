@@ -136,7 +136,9 @@ except ImportError as e:
 # 1. **Identical responses.** Run DPO with y⁻ = y⁺ (pass `chosen` and its logits for both). Predict G⁺ + G⁻.
 #    Check with `torch.equal(Gc, -Gr)` on the output of `dpo_residual`.
 # 2. **A larger β.** Set `BETA = 1.0`. What is β(1 − a) at margin 0, and how fast does it fade? Check with
-#    `dpo_scale(margins, zero, zero, zero, 1.0)` and the assert on `scale[6]`.
+#    `dpo_scale(margins, zero, zero, zero, 1.0)` and the first part of the assert (on `scale[6]`). Its other two
+#    parts now fail, although β(1 − a) lies strictly in (0, β) in exact arithmetic: why? (Hint: print
+#    `1 - torch.sigmoid(torch.tensor([-60.0, 40.0], dtype=torch.float64))`.)
 # 3. **Your own loss.** Derive G for a length-normalised SFT loss, −log π(y|x)/|y| averaged over the batch. Check
 #    it against autograd with `compare(...)` as in the SFT cell (hint: divide each row of `sft_residual` by its
 #    sequence's response length, `chosen.mask.sum(1)`).

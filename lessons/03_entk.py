@@ -81,7 +81,7 @@ try:
     labels = [f"{i.name}/{i.relation}" for i in items]
     print("figure:", heatmap(C, f"{OUT}/03_K_cosine.png", "eNTK cosine on the answer word", labels, labels,
                              xlabel="prompt b (person/relation)", ylabel="prompt a (person/relation)",
-                             cmap="magma"))
+                             cmap="magma", cbar_label="cosine of the two answer-word gradients"))
 except ImportError as e:
     print("(no figures:", e, ")")
 
@@ -130,7 +130,8 @@ try:
     print("figure:", heatmap(Kfull[ids][:, ids], f"{OUT}/03_K_city_block.png",
                              "K block: answer positions, city tokens", names, names,
                              xlabel=f"token at the answer position of {u.name}/{u.relation} (x_u)",
-                             ylabel=f"token at the answer position of {o.name}/{o.relation} (x_o)", cmap="magma"))
+                             ylabel=f"token at the answer position of {o.name}/{o.relation} (x_o)", cmap="magma",
+                             cbar_label="K entry (logit · logit)"))
 except (ImportError, NameError) as e:
     print("(no figures:", e, ")")
 
@@ -145,9 +146,10 @@ except (ImportError, NameError) as e:
 # ## Exercises
 # 1. **Symmetry across inputs.** Compute `kernel(model, one_u, one_o)` (the roles swapped). Predict how it relates
 #    to `Kfull`, then check with `torch.allclose(kernel(model, one_u, one_o)[0, :, 0, :], Kfull.T)`.
-# 2. **Is the similarity learned?** Build a randomly initialised model,
+# 2. **Is the similarity learned?** Build a randomly initialised model (`from tinyld import GPT, GPTConfig`),
 #    `GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).double().eval()`, and recompute `means`. Do the two
-#    asserts on `means` still hold? (Try it before you guess.)
+#    asserts on `means` still hold? (Try it before you guess, with a few `torch.manual_seed`s. Careful: when the
+#    "nothing shared" mean is near 0 or negative, "more than twice it" says little; compare the means themselves.)
 # 3. **Another position.** Select the row that predicts each response's *first* token (the person's name) instead
 #    of the answer word. Which kind of pair is now the most aligned? Read it off `means`.
 

@@ -124,7 +124,8 @@ except ImportError as e:
 #
 # ## Where in y⁺ the step acts
 # A sequence's change is the sum of the changes at its positions. Predict: at which position of y⁺ will the
-# change be largest? Hint: the residual at position l has size about 1 − π(y_l).
+# change be largest? Hint: at position l the residual's entry for the written token is −(1 − π(y_l)), and its
+# norm ‖G_l‖ (printed below) grows with 1 − π(y_l) too.
 
 # %%
 per_pos = rep.per_position(chosen)  # (N_u,) predicted change of each token of y⁺
@@ -178,18 +179,20 @@ assert torch.isclose(rep.pred_tokens[first[chosen]], rep.pred_tokens[first[rejec
 assert torch.isclose(rep.pred_tokens[first[names.index("gpts_chosen")]], rep.pred_tokens[first[names.index("hum")]])
 
 # %% [markdown]
-# `random_tokens` rises although nothing in the update mentions its words. In our runs it rose by about 40 % of
-# `chosen`'s rise with the fast-mode model, and nearly as much as `chosen` with the full-mode model (+0.087
-# against +0.100). About half of that rise comes from its first position, which it shares with y⁺: the step
-# acted mostly on y⁺'s first token, and there it moved the whole distribution that `random_tokens` also reads. The
-# other half comes from its later positions, through K between those rows and y⁺'s rows. One SFT step can lift
-# even random text.
+# `random_tokens` rises although nothing in the update mentions its words. In our runs it was predicted to rise
+# by 38 % of `chosen`'s rise with the fast-mode model (+0.038 against +0.100), and nearly as much as `chosen`
+# with the full-mode model (+0.087 against +0.100). About half of that rise comes from its first position, which
+# it shares with y⁺: the step acted mostly on y⁺'s first token, and there it moved the whole distribution that
+# `random_tokens` also reads. The other half comes from its later positions, through K between those rows and
+# y⁺'s rows. One SFT step can lift even random text.
 #
 # How does the rest of the vocabulary move at that shared position? With free logits (K = I), a step up on y
-# takes log-probability from every other token, and the most from the likeliest (lessons/NOTES.md §3). A network
-# blurs that rule. K couples tokens, so some tokens move with "judy" and others against it, by amounts that do
-# not follow their probability. Compare the share of tokens that fall, and the largest falls and rises printed
-# above, with the most likely tokens.
+# lowers every other *logit* by η′π_i, so among the other tokens the likeliest loses the most (lessons/NOTES.md
+# §3). Whether a token's log-probability falls also depends on the normaliser: here "judy" is unlikely and the
+# mass sits on another name, and then, to first order, every token with π_i < ‖π‖² − π(judy) *rises*. With K = I
+# only the top name or two would fall at this position. A network blurs that rule. K couples tokens, so some
+# tokens move with "judy" and others against it, by amounts that do not follow their probability. Compare the
+# share of tokens that fall, and the largest falls and rises printed above, with the most likely tokens.
 
 # %% [markdown]
 # ## The error is second order
@@ -233,9 +236,9 @@ assert abs(rd.actual_seq[rejected]) > abs(rd.actual_seq[chosen])
 # 1. **The shared prefix cancels.** y⁺ and y⁻ both start with "judy lives in". On those rows the two halves
 #    see the same logits and the same tokens, so G⁺ = −G⁻ exactly, and they cancel. The update comes only from
 #    the rows where the answers differ, and the rows after them.
-# 2. **y⁻'s distinguishing token sits in a valley.** At the answer word, G⁺ has size about 1 − π("delhi") and
-#    G⁻ about 1 − π("cairo") (times β/2). The model is sure of "delhi", so the pull is small. "cairo" is
-#    unlikely, so the push is at nearly full strength. This is the push that does not fade (NOTES §3).
+# 2. **y⁻'s distinguishing token sits in a valley.** At the answer word, G⁺'s entry for "delhi" is
+#    −(1 − π("delhi")) and G⁻'s entry for "cairo" is +(1 − π("cairo")) (times β/2). The model is sure of
+#    "delhi", so the pull is small. "cairo" is unlikely, so the push is at nearly full strength. This is the push that does not fade (NOTES §3).
 #
 # `DPOUpdate.residuals` returns both halves. A `ResidualUpdate` with one of them predicts that half's effect
 # alone. We drop the shared prefix rows from both halves, which changes nothing in their sum.
@@ -263,7 +266,8 @@ def beyond_prefix(G):
 
 
 half_c = sequence_change(ro, predict(model, ro, ResidualUpdate(rows_c, beyond_prefix(Gc)), ETA * 10))  # (12,)
-half_r = sequence_change(ro, predict(model, ro, ResidualUpdate(rows_r, beyond_prefix(Gr)), ETA * 10))  # (12,)
+pred_r = predict(model, ro, ResidualUpdate(rows_r, beyond_prefix(Gr)), ETA * 10)  # (N_o, V) rejected half alone
+half_r = sequence_change(ro, pred_r)  # (12,)
 print(f"  {'family':14s} {'chosen half':>12s} {'rejected half':>14s} {'sum':>9s} {'one_step':>9s}")
 for n in ("chosen", "rejected"):
     k = names.index(n)
@@ -271,15 +275,27 @@ for n in ("chosen", "rejected"):
 print(f"the rejected half moves y⁻ {abs(half_r[rejected] / half_c[chosen]):.0f}× as much as the chosen half moves y⁺")
 assert torch.allclose(half_c + half_r, rd.pred_seq, rtol=1e-9, atol=1e-12)
 assert abs(half_r[rejected]) > 3 * abs(half_c[chosen])  # the push on y⁻ outweighs the pull on y⁺
-assert half_r[chosen] > 0  # pushing "cairo" down raises the peak "delhi": squeezing in miniature
+assert half_r[chosen] > 0  # pushing "cairo" down raises y⁺ too
+on_plus = pred_r[ro.group == chosen].gather(1, ro.labels[ro.group == chosen][:, None])[:, 0]  # (6,) per token of y⁺
+print("the rejected half's change of y⁺, token by token:",
+      ", ".join(f"{w} {d:+.5f}" for w, d in zip(item.chosen.split() + ["<eos>"], on_plus.tolist())))
+at_answer = (on_plus[n_shared] / on_plus.sum()).item()
+print(f"share of that rise at the answer word '{w_plus}': {at_answer:.0%}")
+assert at_answer < 0.5  # the rise of y⁺ lands mostly elsewhere, not on the peak "delhi"
 
 # %% [markdown]
-# Read the table. The rejected half lowers y⁻ many times more than the chosen half raises y⁺ (the ratio is printed
+# Read the table. The rejected half lowers y⁻ many times more than the chosen half moves y⁺ (the ratio is printed
 # above). The ratio is large because the pull on y⁺ fades as the model grows sure of "delhi", while the push on
-# "cairo" stays near full strength however unlikely "cairo" already is. The rejected half also *raises* y⁺. It pushes
-# "cairo" down at the answer position, and the freed mass flows to the most likely token there, "delhi". That is
-# statement 2 of the squeezing effect (NOTES §3) acting through a real network. Compare it with the chosen half's
-# own pull on y⁺.
+# "cairo" stays near full strength however unlikely "cairo" already is.
+#
+# The rejected half also *raises* y⁺, by more than the chosen half does. In our runs the full-mode model's chosen
+# half even lowered y⁺ a little (−0.00005), so the whole rise of y⁺ came from pushing "cairo" down. Where does
+# that rise land? With free logits (K = I) it would land at the answer position: the mass freed from "cairo" flows
+# to the most likely token there, "delhi" (statement 2 of NOTES §3). The token-by-token split above says
+# otherwise. Most of the rise lands on y⁺'s first token "judy" (and, with the fast-mode model, on "lives"), which
+# the step reaches only through K between positions. In our runs "delhi" got 20 % of it with the fast-mode model
+# and 0 % with the full-mode one, where π(delhi) ≈ 1 leaves no room to rise. In a network, the squeezing
+# statements of NOTES §3 are a guide, not a guarantee.
 
 # %% [markdown]
 # ## Any optimizer: the JVP along the real update
@@ -351,6 +367,11 @@ print(f"  halving η divided the full-vocab error by {ratio:.2f}")
 assert 3.5 < ratio < 4.5 and rb[1].err_seq < 0.05
 
 # %% [markdown]
+# Read the summary line. A randomly initialised GPT-2 is not sure of anything, so this small η already moves
+# log π(" Paris.") by a few nats, and the full-vocabulary error is several percent (7.7 % with the 124M model in
+# our runs). That is the O(η²) term, not a bug: halving η divided it by about 4, as printed.
+
+# %% [markdown]
 # ## Recap
 # * −η·A·K·G built by hand (residual, one backward, one JVP, A) equals `predict` and `one_step`'s prediction. It
 #   matches the real step over the full vocabulary, and its error is O(η²).
@@ -358,7 +379,7 @@ assert 3.5 < ratio < 4.5 and rb[1].err_seq < 0.05
 #   mostly on y⁺'s first token. All answers to one prompt share that first position, so one step there moves
 #   every family at once, and it can lift even random text.
 # * In DPO, the shared prefix of y⁺ and y⁻ cancels. The push on y⁻'s unlikely token is much stronger than the
-#   pull on y⁺'s likely one, and it raises the peak token.
+#   pull on y⁺'s likely one, and it raises y⁺ too: through K, mostly at y⁺'s first token, not at "delhi".
 # * A batch's effect is the sum of its examples'. Learning B's answer to question B raises it as an answer to A.
 # * For Adam and RMSprop, the JVP along the actual update replaces K·G. With GPT-2's vocabulary the same code
 #   covers all 50257 logits with one gradient and one JVP.

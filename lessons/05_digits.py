@@ -73,10 +73,10 @@ assert all(3.5 < q < 4.5 for q in ratios)  # second order
 assert steps[0].err_full > 2 * steps[2].err_full  # so the relative error shrinks in proportion to η
 
 # %% [markdown]
-# At η = 0.05 the prediction is off by about 16 % over all 10 classes (about 7 % on log π(4) itself). That is
-# not a failure of the decomposition: the error is second order, so halving η divides it by about 4, and the
-# relative error halves. So the one-step picture describes small steps accurately, and a full-size training step
-# only approximately: expect errors of this size (7–16 %) in the numbers of section 1.
+# At η = 0.05 the prediction is off by 15.7 % over all 10 classes (6.9 % on log π(4) itself; our runs, both
+# modes). That is not a failure of the decomposition: the error is second order, so halving η divides it by about
+# 4, and the relative error halves. So the one-step picture describes small steps accurately, and a full-size
+# training step only approximately: expect errors of this size (7–16 %) in the numbers of section 1.
 
 # %% [markdown]
 # ## 2. The accumulated mean prediction matrix
@@ -97,7 +97,8 @@ assert pairs[0][2] > 2.5 * median  # the look-alike patches stand out
 # On all pairs of 24 test images we compute ‖K(x_i, x_j)‖_F at each checkpoint. Two questions:
 #
 # * **Ranking**: correlate each checkpoint's ranking of the pairs with the final one (Spearman ρ, from
-#   `entk_ranking_stability`).
+#   `entk_ranking_stability`; it ranks all 24 × 24 entries, so the diagonal i = j and both orders of each pair
+#   count).
 # * **Scale**: the median of ‖K(x_i, x_j)‖_F over the pairs i ≠ j, which we compute here with `kernel`.
 #
 # Predict: after two epochs, which has settled, the ranking or the scale?
@@ -145,7 +146,7 @@ except ImportError as e:
 # * One step on a 4 moves other 4s the most, and ‖K‖ ranks them as the most similar images.
 # * Over training the mean prediction matrix shows which classes look alike to the model. In the 8 × 8 digits
 #   these are not MNIST's 4↔9. Read the pairs off the printout above.
-# * The first-order prediction has a second-order error: about 16 % at the training learning rate here. Halving η
+# * The first-order prediction has a second-order error: 15.7 % at the training learning rate here. Halving η
 #   divides the error by 4 and the relative error by 2.
 # * The eNTK's ranking settles within a few epochs (ρ > 0.9 after two) while its scale keeps growing (the median
 #   ‖K‖ still grows by more than 1.4× after epoch 2). This "stable eNTK" is what lets one-step pictures explain
@@ -157,8 +158,10 @@ except ImportError as e:
 # 2. **A later model.** Take the one-step picture at the final checkpoint (`run.checkpoints[-1]`) instead of
 #    epoch 1. Predict whether Δπ(4) on other 4s gets larger or smaller, and why (hint: the residual π − e_4).
 #    Check with the `dpi` tensor.
-# 3. **Scale vs ranking from the start.** Compare `scale[1] / scale[0]` with `rho[0]` and `rho[1]`. Which one
-#    changes more in the first epoch? Use the printed table and `spearman` from `tinyld.classify`.
+# 3. **Scale vs ranking from the start.** Which changes more in the first epoch, the scale or the ranking? The
+#    scale's change is `scale[1] / scale[0]`. `rho` compares each epoch with the *final* one, so for the ranking
+#    recompute the (24, 24) `norms` at `run.checkpoints[0]` and `[1]` as in the loop above, and pass their
+#    entries `[iu[0], iu[1]]` to `spearman` from `tinyld.classify`.
 
 # %%
 print("lesson 5 OK")

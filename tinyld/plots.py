@@ -29,12 +29,18 @@ def _save(fig, path) -> Path:
 
 def heatmap(M: torch.Tensor, path, title: str = "", xticks: Sequence[str] | None = None,
             yticks: Sequence[str] | None = None, xlabel: str = "", ylabel: str = "", cmap: str = "viridis",
-            annotate: bool = False) -> Path:
+            annotate: bool = False, cbar_label: str = "") -> Path:
+    """A matrix as colours. A diverging colour map (coolwarm, RdBu, bwr, seismic) is centred on 0."""
     plt = _plt()
     M = M.detach().double().cpu()
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * M.shape[1], 1.0 + 0.4 * M.shape[0]))
-    im = ax.imshow(M.numpy(), cmap=cmap)
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    norm = None
+    if cmap in ("coolwarm", "RdBu", "bwr", "seismic") and M.min() < 0 < M.max():
+        from matplotlib.colors import TwoSlopeNorm
+
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=M.min().item(), vmax=M.max().item())
+    im = ax.imshow(M.numpy(), cmap=cmap, norm=norm)
+    fig.colorbar(im, ax=ax, shrink=0.8, label=cbar_label)
     if xticks is not None:
         ax.set_xticks(range(len(xticks)), xticks, rotation=60, ha="right", fontsize=8)
     if yticks is not None:
@@ -84,10 +90,13 @@ def lines(xs: Sequence[float], series: dict[str, Sequence[float]], path, title: 
           ylabel: str = "", logx: bool = False, logy: bool = False) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    for name, ys in series.items():
-        ax.plot(xs, ys, marker="o", ms=3, label=name)
+    for i, (name, ys) in enumerate(series.items()):  # the first series solid, the others (references) dashed
+        ax.plot(xs, ys, marker="o" if i == 0 else None, ms=3, ls="-" if i == 0 else "--", label=name)
     if logx:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
     if logy:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
