@@ -704,3 +704,18 @@ def test_tokenizers_check_their_inputs(wtok):
         wtok.decode(["a"])
     with pytest.raises(TinyldError, match=r"token id 999 is not an integer"):
         wtok.decode([999])
+
+
+def test_measurements_and_batches_check_their_inputs(world, wtok, tiny64):
+    from tinyld.data import Batch
+    from tinyld.dynamics import class_rows
+    from tinyld.evaluate import response_logprobs, text_stats
+
+    with pytest.raises(TinyldError, match="responses must be a non-empty list of non-empty strings"):
+        response_logprobs(tiny64, wtok, ["question :"], None)
+    assert text_stats(tiny64, wtok, (t for t in world.heldout_text()))["tokens"] > 0  # a generator is fine
+    with pytest.raises(TinyldError, match="targets hold -1"):
+        Batch(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[-100, 3, -1, 2]]))
+    net = torch.nn.Linear(4, 3).double()
+    with pytest.raises(TinyldError, match="the inputs are torch.float32 but the model is torch.float64"):
+        predict(net, class_rows(torch.randn(5, 4)), SFTUpdate(class_rows(torch.randn(1, 4), torch.tensor([1]))), 0.1)

@@ -50,6 +50,10 @@ class Batch:
         if self.idx.shape != self.targets.shape:
             raise TinyldError(f"mismatched batch: idx has shape {tuple(self.idx.shape)} but targets has "
                               f"{tuple(self.targets.shape)}; both must be (B, T)")
+        bad = (self.targets < 0) & (self.targets != IGNORE)
+        if bool(bad.any()):
+            raise TinyldError(f"targets hold {int(self.targets[bad][0])}: a target is a token id ≥ 0, or {IGNORE} "
+                              "where no loss is taken")
 
     def to(self, device) -> "Batch":
         return Batch(self.idx.to(device), self.targets.to(device), self.tok)

@@ -317,6 +317,9 @@ def _check(model, *rows: Rows, eta: float | None = None) -> None:
         if tok_v is not None and V is not None and tok_v != V:
             raise TinyldError(f"a batch was built with a {tok_v}-token vocabulary but the model has "
                               f"vocab_size={V}: use the tokenizer the model was trained with")
+        if r.inputs.is_floating_point() and r.inputs.dtype != params[0][1].dtype:
+            raise TinyldError(f"the inputs are {r.inputs.dtype} but the model is {params[0][1].dtype}: convert one "
+                              "of them (x.double() or model.float())")
         if r.inputs.device != device:
             raise TinyldError(f"the rows are on {r.inputs.device} but the model is on {device}: build the batch "
                               f"and call batch.to(device) before lm_rows")

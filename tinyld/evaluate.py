@@ -23,9 +23,14 @@ def _healthy(model) -> None:
                           "measurements; load a good checkpoint")
 
 
-def _texts(name: str, texts) -> None:
-    if isinstance(texts, str) or not len(texts) or not all(isinstance(t, str) and t.strip() for t in texts):
+def _texts(name: str, texts) -> list[str]:
+    """``texts`` as a list of non-empty strings, or one clear error."""
+    if texts is None or isinstance(texts, str) or not hasattr(texts, "__iter__"):
+        raise TinyldError(f"{name} must be a non-empty list of non-empty strings, got {type(texts).__name__}")
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise TinyldError(f"{name} must be a non-empty list of non-empty strings")
+    return texts
 
 
 def _device(model):
@@ -35,7 +40,7 @@ def _device(model):
 @torch.no_grad()
 def text_stats(model, tok, texts: Sequence[str]) -> dict:
     """Mean top-1 probability and mean log-prob per token over every predicted token of ``texts``."""
-    _texts("texts", texts)
+    texts = _texts("texts", texts)
     _healthy(model)
     model.eval()
     seqs = [(tok.encode(t) + [tok.eos_id], 1) for t in texts]  # score every token after the first
@@ -67,10 +72,9 @@ def valley_depth(model, tok, n_seqs: int = 64, length: int = 16, seed: int = 0) 
 def response_logprobs(model, tok, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 64):
     """log π(y | x) for each pair, summed over response tokens (EOS included): (N,) tensor on the CPU."""
     check_int("batch_size", batch_size, 1)
-    _texts("prompts", prompts)
-    if isinstance(responses, str) or len(responses) != len(prompts):
-        raise TinyldError(f"give one response per prompt: {len(prompts)} prompts but "
-                          f"{1 if isinstance(responses, str) else len(responses)} responses")
+    prompts, responses = _texts("prompts", prompts), _texts("responses", responses)
+    if len(responses) != len(prompts):
+        raise TinyldError(f"give one response per prompt: {len(prompts)} prompts but {len(responses)} responses")
     _healthy(model)
     model.eval()
     out = []
@@ -85,7 +89,7 @@ def response_logprobs(model, tok, prompts: Sequence[str], responses: Sequence[st
 def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 12) -> list[str]:
     """The model's greedy continuation of each prompt, up to EOS."""
     check_int("max_new_tokens", max_new_tokens, 1)
-    _texts("prompts", prompts)
+    prompts = _texts("prompts", prompts)
     _healthy(model)
     model.eval()
     answers = []
