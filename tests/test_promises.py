@@ -719,3 +719,18 @@ def test_measurements_and_batches_check_their_inputs(world, wtok, tiny64):
     net = torch.nn.Linear(4, 3).double()
     with pytest.raises(TinyldError, match="the inputs are torch.float32 but the model is torch.float64"):
         predict(net, class_rows(torch.randn(5, 4)), SFTUpdate(class_rows(torch.randn(1, 4), torch.tensor([1]))), 0.1)
+
+
+def test_ctrl_c_during_the_final_save_still_stops_the_program(world, wtok, tmp_path):
+    """A Ctrl-C that lands after the last step boundary (while the final checkpoint is written) is not lost."""
+    tr = _trainer(world, wtok, tmp_path, steps=3)
+    real_save = tr.save
+
+    def save_with_ctrl_c(path):
+        signal.raise_signal(signal.SIGINT)
+        return real_save(path)
+
+    tr.save = save_with_ctrl_c
+    with pytest.raises(TrainingInterrupted, match=r"interrupted after the last step \(3\)"):
+        tr.run()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3

@@ -274,16 +274,22 @@ class Trainer:
             print(f"\nCtrl-C: finishing step {self.step}, then saving and stopping (Ctrl-C again to stop now)",
                   file=sys.stderr, flush=True)
 
+        self._stop_requested = False  # before the handler: a Ctrl-C pending from just now must not be lost
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # whoever started us chose to ignore Ctrl-C
+            yield
+            return
         try:
             old = signal.signal(signal.SIGINT, handler)
         except (ValueError, OSError):  # no signals here (an embedded interpreter): plain KeyboardInterrupt
             yield
             return
-        self._stop_requested = False
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, old)
+        if self._stop_requested:  # Ctrl-C after the last step boundary: the run is complete and saved; stop anyway
+            where = f"; {self.last_ckpt} holds step {self._ckpt_step}" if self.last_ckpt else ""
+            raise TrainingInterrupted(f"interrupted after the last step ({self.step}){where}", self.last_ckpt)
 
     @staticmethod
     def _log(out: Path, rec: dict) -> None:
