@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
-
-import os
 
 from tinyld.runtime import TinyldError, check_int, check_seed
 from tinyld.tokenizers import fingerprint

@@ -18,7 +18,7 @@ from tinyld.data import PairData, TextStream
 from tinyld.evaluate import greedy_answers, response_logprobs, text_stats, valley_depth
 from tinyld.model import GPT, GPTConfig
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
-                            pick_device, seed_everything, versions, writable_dir)
+                            num_threads, pick_device, seed_everything, versions, writable_dir)
 from tinyld.train import TrainConfig, Trainer
 from tinyld.world import World
 
@@ -88,12 +88,8 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
         except TinyldError as e:  # derived data: rebuild it
             print(f"[tinyld] the cached model {path} is unreadable ({e}); pretraining it again")
     cfg = DemoConfig(seed=seed, pretrain_steps=steps)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # the demo's thread count, so that both train the same model
-    try:
+    with num_threads(threads):  # the demo's thread count, so that both train the same model
         model, _ = pretrain(world, tok, cfg, torch.device("cpu"))
-    finally:
-        torch.set_num_threads(before)
     if path:
         save_checkpoint(path, model, tok, step=steps)
     return world, tok, model
@@ -136,12 +132,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     if (out / "demo.json").is_dir():
         raise TinyldError(f"{out / 'demo.json'} is a folder: the demo writes its results there; remove it")
     dev = pick_device(cfg.device)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):
         return _run_demo(cfg, out, dev)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_demo(cfg: DemoConfig, out: Path, dev) -> dict:

@@ -36,7 +36,7 @@ from torch.func import functional_call, jacrev, jvp
 
 from tinyld.data import IGNORE, Batch
 from tinyld.losses import ce_residual, dpo_loss, dpo_scale, token_logprobs
-from tinyld.runtime import TinyldError, check_number
+from tinyld.runtime import TinyldError, check_number, first_nonfinite
 
 # --------------------------------------------------------------------------------------------------------------
 # Rows: where logits are read
@@ -298,10 +298,10 @@ def _check(model, *rows: Rows, eta: float | None = None) -> None:
         raise TinyldError(f"the model has {', '.join(low)} parameters: the dynamics engine computes in float32 or "
                           "float64 (forward-mode AD in half precision overflows to NaN). Call model.float(), or "
                           "model.double() for exact checks")
-    ok = torch.stack([torch.isfinite(p).all() for _, p in params])  # (n_params,) one sync
-    if not bool(ok.all()):
-        raise TinyldError(f"the model's parameter {params[int((~ok).nonzero()[0])][0]!r} holds NaN or inf: a "
-                          "diverged model has no learning dynamics to show; load a good checkpoint")
+    bad = first_nonfinite(model)
+    if bad:
+        raise TinyldError(f"the model's parameter {bad!r} holds NaN or inf: a diverged model has no learning "
+                          "dynamics to show; load a good checkpoint")
     if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
         warnings.warn("the model is in training mode with dropout on: the decomposition assumes a deterministic "
                       "forward, so predictions will not match — call model.eval() first", stacklevel=3)
@@ -419,7 +419,7 @@ def kernel(model, observed: Rows, updating: Rows | None = None, max_bytes: float
     updating = observed if updating is None else updating
     check_number("max_bytes", max_bytes, 0, strict=True)
     _check(model, observed, updating)
-    params = {k: v for k, v in _params(model).items() if dict(model.named_parameters())[k].requires_grad}
+    params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}  # frozen ones do not move
     P = sum(p.numel() for p in params.values())
     V = observed.logits(model).shape[-1] if not hasattr(model, "config") else model.config.vocab_size
     item = next(iter(params.values())).element_size()
@@ -450,8 +450,11 @@ def kernel_restricted(model, observed: Rows, sel_o: torch.Tensor, updating: Rows
             raise TinyldError("give sel_u, the (row, token) pairs of the updating rows")
         sel_u = sel_o
     _check(model, observed, updating)
-    with torch.no_grad():
-        V = observed.logits(model).shape[-1]
+    if hasattr(model, "config"):
+        V = model.config.vocab_size
+    else:  # a classifier: its number of classes is the width of its output
+        with torch.no_grad():
+            V = observed.logits(model).shape[-1]
     for name, rows, sel in (("sel_o", observed, sel_o), ("sel_u", updating, sel_u)):
         if not isinstance(sel, torch.Tensor) or sel.dim() != 2 or sel.shape[1] != 2 or sel.dtype not in (
                 torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):

@@ -9,6 +9,7 @@ Notable choices
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -168,6 +169,18 @@ def exact_mode() -> None:
     """Turn TF32 off everywhere (matters on Ampere+ GPUs; harmless on the CPU)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """Run the block with ``n`` CPU threads, then restore the previous count. Float sums depend on the thread
+    count, so pinning it is what makes a long CPU training run reproducible bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:

@@ -36,6 +36,7 @@ from tinyld.losses import LOSSES
 from tinyld.model import GPT, GPTConfig
 from tinyld.runtime import (TinyldError, TrainingDiverged, TrainingInterrupted, check_choice, check_int,
                             check_number, check_seed, first_nonfinite, from_dict_strict, versions, writable_dir)
+from tinyld.tokenizers import fingerprint
 
 FORMAT = "tinyld-checkpoint"
 FORMAT_VERSION = 1
@@ -117,8 +118,6 @@ class Trainer:
         if not any(p.requires_grad for p in model.parameters()):
             raise TinyldError("the model has no trainable parameters (every requires_grad is False)")
         if tokenizer is not None:
-            from tinyld.tokenizers import fingerprint
-
             if not all(hasattr(tokenizer, a) for a in ("identity", "vocab_size", "name", "encode", "decode")):
                 raise TinyldError(f"tokenizer must be a tinyld tokenizer (WordTokenizer, GPT2BPE) or None, got "
                                   f"{type(tokenizer).__name__}")
