@@ -2,6 +2,7 @@
 
     python -m tinyld env                 versions, device choice and why, OK/FAIL per check
     python -m tinyld demo                pretrain + SFT a tiny GPT on the synthetic world (the main job)
+    python -m tinyld sft-dynamics        what SFT does to every other answer: probes, claims, attribution
     python -m tinyld golden [--write F]  first training losses on a fixed seed (the test fixture)
     python -m tinyld bench step          time of one training step (JSON)
     python -m tinyld bench decompose     predicted full-vocab Δ log π vs one training step (JSON)
@@ -85,6 +86,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sft_dynamics(args) -> int:
+    from tinyld.demo import fast_mode
+    from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, run
+
+    kw = {f.name: getattr(args, f.name) for f in fields(SFTDynamicsConfig) if getattr(args, f.name, None) is not None}
+    kw["fast"] = args.fast or fast_mode()
+    run(SFTDynamicsConfig(**kw))
+    return 0
+
+
 def cmd_golden(args) -> int:
     from pathlib import Path
 
@@ -131,6 +142,26 @@ def main(argv=None) -> int:
     d.add_argument("--device", help="auto | cpu (default) | cuda | mps")
     d.add_argument("--threads", type=int, help="CPU threads (default 2: the figures in the README were made with 2)")
     d.add_argument("--fast", action="store_true", help="a few steps only (also TINYLD_FAST=1)")
+    s = sub.add_parser("sft-dynamics", help="what SFT does to every other answer (paper Fig. 3), with claims")
+    s.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
+    s.add_argument("--modes", nargs="+", help="world modes: hard easy (default both)")
+    s.add_argument("--epochs", type=int, help="SFT epochs (default 20)")
+    s.add_argument("--optimizer", help="sgd | adamw (default) | rmsprop")
+    s.add_argument("--lr", type=float, help="SFT learning rate (default 1e-3)")
+    s.add_argument("--batch-size", dest="batch_size", type=int, help="prompts per step (default 8)")
+    s.add_argument("--every", type=int, help="steps between measurements (default: once per epoch)")
+    s.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="base model pretraining (default 3000)")
+    s.add_argument("--no-attribution", dest="attribution", action="store_false", default=None,
+                   help="skip the SGD attribution run")
+    s.add_argument("--attr-lr", dest="attr_lr", type=float, help="SGD lr of the attribution run (default 0.02)")
+    s.add_argument("--attr-prompts", dest="attr_prompts", type=int, help="prompts attributed (default 8)")
+    s.add_argument("--conditions", action="store_true", default=None,
+                   help="also sweep optimizer, lr and pretraining depth")
+    s.add_argument("--probes", metavar="FILE", help="your own probe JSONL (GPT-2 BPE; needs --model)")
+    s.add_argument("--model", help="with --probes: a Hugging Face GPT-2 folder or a preset (random init)")
+    s.add_argument("--out", help="output folder (default tinyld_out/sft_dynamics)")
+    s.add_argument("--threads", type=int, help="CPU threads (default 2)")
+    s.add_argument("--fast", action="store_true", help="8 epochs on a shallow base model, ≤ 60 s (also TINYLD_FAST=1)")
     g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
     b = sub.add_parser("bench", help="benchmarks that print JSON")
@@ -150,7 +181,8 @@ def main(argv=None) -> int:
     from tinyld.runtime import TinyldError
 
     try:
-        return {"env": cmd_env, "demo": cmd_demo, "golden": cmd_golden, "bench": cmd_bench}[args.cmd](args)
+        return {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics, "golden": cmd_golden,
+                "bench": cmd_bench}[args.cmd](args)
     except TinyldError as err:  # a user mistake: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from tinyld.runtime import TinyldError, check_int, check_seed
+from tinyld.runtime import TinyldError, check_int, check_seed, write_text_atomic
 from tinyld.tokenizers import fingerprint
 
 IGNORE = -100  # label of a position that carries no loss (prompt or padding)
@@ -120,13 +120,11 @@ def collate(seqs: Sequence[tuple[list[int], int]], pad_id: int, block_size: int 
     return Batch(idx, targets, tok)
 
 
-def read_jsonl(path: str | Path) -> list[Example]:
-    """Read ``{"prompt", "chosen" (or "response"), "rejected"?, …}`` lines into Examples.
-
-    Every bad line is an error that names the file and the line: not UTF-8, not JSON, not an object, a missing or
-    empty prompt or response, a value that is not a string. Nothing half-read is returned."""
+def jsonl_objects(path: str | Path) -> list[tuple[str, dict]]:
+    """Every non-blank line of a JSONL file as ``("file:line", object)``. A line that is not UTF-8, not JSON or
+    not a JSON object is an error that names the file and the line; nothing half-read is returned."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TinyldError(f"read_jsonl needs a file path, got {type(path).__name__}")
+        raise TinyldError(f"a JSONL reader needs a file path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise TinyldError(f"no JSONL file at {path}" + (" (it is a folder)" if path.is_dir() else "") +
@@ -152,24 +150,35 @@ def read_jsonl(path: str | Path) -> list[Example]:
             if not isinstance(d, dict):
                 raise TinyldError(f"{where}: each line must be a JSON object like "
                                   f'{{"prompt": …, "chosen": …}}, got a {type(d).__name__}')
-            if "prompt" not in d:
-                raise TinyldError(f"{where}: missing 'prompt'")
-            if "chosen" in d and "response" in d:
-                raise TinyldError(f"{where}: both 'chosen' and 'response' given; keep one")
-            chosen = d.pop("chosen", d.pop("response", None))
-            if chosen is None:
-                raise TinyldError(f"{where}: prompt with no response: add a non-empty 'chosen' or 'response'")
-            rejected = d.pop("rejected", None)
-            for key, v in (("prompt", d["prompt"]), ("chosen", chosen), ("rejected", rejected)):
-                if v is None and key == "rejected":
-                    continue
-                if not isinstance(v, str):
-                    raise TinyldError(f"{where}: '{key}' must be a string, got {type(v).__name__} {v!r:.40}")
-                if not v.strip():
-                    raise TinyldError(f"{where}: '{key}' is empty; every prompt and response needs text")
-            out.append(Example(d.pop("prompt"), chosen, rejected, d))
+            out.append((where, d))
     if not out:
         raise TinyldError(f"{path} holds no examples (every line is blank)")
+    return out
+
+
+def read_jsonl(path: str | Path) -> list[Example]:
+    """Read ``{"prompt", "chosen" (or "response"), "rejected"?, …}`` lines into Examples.
+
+    Every bad line is an error that names the file and the line: not UTF-8, not JSON, not an object, a missing or
+    empty prompt or response, a value that is not a string. Nothing half-read is returned."""
+    out = []
+    for where, d in jsonl_objects(path):
+        if "prompt" not in d:
+            raise TinyldError(f"{where}: missing 'prompt'")
+        if "chosen" in d and "response" in d:
+            raise TinyldError(f"{where}: both 'chosen' and 'response' given; keep one")
+        chosen = d.pop("chosen", d.pop("response", None))
+        if chosen is None:
+            raise TinyldError(f"{where}: prompt with no response: add a non-empty 'chosen' or 'response'")
+        rejected = d.pop("rejected", None)
+        for key, v in (("prompt", d["prompt"]), ("chosen", chosen), ("rejected", rejected)):
+            if v is None and key == "rejected":
+                continue
+            if not isinstance(v, str):
+                raise TinyldError(f"{where}: '{key}' must be a string, got {type(v).__name__} {v!r:.40}")
+            if not v.strip():
+                raise TinyldError(f"{where}: '{key}' is empty; every prompt and response needs text")
+        out.append(Example(d.pop("prompt"), chosen, rejected, d))
     return out
 
 
@@ -186,14 +195,7 @@ def write_jsonl(path: str | Path, examples: Sequence[Example]) -> None:
             lines.append(json.dumps(d) + "\n")
         except (TypeError, ValueError) as err:
             raise TinyldError(f"example {n} cannot be written as JSON ({err}); nothing was written") from None
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text("".join(lines), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise TinyldError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
+    write_text_atomic(path, "".join(lines))
 
 
 def _generator(seed: int, step: int) -> torch.Generator:
@@ -264,11 +266,14 @@ class PairData:
         return {"kind": "pairs", "tokenizer": self.fp, "block_size": self.block_size,
                 "batch_size": self.batch_size, "seed": self.seed, "examples": _digest(self.seqs)}
 
-    def batch(self, step: int) -> Batch:
+    def indices(self, step: int) -> list[int]:
+        """Which examples (positions in the list given) make up the batch of ``step``."""
         epoch, i = divmod(step, self.batches_per_epoch)
         order = torch.randperm(len(self.seqs), generator=_generator(self.seed, epoch)).tolist()
-        pick = order[i * self.batch_size: (i + 1) * self.batch_size]
-        return collate([self.seqs[j] for j in pick], self.tok.pad_id, self.block_size, self.fp)
+        return order[i * self.batch_size: (i + 1) * self.batch_size]
+
+    def batch(self, step: int) -> Batch:
+        return collate([self.seqs[j] for j in self.indices(step)], self.tok.pad_id, self.block_size, self.fp)
 
 
 def _digest(obj) -> str:

@@ -87,17 +87,22 @@ def response_logprobs(model, tok, prompts: Sequence[str], responses: Sequence[st
 
 @torch.no_grad()
 def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 12) -> list[str]:
-    """The model's greedy continuation of each prompt, up to EOS."""
+    """The model's greedy continuation of each prompt, up to EOS. Prompts of the same token length are decoded
+    together (the model is causal and nothing is padded, so the answers are those of one-by-one decoding)."""
     check_int("max_new_tokens", max_new_tokens, 1)
     prompts = _texts("prompts", prompts)
     _healthy(model)
     model.eval()
-    answers = []
-    for p in prompts:
-        x = torch.tensor([tok.encode(p)], device=_device(model))  # (1, T)
-        out = model.generate(x, max_new_tokens, eos_id=tok.eos_id)[0, x.shape[1]:].tolist()
-        if tok.eos_id in out:
-            out = out[: out.index(tok.eos_id)]
-        answers.append(tok.decode(out).strip())
+    ids = [tok.encode(p) for p in prompts]
+    answers: list[str] = [""] * len(prompts)
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_len.setdefault(len(x), []).append(i)
+    for n, group in by_len.items():
+        x = torch.tensor([ids[i] for i in group], device=_device(model))  # (b, n)
+        out = model.generate(x, max_new_tokens, eos_id=tok.eos_id)[:, n:].tolist()  # (b, ≤ max_new_tokens)
+        for i, row in zip(group, out):
+            if tok.eos_id in row:
+                row = row[: row.index(tok.eos_id)]
+            answers[i] = tok.decode(row).strip()
     return answers
-

@@ -102,3 +102,48 @@ def lines(xs: Sequence[float], series: dict[str, Sequence[float]], path, title: 
     ax.legend(fontsize=8)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return _save(fig, path)
+
+
+def panels(x: Sequence[float], data: dict[str, dict[str, list[list[float]]]], path, title: str = "",
+           xlabel: str = "", ylabel: str = "", ncols: int = 5) -> Path:
+    """One panel per key of ``data`` (the paper's Fig. 3 layout). ``data[panel][split]`` holds, for each x, the
+    values over seeds: the line is their mean, the band their min…max. Split ``train`` solid, ``test`` dashed."""
+    plt = _plt()
+    n = len(data)
+    rows = -(-n // ncols)
+    fig, axes = plt.subplots(rows, ncols, figsize=(3.0 * ncols, 2.3 * rows), squeeze=False)
+    for ax, (name, splits) in zip(axes.flat, data.items()):
+        for split, vals in splits.items():
+            mean = [sum(v) / len(v) for v in vals]
+            ls, color = ("-", "C0") if split == "train" else ("--", "C1")
+            ax.plot(x, mean, ls=ls, color=color, label=split)
+            ax.fill_between(x, [min(v) for v in vals], [max(v) for v in vals], color=color, alpha=0.2, lw=0)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel, fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def condition_lines(series: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], path,
+                    title: str = "", xlabel: str = "epoch", ylabel: str = "log π(y|x)") -> Path:
+    """One panel per key of ``series``; in each, one line per condition: ``series[panel][condition] = (xs, ys)``."""
+    plt = _plt()
+    n = len(series)
+    fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 2.8), squeeze=False)
+    for ax, (name, conds) in zip(axes[0], series.items()):
+        for i, (label, (xs, ys)) in enumerate(conds.items()):
+            ax.plot(xs, ys, ls="-" if i == 0 else "--", label=label)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel(ylabel, fontsize=8)
+    axes[0][-1].legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

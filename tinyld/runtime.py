@@ -101,6 +101,22 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` to ``path`` (UTF-8) through a temporary file and a rename: a failure or Ctrl-C never
+    leaves a half-written file, and the old file stays whole until the new one is complete."""
+    import threading
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise TinyldError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
+    return path
+
+
 def writable_dir(path, what: str = "output folder") -> Path:
     """Create ``path`` if needed and prove that a file can be written there; else one clear TinyldError."""
     path = Path(path)

@@ -12,8 +12,16 @@ color). From those facts the world writes:
 Everything is deterministic given ``seed``. :meth:`World.probes` derives, for any prompt, the response families
 of the paper's probing dataset (lessons/NOTES.md §4) that do not need a model: rephrases, format-preserving
 rewrites, another question's answer, a fluent unrelated sentence, word permutations and random tokens. The two
-families that need a model, ``y_init`` (its own first answer) and ``y*`` (its teacher-forced argmax), are not
-computed by tinyld yet.
+families that need a model, ``init`` (y_init, its own first answer) and ``star`` (y*, its teacher-forced
+argmax), are computed by :mod:`tinyld.probes`. :meth:`World.classify` sorts a generated answer into correct,
+wrong value, another training question's answer, or other.
+
+Two modes. ``easy`` (the default, used by the demo): an answer is one fact sentence that the pretrained model
+mostly knows already, so log π(y⁺|x) starts at a few nats and reaches ~0 within an epoch of SFT. ``hard``: every
+answer also carries a free-form *tail*, a story sentence drawn at random for that prompt (~14 nats of content no
+model can predict), as the paper's long answers do. There log π(y⁺|x) starts far below 0 and keeps rising for
+many epochs, and the teacher-forced argmax y* differs from y⁺ at many positions. Pretraining text is the same in
+both modes, so one pretrained model serves both.
 
 Texts are lower-case words separated by single spaces, so the same strings work with the word-level tokenizer
 and with GPT-2's BPE.
@@ -24,7 +32,7 @@ import random
 from dataclasses import dataclass
 
 from tinyld.data import Example
-from tinyld.runtime import TinyldError, check_int, check_seed
+from tinyld.runtime import TinyldError, check_choice, check_int, check_seed
 from tinyld.tokenizers import WordTokenizer
 
 NAMES = ("alice bob carol dave erin frank grace heidi ivan judy karl liam mona nina oscar peggy quinn rita sam "
@@ -48,6 +56,8 @@ STORY = {  # a tiny grammar for fluent sentences that mention no fact
     "prep": "near past under beside behind".split(),
 }
 PROMPT = "question : {q} answer :"
+MODES = ("easy", "hard")
+ANSWER_KINDS = ("correct", "wrong_value", "other_question", "other")  # World.classify's verdicts
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class Item:
     relation: str
     value: str  # the true value
     wrong: str  # the value used in ``rejected``
+    tail: str = ""  # hard mode: the free-form sentence that follows the fact in ``chosen``
+    wrong_tail: str = ""  # hard mode: the one that follows the wrong fact in ``rejected``
 
     def example(self, split: str = "") -> Example:
         return Example(self.prompt, self.chosen, self.rejected,
@@ -69,12 +81,14 @@ class Item:
 
 class World:
     """The world for one seed. ``n_people`` ≤ 26; a third of the people appear with Q&A in pretraining, a third
-    form the SFT/preference training prompts, the rest are held out for testing."""
+    form the SFT/preference training prompts, the rest are held out for testing. ``mode`` is ``easy`` (answers
+    are one fact sentence) or ``hard`` (each answer also carries a random story sentence; see the module doc)."""
 
-    def __init__(self, seed: int = 0, n_people: int = 24):
+    def __init__(self, seed: int = 0, n_people: int = 24, mode: str = "easy"):
         check_seed("World seed", seed)
         check_int("World n_people", n_people, 3, len(NAMES))
-        self.seed = seed
+        check_choice("World mode", mode, MODES)
+        self.seed, self.mode = seed, mode
         rng = random.Random(seed)
         self.people = rng.sample(NAMES, n_people)
         self.facts = {n: {r: rng.choice(vals) for r, (vals, *_) in RELATIONS.items()} for n in self.people}
@@ -99,8 +113,13 @@ class World:
         true = self.facts[name][rel]
         rng = random.Random(f"{self.seed}/{name}/{rel}")
         wrong = rng.choice([v for v in RELATIONS[rel][0] if v != true])
-        return Item(PROMPT.format(q=RELATIONS[rel][3].format(n=name)), self.fact(name, rel),
-                    self.fact(name, rel, wrong), name, rel, true, wrong)
+        chosen, rejected, tail, wrong_tail = self.fact(name, rel), self.fact(name, rel, wrong), "", ""
+        if self.mode == "hard":  # its own draws: easy-mode items are unchanged
+            trng = random.Random(f"{self.seed}/tail/{name}/{rel}")
+            tail, wrong_tail = self.story(trng), self.story(trng)
+            chosen, rejected = f"{chosen} {tail}", f"{rejected} {wrong_tail}"
+        return Item(PROMPT.format(q=RELATIONS[rel][3].format(n=name)), chosen, rejected, name, rel, true, wrong,
+                    tail, wrong_tail)
 
     def story(self, rng: random.Random) -> str:
         a, n, v, p = (rng.choice(STORY[k]) for k in ("adj", "noun", "verb", "prep"))
@@ -117,9 +136,8 @@ class World:
                 rng.shuffle(rels)
                 docs.append(" ".join(self.fact(n, r, rephrase=rng.random() < 0.5) for r in rels))
         for n in self.qa_people:
-            for r in RELATIONS:
-                it = self.item(n, r)
-                docs.append(f"{it.prompt} {it.chosen}")
+            for r in RELATIONS:  # the fact alone: pretraining text is the same in both modes
+                docs.append(f"{self.item(n, r).prompt} {self.fact(n, r)}")
         docs += [" ".join(self.story(rng) for _ in range(3)) for _ in range(2 * len(self.people))]
         rng.shuffle(docs)
         return docs
@@ -179,6 +197,7 @@ class World:
         if held == item:
             held = test[(test.index(item) + 1) % len(test)]
         somebody = rng.choice([n for n in self.people if n != item.name])
+        t, wt = (f" {item.tail}" if item.tail else ""), (f" {item.wrong_tail}" if item.wrong_tail else "")
         n_words = len(item.chosen.split())
         perm = item.chosen.split()
         for _ in range(100):  # a shuffle that differs from y⁺ (impossible if all its words are the same)
@@ -187,17 +206,47 @@ class World:
                 break
         rnd = (self.story(rng)).split()
         rng.shuffle(rnd)
+        hum = self.story(rng)
+        if item.tail:  # similar length to a hard-mode answer: two sentences each
+            hum = f"{hum} {self.story(rng)}"
+            rnd += self.story(rng).split()
+            rng.shuffle(rnd)
         return {
             "chosen": item.chosen,
             "rejected": item.rejected,
-            "gpts_chosen": self.fact(item.name, item.relation, item.value, rephrase=True),
-            "gpts_rejected": self.fact(item.name, item.relation, item.wrong, rephrase=True),
-            "gptf_chosen": self.fact(somebody, item.relation, item.value),
-            "gptf_rejected": self.fact(somebody, item.relation, item.wrong),
+            "gpts_chosen": self.fact(item.name, item.relation, item.value, rephrase=True) + t,
+            "gpts_rejected": self.fact(item.name, item.relation, item.wrong, rephrase=True) + wt,
+            "gptf_chosen": self.fact(somebody, item.relation, item.value) + t,
+            "gptf_rejected": self.fact(somebody, item.relation, item.wrong) + wt,
             "other_chosen": other.chosen,
             "test_chosen": held.chosen,
-            "hum": self.story(rng),
+            "hum": hum,
             "urnd_chosen": " ".join(perm),
             "rnd": " ".join(rnd),
             "random_tokens": self.random_words(n_words, rng),
         }
+
+    # ------------------------------------------------------------------ judging generated answers
+    def classify(self, item: Item, answer: str) -> str:
+        """Sort a generated answer to ``item``'s prompt by its first sentence (the fact; a hard-mode tail is not
+        judged): ``correct`` (the true fact, either phrasing) · ``wrong_value`` (same person and relation, another
+        value) · ``other_question`` (the fact of *another* training prompt: the paper's "answer B to question A")
+        · ``other`` (anything else, including no answer)."""
+        if not isinstance(item, Item):
+            raise TinyldError(f"classify() takes an Item (world.train_items()[k]), got {type(item).__name__}")
+        if not isinstance(answer, str):
+            raise TinyldError(f"classify() takes the answer as a string, got {type(answer).__name__}")
+        words = answer.split()
+        first = " ".join(words[: words.index(".") + 1] if "." in words else words)
+        if first in self._phrasings(item.name, item.relation, item.value):
+            return "correct"
+        vals = RELATIONS[item.relation][0]
+        if any(first in self._phrasings(item.name, item.relation, v) for v in vals if v != item.value):
+            return "wrong_value"
+        if any(first in self._phrasings(o.name, o.relation, o.value) for o in self.train_items()
+               if (o.name, o.relation) != (item.name, item.relation)):
+            return "other_question"
+        return "other"
+
+    def _phrasings(self, name: str, rel: str, value: str) -> tuple[str, str]:
+        return self.fact(name, rel, value), self.fact(name, rel, value, rephrase=True)

@@ -1,0 +1,533 @@
+"""What SFT does to every other answer (paper §4, Fig. 3), why the model answers question A with B's answer, and
+which training example pushed each curve.
+
+``python -m tinyld sft-dynamics`` finetunes the pretrained world model on the training prompts for several epochs,
+over ≥ 3 seeds and in both world modes (``hard``: long answers with a free-form tail, the paper's regime;
+``easy``: one known fact per answer). Along the way it
+
+1. tracks log π(y|x) of every probe family on the training prompts (D_prob) and held-out prompts (D_probtest)
+   with :class:`tinyld.probes.Tracker`;
+2. classifies greedy answers after every epoch (:meth:`tinyld.world.World.classify`): correct, wrong value,
+   another training question's answer, other;
+3. attributes the accumulated change of y_{j≠u}⁺ under x_u to the training examples, in a plain-SGD run where the
+   engine's per-example prediction −η·A·K·G_j is exact to first order (:func:`tinyld.dynamics.contributions`);
+4. evaluates the paper's claims per seed and writes a claims table, the JSON, the tracker tables and the figures.
+
+``--conditions`` adds the sweep over optimizer, learning rate and pretraining depth (valley depth).
+``--probes FILE --model M`` runs the same tracking on your own probe JSONL with the GPT-2 BPE (no world: no
+answer classification).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from tinyld.data import PairData, make_batch
+from tinyld.evaluate import greedy_answers, response_logprobs, valley_depth
+from tinyld.probes import FAMILIES, ProbeSet, Tracker, position_stats
+from tinyld.runtime import (TinyldError, check_choice, check_int, check_number, check_seed, num_threads, versions,
+                            write_text_atomic, writable_dir)
+from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
+from tinyld.world import ANSWER_KINDS, MODES, World
+
+SIMILAR = ("rejected", "gpts_chosen", "gpts_rejected", "init", "test_chosen")  # "rise first, then fall"
+NON_HUMAN = ("urnd_chosen", "rnd", "random_tokens")  # "fall"
+
+
+@dataclass
+class SFTDynamicsConfig:
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # world, init and data order
+    modes: list[str] = field(default_factory=lambda: ["hard", "easy"])  # world modes (tinyld.world)
+    epochs: int = 20  # passes over the training prompts
+    optimizer: str = "adamw"  # sgd | adamw | rmsprop
+    lr: float = 1e-3  # constant learning rate, no warm-up
+    batch_size: int = 8  # prompts per step (40 training prompts: 5 steps per epoch)
+    every: int = 0  # steps between measurements (0: once per epoch)
+    pretrain_steps: int = 3000  # of the base model (tinyld.demo.pretrained, cached)
+    attribution: bool = True  # the SGD attribution run
+    attr_lr: float = 0.02  # its plain-SGD learning rate (no clipping, no momentum)
+    attr_prompts: int = 8  # training prompts u whose y_{j≠u}⁺ is attributed
+    conditions: bool = False  # also run the sweep over optimizer, lr and pretraining depth
+    probes: str | None = None  # a probe JSONL (then --model): your own data with the GPT-2 BPE
+    model: str | None = None  # with --probes: a Hugging Face GPT-2 folder, or a preset name (random init)
+    out: str = "tinyld_out/sft_dynamics"
+    threads: int = 2  # CPU threads (pinned: the figures in the README were made with 2)
+    fast: bool = False  # fewer epochs and a shallower base model: ≤ 60 s, the numbers then mean less
+
+    def __post_init__(self):
+        if isinstance(self.seeds, int) or not all(isinstance(s, int) for s in self.seeds) or not self.seeds:
+            raise TinyldError(f"sft-dynamics --seeds must be a list of integers, got {self.seeds!r}")
+        self.seeds = [check_seed("sft-dynamics --seeds", s) for s in self.seeds]
+        if len(set(self.seeds)) != len(self.seeds):
+            raise TinyldError(f"sft-dynamics --seeds repeats a seed: {self.seeds}")
+        self.modes = [check_choice("sft-dynamics --modes", m, MODES) for m in self.modes] or list(MODES)
+        self.epochs = check_int("sft-dynamics --epochs", self.epochs, 1, 10_000)
+        check_choice("sft-dynamics --optimizer", self.optimizer, OPTIMIZERS)
+        self.lr = check_number("sft-dynamics --lr", self.lr, 0, strict=True)
+        self.batch_size = check_int("sft-dynamics --batch-size", self.batch_size, 1)
+        self.every = check_int("sft-dynamics --every", self.every, 0)
+        self.pretrain_steps = check_int("sft-dynamics --pretrain-steps", self.pretrain_steps, 1)
+        self.attr_lr = check_number("sft-dynamics --attr-lr", self.attr_lr, 0, strict=True)
+        self.attr_prompts = check_int("sft-dynamics --attr-prompts", self.attr_prompts, 1)
+        self.threads = check_int("sft-dynamics --threads", self.threads, 1, 256)
+        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
+            raise TinyldError(f"sft-dynamics --out must be a folder path, got {self.out!r}")
+        if (self.probes is None) != (self.model is None):
+            raise TinyldError("sft-dynamics: --probes FILE and --model M go together (your own probes need a "
+                              "model and the GPT-2 BPE; the world's probes use the world's pretrained model)")
+        if self.fast:
+            self.epochs, self.pretrain_steps = min(self.epochs, 8), min(self.pretrain_steps, 300)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one SFT run with the tracker
+# --------------------------------------------------------------------------------------------------------------
+
+
+def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
+    """(model, tokenizer, probes with y_init, world or None) for one seed and world mode."""
+    if cfg.probes is not None:
+        return _user_setup(cfg, seed)
+    from tinyld.demo import pretrained
+
+    _, tok, model = pretrained(seed, steps=cfg.pretrain_steps)
+    world = World(seed, mode=mode)
+    return model, tok, ProbeSet.from_world(world).with_init(model, tok), world
+
+
+def _user_setup(cfg: SFTDynamicsConfig, seed: int):
+    from tinyld.model import GPT, GPTConfig, PRESETS
+    from tinyld.tokenizers import GPT2BPE
+
+    probes = ProbeSet.load(cfg.probes)
+    tok = GPT2BPE()
+    if cfg.model in PRESETS:
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig.preset(cfg.model, vocab_size=tok.vocab_size))  # random init: says nothing of GPT-2
+    elif Path(cfg.model).is_dir():
+        model = GPT.from_hf(cfg.model)
+    else:
+        raise TinyldError(f"sft-dynamics --model {cfg.model!r} is neither a preset ({', '.join(PRESETS)}) nor a "
+                          "folder with a Hugging Face GPT-2 checkpoint")
+    if model.config.vocab_size != tok.vocab_size:
+        raise TinyldError(f"the model's vocab_size is {model.config.vocab_size}, the GPT-2 BPE has "
+                          f"{tok.vocab_size}: give a GPT-2 model")
+    return model.eval(), tok, probes.with_init(model, tok), None
+
+
+def regime(model, tok, probes: ProbeSet, world: World | None) -> dict:
+    """Where the base model starts (train split): log π(y⁺) per response and per token, the fraction of training
+    prompts answered correctly, the fraction of y⁺ positions where y* ≠ y⁺, and valley depth."""
+    train = probes.split("train")
+    prompts, chosen = [p.prompt for p in train], [p.responses["chosen"] for p in train]
+    b = make_batch(tok, prompts, chosen, model.config.block_size).to(next(model.parameters()).device)
+    with torch.no_grad():
+        logits = model.eval()(b.idx)  # (B, T, V)
+    st = position_stats(logits, b.targets)
+    mask = b.targets != -100
+    differ = ((logits.argmax(-1) != b.targets) & mask).sum().item() / mask.sum().item()
+    answers = [p.responses.get("init", "") for p in train]
+    exact = sum(a == c for a, c in zip(answers, chosen)) / len(train)
+    res = {"logp_chosen": st["logp"].mean().item(), "logp_chosen_per_token": (st["logp"].sum() /
+                                                                              st["tokens"].sum()).item(),
+           "answered_exactly": exact, "ystar_differs": differ, "valley_depth": valley_depth(model, tok)}
+    if world is not None:
+        items = world.train_items()
+        res["answered_fact_correctly"] = sum(world.classify(it, a) == "correct" for it, a in
+                                             zip(items, answers)) / len(items)
+    return res
+
+
+def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: ProbeSet, world: World | None,
+            optimizer: str | None = None, lr: float | None = None, out: Path | None = None) -> dict:
+    """SFT on the training split with the tracker (and, given a world, classified answers after every epoch)."""
+    model = copy.deepcopy(model)
+    examples = probes.examples("train")
+    data = PairData(tok, examples, cfg.batch_size, model.config.block_size, seed)
+    spe = data.batches_per_epoch
+    steps = cfg.epochs * spe
+    every = cfg.every or spe
+    tracker = Tracker(tok, probes, every=every)
+    gens = {"epochs": [], "counts": {"train": [], "test": []}, "examples": []}
+    gen_s = [0.0]
+
+    def generations(m, step):
+        t = time.perf_counter()
+        max_new = max(len(tok.encode(p.responses["chosen"])) for p in probes.probes) + 4
+        answers = greedy_answers(m, tok, [p.prompt for p in probes.probes], max_new)
+        items = {it.prompt: it for it in world.train_items() + world.test_items()}
+        gens["epochs"].append(step // spe)
+        for split in ("train", "test"):
+            kinds = [world.classify(items[p.prompt], a) for p, a in zip(probes.probes, answers) if p.split == split]
+            gens["counts"][split].append({k: kinds.count(k) for k in ANSWER_KINDS})
+        gens["examples"].append([{"prompt": p.prompt, "answer": a, "kind": world.classify(items[p.prompt], a)}
+                                 for p, a in zip(probes.probes, answers)
+                                 if world.classify(items[p.prompt], a) == "other_question"][:4])
+        gen_s[0] += time.perf_counter() - t
+
+    def callback(trainer, step):
+        tracker(trainer, step)
+        if world is not None and step % spe == 0:
+            generations(trainer.model, step)
+
+    tracker.measure(model, 0)
+    if world is not None:
+        generations(model, 0)
+    tc = TrainConfig(task="sft", steps=steps, optimizer=optimizer or cfg.optimizer, lr=lr or cfg.lr, seed=seed,
+                     log_every=spe, progress=False)
+    t0 = time.perf_counter()
+    hist = Trainer(model, data, tc, tok).run(callback)
+    total = time.perf_counter() - t0
+    train_s = total - tracker.seconds - gen_s[0]
+    run = {"seed": seed, "mode": mode, "optimizer": tc.optimizer, "lr": tc.lr, "steps": steps,
+           "steps_per_epoch": spe, "every": every, "loss": [r["loss"] for r in hist],
+           "curves": {split: {f: tracker.curve(f, split)[1] for f in probes.families} for split in ("train", "test")},
+           "measured_steps": tracker.curve("chosen", "train")[0],
+           "valley_depth": [r["valley_depth"] for r in tracker.steps],
+           "top1_chosen": _mean_by_step(tracker.rows, "chosen", "train", "top1"),
+           "peakiness_chosen": _mean_by_step(tracker.rows, "chosen", "train", "peakiness"),
+           "seconds": {"train": train_s, "tracker": tracker.seconds, "generations": gen_s[0]},
+           "tracker_cost": tracker.seconds / max(train_s, 1e-9)}
+    if world is not None:
+        run["generations"] = gens
+    if out is not None:
+        tracker.save(out / f"track_{mode}_seed{seed}.csv")
+    return run
+
+
+def _mean_by_step(rows, family, split, key) -> list[float]:
+    acc: dict[int, list[float]] = {}
+    for r in rows:
+        if r["family"] == family and r["split"] == split:
+            acc.setdefault(r["step"], []).append(r[key])
+    return [sum(v) / len(v) for _, v in sorted(acc.items())]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# attribution: which training example raised y_{j≠u}⁺ under x_u
+# --------------------------------------------------------------------------------------------------------------
+
+
+def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet) -> dict:
+    """Plain SGD at ``cfg.attr_lr`` (no clipping, no momentum). Before every step, the engine's per-example
+    prediction (:func:`~tinyld.dynamics.contributions`) for the observed sequences; after it, the actual log π.
+    Observed: for the first ``attr_prompts`` training prompts u, y_{j≠u}⁺ and y_u⁺ under x_u."""
+    from tinyld.dynamics import SFTUpdate, contributions, lm_rows
+
+    model = copy.deepcopy(model)
+    train = probes.split("train")
+    examples = probes.examples("train")
+    data = PairData(tok, examples, cfg.batch_size, model.config.block_size, seed)
+    steps = cfg.epochs * data.batches_per_epoch
+    us = train[: min(cfg.attr_prompts, len(train))]
+    fam = "other_chosen" if "other_chosen" in probes.families else "chosen"
+    obs_p = [p.prompt for p in us for _ in (fam, "chosen")]
+    obs_y = [p.responses[f] for p in us for f in (fam, "chosen")]
+    obs = make_batch(tok, obs_p, obs_y, model.config.block_size)
+    rows = lm_rows(obs)
+    n_ex, n_obs = len(examples), len(obs_y)
+    pred = torch.zeros(n_ex, n_obs, dtype=torch.float64)  # Σ_t predicted Δ log π(obs) due to example j
+    actual = [response_logprobs(model, tok, obs_p, obs_y).double()]
+    pred_total = torch.zeros(n_obs, dtype=torch.float64)
+    pred_curves = [pred_total.clone()]
+
+    def before(step):  # the prediction at θ_step for the batch about to be applied
+        b = data.batch(step)
+        c = contributions(model, SFTUpdate(lm_rows(b)), rows, cfg.attr_lr).double()  # (B, n_obs)
+        for r, j in enumerate(data.indices(step)):
+            pred[j] += c[r]
+        pred_total.add_(c.sum(0))
+
+    def callback(trainer, step):
+        actual.append(response_logprobs(trainer.model, tok, obs_p, obs_y).double())
+        pred_curves.append(pred_total.clone())
+        if step < steps:
+            before(step)
+
+    tc = TrainConfig(task="sft", steps=steps, optimizer="sgd", lr=cfg.attr_lr, grad_clip=0.0, seed=seed,
+                     log_every=steps, progress=False)
+    t0 = time.perf_counter()
+    before(0)
+    Trainer(model, data, tc, tok).run(callback)
+    act = torch.stack(actual) - actual[0]  # (steps+1, n_obs) accumulated actual change
+    prd = torch.stack(pred_curves)  # (steps+1, n_obs) accumulated predicted change
+    prompt_index = {p.prompt: k for k, p in enumerate(train)}
+    chosen_index = {p.responses["chosen"]: k for k, p in enumerate(train)}
+    per_probe = []
+    for k, p in enumerate(us):
+        o = 2 * k  # the y_{j≠u}⁺ column; 2k + 1 is y_u⁺
+        j = chosen_index.get(p.responses[fam])
+        u = prompt_index[p.prompt]
+        col = pred[:, o]
+        per_probe.append({"prompt": p.prompt, "response": p.responses[fam], "u": u, "j": j,
+                          "actual": act[-1, o].item(), "predicted": col.sum().item(),
+                          "from_j": col[j].item() if j is not None else None, "from_u": col[u].item(),
+                          "from_rest": (col.sum() - (col[j] if j is not None else 0) - col[u]).item(),
+                          "top_example": int(col.argmax()), "top_is_j": j is not None and int(col.argmax()) == j,
+                          "chosen_actual": act[-1, o + 1].item(), "chosen_predicted": pred[:, o + 1].sum().item()})
+    a, pr = act[1:].flatten(), prd[1:].flatten()
+    r2 = 1 - ((a - pr) ** 2).sum() / ((a - a.mean()) ** 2).sum()
+    return {"seed": seed, "optimizer": "sgd", "lr": cfg.attr_lr, "steps": steps, "family": fam,
+            "probes": per_probe, "seconds": time.perf_counter() - t0,
+            "curve_actual": act[:, 0::2].mean(1).tolist(), "curve_predicted": prd[:, 0::2].mean(1).tolist(),
+            "r2": r2.item(), "final_rel_err": ((act[-1] - prd[-1]).norm() / act[-1].norm()).item()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# claims
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _bell(ys: list[float]) -> dict:
+    k = max(range(len(ys)), key=lambda i: ys[i])
+    return {"peak_index": k, "rise": ys[k] - ys[0], "drop": ys[k] - ys[-1],
+            "held": 0 < k < len(ys) - 1 and ys[k] > ys[0] and ys[k] > ys[-1]}
+
+
+def judge(runs: list[dict]) -> list[dict]:
+    """The paper's SFT claims (paper §4, lessons/NOTES.md §4), measured per seed on the training prompts' mean
+    curves (D_prob). Fixed rules, written before looking: *rises* = ends above its start; *falls* = ends below;
+    *rise then fall* = its highest point is strictly inside the run and above both ends."""
+    out = []
+
+    def claim(key, paper, measure):
+        per = [measure(r) for r in runs]
+        n = sum(m["held"] for m in per)
+        verdict = "held" if n == len(per) else ("not held" if n == 0 else f"mixed ({n}/{len(per)})")
+        out.append({"claim": key, "paper": paper, "per_seed": per, "held": n, "of": len(per), "verdict": verdict})
+
+    def change(fam):
+        def m(r):
+            ys = r["curves"]["train"][fam]
+            return {"change": ys[-1] - ys[0], "held": ys[-1] > ys[0]}
+        return m
+
+    def fall(fam):
+        def m(r):
+            ys = r["curves"]["train"][fam]
+            return {"change": ys[-1] - ys[0], "held": ys[-1] < ys[0]}
+        return m
+
+    def bell(fam):
+        def m(r):
+            b = _bell(r["curves"]["train"][fam])
+            b["peak_epoch"] = r["measured_steps"][b.pop("peak_index")] / r["steps_per_epoch"]
+            return b
+        return m
+
+    fams = set(runs[0]["curves"]["train"])
+    claim("chosen rises", "y_u⁺ rises steadily", change("chosen"))
+    for f in SIMILAR:
+        if f in fams:
+            claim(f"{f} rises then falls", f"{FAMILIES[f]} (similar to y_u⁺) first rises, then falls", bell(f))
+    if "other_chosen" in fams:
+        claim("other_chosen rises", "y_{j≠u}⁺ keeps rising", change("other_chosen"))
+    if {"other_chosen", "test_chosen"} <= fams:
+        def above(r):
+            o, t = r["curves"]["train"]["other_chosen"], r["curves"]["train"]["test_chosen"]
+            return {"other_change": o[-1] - o[0], "test_change": t[-1] - t[0], "held": o[-1] - o[0] > t[-1] - t[0]}
+        claim("other_chosen ends above test_chosen", "y_{j≠u}⁺ ends above y_test⁺ (change since the start: the "
+              "two families differ in length)", above)
+    for f in NON_HUMAN:
+        if f in fams:
+            claim(f"{f} falls", f"non-human {FAMILIES[f]} falls", fall(f))
+    claim("star rises", "y* (teacher-forced argmax) rises", change("star"))
+    return out
+
+
+def _fmt(m: dict) -> str:
+    if "peak_epoch" in m:
+        return f"peak {m['rise']:+.1f} @ep{m['peak_epoch']:g}, drop {m['drop']:.1f}"
+    if "other_change" in m:
+        return f"{m['other_change']:+.1f} vs {m['test_change']:+.1f}"
+    return f"{m['change']:+.1f}"
+
+
+def claims_table(claims: list[dict], title: str) -> str:
+    lines = [title, f"  {'claim':40s} {'verdict':13s} per seed (nats, summed over the response)"]
+    for c in claims:
+        lines.append(f"  {c['claim']:40s} {c['verdict']:13s} " + " | ".join(_fmt(m) for m in c["per_seed"]))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run(cfg: SFTDynamicsConfig) -> dict:
+    """Run the experiment with ``cfg.threads`` CPU threads; write JSON, tables and figures into ``cfg.out``."""
+    if not isinstance(cfg, SFTDynamicsConfig):
+        raise TinyldError(f"run takes an SFTDynamicsConfig, got {type(cfg).__name__}")
+    out = writable_dir(cfg.out, "sft-dynamics output folder")
+    with num_threads(cfg.threads):
+        return _run(cfg, out)
+
+
+def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
+    t0 = time.perf_counter()
+    modes = ["user"] if cfg.probes else cfg.modes
+    print("tinyld sft-dynamics — what SFT does to every other answer (paper §4, Fig. 3)")
+    print(f"  {cfg.threads} CPU threads · versions {json.dumps(versions())}\n  config {json.dumps(asdict(cfg))}")
+    print(f"  SFT: {cfg.optimizer}, lr {cfg.lr:g} (constant), batch {cfg.batch_size}, {cfg.epochs} epochs, "
+          f"seeds {cfg.seeds}; loss −log π(y⁺|x) summed over the response")
+    result = {"config": asdict(cfg), "versions": versions(), "modes": {}}
+    for mode in modes:
+        print(f"\n== {mode} ==" + ("" if mode == "user" else f" (world mode {mode!r})"))
+        runs, regimes, attrs = [], [], []
+        for seed in cfg.seeds:
+            model, tok, probes, world = setup(cfg, seed, mode)
+            reg = regime(model, tok, probes, world)
+            regimes.append(reg)
+            r = sft_run(cfg, seed, mode, model, tok, probes, world, out=out)
+            runs.append(r)
+            line = (f"  seed {seed}: log π(y⁺) {reg['logp_chosen']:.1f} → {r['curves']['train']['chosen'][-1]:.1f}"
+                    f" · tracker {r['seconds']['tracker']:.1f} s = {100 * r['tracker_cost']:.0f}% of training "
+                    f"{r['seconds']['train']:.1f} s")
+            if cfg.attribution:
+                a = attribution(cfg, seed, model, tok, probes)
+                attrs.append(a)
+                line += f" · attribution R² {a['r2']:.3f} ({a['seconds']:.1f} s)"
+            print(line, flush=True)
+        claims = judge(runs)
+        res = {"regime": _summary(regimes), "regime_per_seed": regimes, "claims": claims, "runs": runs}
+        if attrs:
+            res["attribution"] = attrs
+        result["modes"][mode] = res
+        print_mode(mode, res, cfg)
+        try:
+            res["figure"] = str(figure(runs, out / f"fig3_{mode}.png", f"SFT, {mode} ({cfg.optimizer}, lr {cfg.lr:g},"
+                                       f" {len(runs)} seeds)"))
+        except ImportError as e:
+            print(f"  (no figure: {e})")
+    if cfg.conditions and not cfg.probes:
+        result["conditions"] = conditions(cfg, out)
+    result["runtime_s"] = round(time.perf_counter() - t0, 1)
+    write_text_atomic(out / "sft_dynamics.json", json.dumps(result, indent=1))
+    text = "\n\n".join(claims_table(m["claims"], f"claims, {k} mode ({cfg.optimizer}, lr {cfg.lr:g})")
+                       for k, m in result["modes"].items())
+    write_text_atomic(out / "claims.txt", text + "\n")
+    print(f"\nwrote {out / 'sft_dynamics.json'}, {out / 'claims.txt'}, figures and track_*.csv in {out} · "
+          f"{result['runtime_s']} s")
+    return result
+
+
+def _summary(per_seed: list[dict]) -> dict:
+    return {k: {"mean": statistics.fmean(d[k] for d in per_seed),
+                "sd": statistics.stdev([d[k] for d in per_seed]) if len(per_seed) > 1 else 0.0}
+            for k in per_seed[0]}
+
+
+def print_mode(mode: str, res: dict, cfg: SFTDynamicsConfig) -> None:
+    reg = res["regime"]
+    f = lambda k, p=2: f"{reg[k]['mean']:.{p}f} ± {reg[k]['sd']:.{p}f}"  # noqa: E731
+    print(f"  regime before SFT (train prompts, mean ± sd over seeds): log π(y⁺) {f('logp_chosen', 1)} nats "
+          f"({f('logp_chosen_per_token')} per token); y* ≠ y⁺ at {f('ystar_differs')} of positions; "
+          f"valley depth {f('valley_depth', 1)} nats/token")
+    if "answered_fact_correctly" in reg:
+        print(f"  answered before SFT: fact correct {f('answered_fact_correctly')}, whole answer exact "
+              f"{f('answered_exactly')}")
+    costs = [r["tracker_cost"] for r in res["runs"]]
+    print(f"  tracker cost: {100 * statistics.fmean(costs):.0f}% of training time (every {res['runs'][0]['every']}"
+          f" steps, {len(res['runs'][0]['measured_steps'])} measurements)")
+    print(claims_table(res["claims"], f"  claims ({cfg.optimizer}, lr {cfg.lr:g}):"))
+    if res["runs"][0].get("generations"):
+        print("  greedy answers per epoch (summed over seeds): correct / wrong value / other question's answer / "
+              "other")
+        for split in ("train", "test"):
+            g0 = res["runs"][0]["generations"]
+            row = []
+            for e in range(len(g0["epochs"])):
+                c = {k: sum(r["generations"]["counts"][split][e][k] for r in res["runs"]) for k in ANSWER_KINDS}
+                row.append("/".join(str(c[k]) for k in ANSWER_KINDS))
+            print(f"    {split:5s} " + "  ".join(f"ep{ep}:{x}" for ep, x in zip(g0["epochs"], row)))
+    if res.get("attribution"):
+        a = res["attribution"]
+        share = [p["from_j"] / p["predicted"] for x in a for p in x["probes"]
+                 if p["from_j"] is not None and abs(p["predicted"]) > 1e-9]
+        top = sum(p["top_is_j"] for x in a for p in x["probes"])
+        n = sum(len(x["probes"]) for x in a)
+        print(f"  attribution (SGD, lr {cfg.attr_lr:g}, {a[0]['steps']} steps): the example (x_j, y_j⁺) is the top "
+              f"contributor to y_{{j≠u}}⁺ under x_u for {top}/{n} probes; its share of the predicted change "
+              f"{statistics.fmean(share):.2f} (mean); summed predictions vs actual curve: R² "
+              + ", ".join(f"{x['r2']:.3f}" for x in a) + "; final relative error "
+              + ", ".join(f"{x['final_rel_err']:.2f}" for x in a))
+
+
+def figure(runs: list[dict], path: Path, title: str) -> Path:
+    """The paper's Fig. 3 layout: one panel per family, mean over prompts; line = mean over seeds, band = min…max
+    over seeds; training prompts solid, held-out prompts dashed."""
+    from tinyld.plots import panels
+
+    fams = list(runs[0]["curves"]["train"])
+    x = [s / runs[0]["steps_per_epoch"] for s in runs[0]["measured_steps"]]
+    data = {}
+    for f in fams:
+        data[f"{f} ({FAMILIES.get(f, f)})"] = {
+            split: [[r["curves"][split][f][i] for r in runs] for i in range(len(x))]
+            for split in ("train", "test") if all(f in r["curves"][split] and r["curves"][split][f] for r in runs)}
+    return panels(x, data, path, title, xlabel="epoch", ylabel="log π(y|x)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# conditions: optimizer, learning rate, pretraining depth
+# --------------------------------------------------------------------------------------------------------------
+
+
+def conditions(cfg: SFTDynamicsConfig, out: Path) -> dict:
+    """The claims under other optimizers, learning rates and base models (pretraining steps → valley depth), in
+    the first mode of ``cfg.modes``. No attribution here."""
+    mode = cfg.modes[0]
+    shallow = max(1, cfg.pretrain_steps // 10)
+    conds = [("adamw", cfg.lr, cfg.pretrain_steps), ("adamw", cfg.lr / 3, cfg.pretrain_steps),
+             ("adamw", cfg.lr * 3, cfg.pretrain_steps), ("sgd", cfg.attr_lr, cfg.pretrain_steps),
+             ("adamw", cfg.lr, shallow)]
+    if cfg.optimizer != "adamw":
+        conds[0] = (cfg.optimizer, cfg.lr, cfg.pretrain_steps)
+    print(f"\n== conditions ({mode} mode, {len(cfg.seeds)} seeds, {cfg.epochs} epochs) ==")
+    rows = []
+    for opt, lr, pre in conds:
+        c = copy.copy(cfg)
+        c.pretrain_steps, c.every = pre, 0
+        runs, valleys = [], []
+        for seed in cfg.seeds:
+            model, tok, probes, world = setup(c, seed, mode)
+            valleys.append(valley_depth(model, tok))
+            runs.append(sft_run(c, seed, mode, model, tok, probes, world, optimizer=opt, lr=lr))
+        cl = judge(runs)
+        rows.append({"optimizer": opt, "lr": lr, "pretrain_steps": pre, "valley_depth": statistics.fmean(valleys),
+                     "claims": {x["claim"]: f"{x['held']}/{x['of']}" for x in cl},
+                     "curves": {f: [statistics.fmean(v) for v in zip(*(r["curves"]["train"][f] for r in runs))]
+                                for f in runs[0]["curves"]["train"]},
+                     "epochs": [s / runs[0]["steps_per_epoch"] for s in runs[0]["measured_steps"]]})
+        print(f"  {opt:6s} lr {lr:<7g} pretrain {pre:5d} (valley {rows[-1]['valley_depth']:.1f}): " +
+              ", ".join(f"{k} {v}" for k, v in rows[-1]["claims"].items()), flush=True)
+    names = list(rows[0]["claims"])
+    table = [f"{'condition':38s}" + "".join(f"{n[:14]:>15s}" for n in names)]
+    for r in rows:
+        lab = f"{r['optimizer']} lr {r['lr']:g} pre {r['pretrain_steps']} (valley {r['valley_depth']:.0f})"
+        table.append(f"{lab:38s}" + "".join(f"{r['claims'][n]:>15s}" for n in names))
+    write_text_atomic(out / "conditions.txt", "\n".join(table) + "\n")
+    res = {"mode": mode, "rows": rows, "table": table}
+    try:
+        from tinyld.plots import condition_lines
+
+        keep = [f for f in ("chosen", "rejected", "other_chosen", "test_chosen", "random_tokens", "star")
+                if f in rows[0]["curves"]]
+        series = {f: {r_label(r): (r["epochs"], r["curves"][f]) for r in rows} for f in keep}
+        res["figure"] = str(condition_lines(series, out / f"conditions_{mode}.png",
+                                            f"SFT under conditions ({mode} mode, mean of {len(cfg.seeds)} seeds)"))
+    except ImportError as e:
+        print(f"  (no figure: {e})")
+    return res
+
+
+def r_label(r: dict) -> str:
+    return f"{r['optimizer']} {r['lr']:g}, pre {r['pretrain_steps']}"
