@@ -153,15 +153,15 @@ def main(argv=None) -> int:
     s.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="base model pretraining (default 3000)")
     s.add_argument("--no-attribution", dest="attribution", action="store_false", default=None,
                    help="skip the SGD attribution run")
-    s.add_argument("--attr-lr", dest="attr_lr", type=float, help="SGD lr of the attribution run (default 0.02)")
-    s.add_argument("--attr-prompts", dest="attr_prompts", type=int, help="prompts attributed (default 8)")
+    s.add_argument("--attr-lr", dest="attr_lr", type=float, help="SGD lr of the attribution run (default 1e-4)")
+    s.add_argument("--attr-prompts", dest="attr_prompts", type=int, help="prompts attributed (default 4)")
     s.add_argument("--conditions", action="store_true", default=None,
                    help="also sweep optimizer, lr and pretraining depth")
     s.add_argument("--probes", metavar="FILE", help="your own probe JSONL (GPT-2 BPE; needs --model)")
     s.add_argument("--model", help="with --probes: a Hugging Face GPT-2 folder or a preset (random init)")
     s.add_argument("--out", help="output folder (default tinyld_out/sft_dynamics)")
     s.add_argument("--threads", type=int, help="CPU threads (default 2)")
-    s.add_argument("--fast", action="store_true", help="8 epochs on a shallow base model, ≤ 60 s (also TINYLD_FAST=1)")
+    s.add_argument("--fast", action="store_true", help="8 epochs on a 400-step base model, ≤ 60 s (also TINYLD_FAST=1)")
     g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
     b = sub.add_parser("bench", help="benchmarks that print JSON")

@@ -189,7 +189,7 @@ def position_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, tor
 
     Returns (B,) tensors: ``logp`` Σ_m log π(y_m) · ``logp_star`` Σ_m log max_v π (y*'s log-prob along y) ·
     ``tokens`` M · ``top1`` mean_m max_v π · ``peakiness`` mean_m ‖A_m‖²_F with ‖A‖²_F = V − 2 + V‖π‖²."""
-    logp = F.log_softmax(logits.double(), dim=-1)  # (B, T, V)
+    logp = F.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, -1)  # (B,T,V)
     mask = targets != -100  # (B, T)
     at_y = logp.gather(-1, targets.clamp_min(0)[..., None])[..., 0]  # (B, T)
     top = logp.amax(-1)  # (B, T) log max_v π
@@ -219,8 +219,9 @@ class Tracker:
         self.rows: list[dict] = []
         self.steps: list[dict] = []
         self.seconds = 0.0  # total time spent measuring
-        self._pairs = [(i, p.split, fam, p.prompt, text) for i, p in enumerate(probes.probes)
-                       for fam, text in p.responses.items()]  # "star" is read off the "chosen" sequences
+        pairs = [(i, p.split, fam, p.prompt, text) for i, p in enumerate(probes.probes)
+                 for fam, text in p.responses.items()]  # "star" is read off the "chosen" sequences
+        self._pairs = sorted(pairs, key=lambda c: len(c[3]) + len(c[4]))  # similar lengths share a batch: less padding
 
     def __call__(self, trainer, step: int) -> None:
         if step % self.every == 0 or step == trainer.cfg.steps:
