@@ -57,8 +57,9 @@ for fam in ("chosen", "rejected", "other_chosen", "random_tokens", "init"):
 
 # %% [markdown]
 # In easy mode log π(y⁺) starts a few nats below 0 and y* is already y⁺ at all but about one position in ten: SFT
-# has little left to do, and within an epoch or two it is done. In hard mode log π(y⁺) starts tens of nats below 0 (the tail) and
-# y* differs from y⁺ at about half the positions. That is the paper's regime, where the curves have room to move.
+# has little left to do, and within an epoch or two it is done. In hard mode log π(y⁺) starts tens of nats below 0
+# (the tail), and y* differs from y⁺ at about half the positions. That is the paper's regime, where the curves
+# have room to move.
 
 # %% [markdown]
 # ## Fig. 3 for your model, and the claims table
@@ -95,7 +96,8 @@ for mode in ("hard", "easy"):
 # - **y*** is the argmax at each position of y⁺. As y⁺'s tokens become the argmax, y* and y⁺ coincide and
 #   log π(y*) approaches 0 from below. In hard mode it first *dips* for several epochs: at the tail's positions the
 #   model's old confident guess loses mass to y⁺'s token before that token becomes the new peak, so max π falls
-#   for a while. In fast mode (8 epochs) the run ends inside the dip; in full mode it ends above its start.
+#   for a while. With these settings the run ends before y* is back above its start; a larger learning rate or
+#   gradient clipping brings it back within 20 epochs (the README's conditions table).
 #
 # Read the table with that in mind: which claims held in both modes, and which only in hard mode?
 
@@ -107,6 +109,7 @@ for mode in ("hard", "easy"):
 # ## What held in every run we made
 # These hold for every seed in fast and full mode on our machine. The others are measured, not asserted: in the
 # README's claims table some hold only in hard mode, and "non-human text falls" does not hold in hard mode at all.
+# (Shuffled y⁺ falls in easy mode in every seed; random words and a shuffled unrelated sentence only in some.)
 
 # %%
 for mode in ("hard", "easy"):
@@ -115,7 +118,7 @@ for mode in ("hard", "easy"):
 assert claims["hard"]["test_chosen rises then falls"]["held"] == 3  # the bell of y_test⁺ in hard mode
 assert claims["hard"]["other_chosen rises"]["held"] == 3  # y_{j≠u}⁺ rises in hard mode …
 assert claims["hard"]["other_chosen ends above test_chosen"]["held"] == 3  # … more than y_test⁺
-assert claims["easy"]["random_tokens falls"]["held"] == 3  # random words fall in easy mode
+assert claims["easy"]["urnd_chosen falls"]["held"] == 3  # shuffled y⁺ falls in easy mode
 assert claims["easy"]["star rises"]["held"] == 3  # y* rises in easy mode (in hard mode it dips first)
 start = [x["logp_chosen"] for x in regimes["hard"]]
 assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 20  # hard mode starts far lower

@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     s.add_argument("--optimizer", help="sgd | adamw (default) | rmsprop")
     s.add_argument("--lr", type=float, help="SFT learning rate (default 1e-3)")
     s.add_argument("--batch-size", dest="batch_size", type=int, help="prompts per step (default 8)")
+    s.add_argument("--grad-clip", dest="grad_clip", type=float, help="gradient-norm clipping (default 0: none)")
     s.add_argument("--every", type=int, help="steps between measurements (default: once per epoch)")
     s.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="base model pretraining (default 3000)")
     s.add_argument("--no-attribution", dest="attribution", action="store_false", default=None,
@@ -160,6 +161,7 @@ def main(argv=None) -> int:
     s.add_argument("--probes", metavar="FILE", help="your own probe JSONL (GPT-2 BPE; needs --model)")
     s.add_argument("--model", help="with --probes: a Hugging Face GPT-2 folder or a preset (random init)")
     s.add_argument("--out", help="output folder (default tinyld_out/sft_dynamics)")
+    s.add_argument("--device", help="auto | cpu (default) | cuda | mps")
     s.add_argument("--threads", type=int, help="CPU threads (default 2)")
     s.add_argument("--fast", action="store_true", help="8 epochs on a 400-step base model, ≤ 60 s (also TINYLD_FAST=1)")
     g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")

@@ -222,6 +222,7 @@ class Tracker:
         pairs = [(i, p.split, fam, p.prompt, text) for i, p in enumerate(probes.probes)
                  for fam, text in p.responses.items()]  # "star" is read off the "chosen" sequences
         self._pairs = sorted(pairs, key=lambda c: len(c[3]) + len(c[4]))  # similar lengths share a batch: less padding
+        self._batches: tuple[int | None, list] = (None, [])  # tokenized once per block size, reused every time
 
     def __call__(self, trainer, step: int) -> None:
         if step % self.every == 0 or step == trainer.cfg.steps:
@@ -237,9 +238,7 @@ class Tracker:
         dev = next(model.parameters()).device
         new = []
         try:
-            for s in range(0, len(self._pairs), self.batch_size):
-                chunk = self._pairs[s: s + self.batch_size]
-                b = make_batch(self.tok, [c[3] for c in chunk], [c[4] for c in chunk], model.config.block_size)
+            for chunk, b in self._batched(model.config.block_size):
                 b = b.to(dev)
                 st = position_stats(model(b.idx), b.targets)
                 for k, (i, split, fam, _, _) in enumerate(chunk):
@@ -259,6 +258,13 @@ class Tracker:
         self.seconds += rec["seconds"]
         self.steps.append(rec)
         return new
+
+    def _batched(self, block_size: int) -> list:
+        if self._batches[0] != block_size:
+            chunks = [self._pairs[s: s + self.batch_size] for s in range(0, len(self._pairs), self.batch_size)]
+            self._batches = (block_size, [(c, make_batch(self.tok, [x[3] for x in c], [x[4] for x in c], block_size))
+                                          for c in chunks])
+        return self._batches[1]
 
     # ------------------------------------------------------------------ views
     def curve(self, family: str, split: str = "train") -> tuple[list[int], list[float]]:

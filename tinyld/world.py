@@ -243,10 +243,16 @@ class World:
         vals = RELATIONS[item.relation][0]
         if any(first in self._phrasings(item.name, item.relation, v) for v in vals if v != item.value):
             return "wrong_value"
-        if any(first in self._phrasings(o.name, o.relation, o.value) for o in self.train_items()
-               if (o.name, o.relation) != (item.name, item.relation)):
+        if first in self._train_facts() and self._train_facts()[first] != (item.name, item.relation):
             return "other_question"
         return "other"
+
+    def _train_facts(self) -> dict[str, tuple[str, str]]:
+        """Every phrasing of every training prompt's fact → (name, relation); built once."""
+        if not hasattr(self, "_facts_of_train"):
+            self._facts_of_train = {f: (o.name, o.relation) for o in self.train_items()
+                                    for f in self._phrasings(o.name, o.relation, o.value)}
+        return self._facts_of_train
 
     def _phrasings(self, name: str, rel: str, value: str) -> tuple[str, str]:
         return self.fact(name, rel, value), self.fact(name, rel, value, rephrase=True)

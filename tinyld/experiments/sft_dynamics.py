@@ -32,8 +32,8 @@ import torch
 from tinyld.data import PairData, make_batch
 from tinyld.evaluate import greedy_answers, response_logprobs, valley_depth
 from tinyld.probes import FAMILIES, ProbeSet, Tracker, position_stats
-from tinyld.runtime import (TinyldError, check_choice, check_int, check_number, check_seed, num_threads, versions,
-                            write_text_atomic, writable_dir)
+from tinyld.runtime import (TinyldError, check_choice, check_int, check_number, check_seed, num_threads, pick_device,
+                            versions, write_text_atomic, writable_dir)
 from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
 from tinyld.world import ANSWER_KINDS, MODES, World
 
@@ -49,6 +49,7 @@ class SFTDynamicsConfig:
     optimizer: str = "adamw"  # sgd | adamw | rmsprop
     lr: float = 1e-3  # constant learning rate, no warm-up
     batch_size: int = 8  # prompts per step (40 training prompts: 5 steps per epoch)
+    grad_clip: float = 0.0  # global gradient-norm clipping of the SFT runs (0: none, as the first-order picture)
     every: int = 0  # steps between measurements (0: once per epoch)
     pretrain_steps: int = 3000  # of the base model (tinyld.demo.pretrained, cached)
     attribution: bool = True  # the SGD attribution run (first mode; in fast mode first seed only)
@@ -58,6 +59,7 @@ class SFTDynamicsConfig:
     probes: str | None = None  # a probe JSONL (then --model): your own data with the GPT-2 BPE
     model: str | None = None  # with --probes: a Hugging Face GPT-2 folder, or a preset name (random init)
     out: str = "tinyld_out/sft_dynamics"
+    device: str = "cpu"  # auto | cpu | cuda | mps (the world's tiny models are quickest on the CPU)
     threads: int = 2  # CPU threads (pinned: the figures in the README were made with 2)
     fast: bool = False  # fewer epochs and a shallower base model: ≤ 60 s, the numbers then mean less
 
@@ -72,11 +74,13 @@ class SFTDynamicsConfig:
         check_choice("sft-dynamics --optimizer", self.optimizer, OPTIMIZERS)
         self.lr = check_number("sft-dynamics --lr", self.lr, 0, strict=True)
         self.batch_size = check_int("sft-dynamics --batch-size", self.batch_size, 1)
+        self.grad_clip = check_number("sft-dynamics --grad-clip", self.grad_clip, 0)
         self.every = check_int("sft-dynamics --every", self.every, 0)
         self.pretrain_steps = check_int("sft-dynamics --pretrain-steps", self.pretrain_steps, 1)
         self.attr_lr = check_number("sft-dynamics --attr-lr", self.attr_lr, 0, strict=True)
         self.attr_prompts = check_int("sft-dynamics --attr-prompts", self.attr_prompts, 1)
         self.threads = check_int("sft-dynamics --threads", self.threads, 1, 256)
+        check_choice("sft-dynamics --device", self.device, ("auto", "cpu", "cuda", "mps"))
         if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
             raise TinyldError(f"sft-dynamics --out must be a folder path, got {self.out!r}")
         if (self.probes is None) != (self.model is None):
@@ -98,6 +102,7 @@ def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
     from tinyld.demo import pretrained
 
     _, tok, model = pretrained(seed, steps=cfg.pretrain_steps)
+    model = model.to(pick_device(cfg.device).device)
     world = World(seed, mode=mode)
     return model, tok, ProbeSet.from_world(world).with_init(model, tok), world
 
@@ -119,6 +124,7 @@ def _user_setup(cfg: SFTDynamicsConfig, seed: int):
     if model.config.vocab_size != tok.vocab_size:
         raise TinyldError(f"the model's vocab_size is {model.config.vocab_size}, the GPT-2 BPE has "
                           f"{tok.vocab_size}: give a GPT-2 model")
+    model = model.to(pick_device(cfg.device).device)
     return model.eval(), tok, probes.with_init(model, tok), None
 
 
@@ -181,7 +187,7 @@ def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: Pr
     if world is not None:
         generations(model, 0)
     tc = TrainConfig(task="sft", steps=steps, optimizer=optimizer or cfg.optimizer, lr=lr or cfg.lr, seed=seed,
-                     log_every=spe, progress=False)
+                     grad_clip=cfg.grad_clip, log_every=spe, progress=False)
     before = tracker.seconds + gen_s[0]  # step 0's measurements, taken before the clock starts
     t0 = time.perf_counter()
     hist = Trainer(model, data, tc, tok).run(callback)
@@ -371,6 +377,9 @@ def run(cfg: SFTDynamicsConfig) -> dict:
     if not isinstance(cfg, SFTDynamicsConfig):
         raise TinyldError(f"run takes an SFTDynamicsConfig, got {type(cfg).__name__}")
     out = writable_dir(cfg.out, "sft-dynamics output folder")
+    pick_device(cfg.device)  # an unavailable device fails now, not after the first seed
+    if cfg.probes is not None:
+        ProbeSet.load(cfg.probes)  # a bad probe file fails now, with its line
     with num_threads(cfg.threads):
         return _run(cfg, out)
 
@@ -379,8 +388,10 @@ def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
     t0 = time.perf_counter()
     modes = ["user"] if cfg.probes else cfg.modes
     print("tinyld sft-dynamics — what SFT does to every other answer (paper §4, Fig. 3)")
-    print(f"  {cfg.threads} CPU threads · versions {json.dumps(versions())}\n  config {json.dumps(asdict(cfg))}")
-    print(f"  SFT: {cfg.optimizer}, lr {cfg.lr:g} (constant), batch {cfg.batch_size}, {cfg.epochs} epochs, "
+    print(f"  {pick_device(cfg.device)}, {cfg.threads} CPU threads · versions {json.dumps(versions())}\n"
+          f"  config {json.dumps(asdict(cfg))}")
+    clip = f"gradient norm clipped at {cfg.grad_clip:g}" if cfg.grad_clip else "no gradient clipping"
+    print(f"  SFT: {cfg.optimizer}, lr {cfg.lr:g} (constant), {clip}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
           f"seeds {cfg.seeds}; loss −log π(y⁺|x) summed over the response")
     result = {"config": asdict(cfg), "versions": versions(), "modes": {}}
     for mode in modes:
@@ -447,11 +458,12 @@ def print_mode(mode: str, res: dict, cfg: SFTDynamicsConfig) -> None:
               "other")
         for split in ("train", "test"):
             g0 = res["runs"][0]["generations"]
-            row = []
-            for e in range(len(g0["epochs"])):
+            row, n = [], len(g0["epochs"])
+            show = sorted({0, 1, 2, n - 1} | set(range(0, n, max(1, n // 5))))  # a few epochs; the JSON has all
+            for e in show:
                 c = {k: sum(r["generations"]["counts"][split][e][k] for r in res["runs"]) for k in ANSWER_KINDS}
                 row.append("/".join(str(c[k]) for k in ANSWER_KINDS))
-            print(f"    {split:5s} " + "  ".join(f"ep{ep}:{x}" for ep, x in zip(g0["epochs"], row)))
+            print(f"    {split:5s} " + "  ".join(f"ep{g0['epochs'][e]}:{x}" for e, x in zip(show, row)))
     if res.get("attribution"):
         a = res["attribution"]
         share = [p["from_j"] / p["predicted"] for x in a for p in x["probes"]
@@ -486,39 +498,41 @@ def figure(runs: list[dict], path: Path, title: str) -> Path:
 
 
 def conditions(cfg: SFTDynamicsConfig, out: Path) -> dict:
-    """The claims under other optimizers, learning rates and base models (pretraining steps → valley depth), in
-    the first mode of ``cfg.modes``. No attribution here."""
+    """The claims under other learning rates, gradient clipping, plain SGD and a shallower base model (fewer
+    pretraining steps: a shallower valley), in the first mode of ``cfg.modes``. No attribution here."""
     mode = cfg.modes[0]
     shallow = 400 if cfg.pretrain_steps > 400 else max(1, cfg.pretrain_steps // 10)  # 400: the lessons' fast model
-    conds = [("adamw", cfg.lr, cfg.pretrain_steps), ("adamw", cfg.lr / 3, cfg.pretrain_steps),
-             ("adamw", cfg.lr * 3, cfg.pretrain_steps), ("sgd", cfg.attr_lr, cfg.pretrain_steps),
-             ("adamw", cfg.lr, shallow)]
-    if cfg.optimizer != "adamw":
-        conds[0] = (cfg.optimizer, cfg.lr, cfg.pretrain_steps)
+    base = (cfg.optimizer, cfg.lr, cfg.pretrain_steps, cfg.grad_clip)
+    conds = [base, (cfg.optimizer, cfg.lr / 3, cfg.pretrain_steps, cfg.grad_clip),
+             (cfg.optimizer, cfg.lr * 3, cfg.pretrain_steps, cfg.grad_clip),
+             (cfg.optimizer, cfg.lr, cfg.pretrain_steps, 0.0 if cfg.grad_clip else 1.0),
+             ("sgd", cfg.attr_lr, cfg.pretrain_steps, 0.0), (cfg.optimizer, cfg.lr, shallow, cfg.grad_clip)]
     print(f"\n== conditions ({mode} mode, {len(cfg.seeds)} seeds, {cfg.epochs} epochs) ==")
     rows = []
-    for opt, lr, pre in conds:
+    for opt, lr, pre, clip in conds:
         c = copy.copy(cfg)
-        c.pretrain_steps, c.every = pre, 0
+        c.pretrain_steps, c.every, c.grad_clip = pre, 0, clip
         runs, valleys = [], []
         for seed in cfg.seeds:
             model, tok, probes, world = setup(c, seed, mode)
             valleys.append(valley_depth(model, tok))
             runs.append(sft_run(c, seed, mode, model, tok, probes, world, optimizer=opt, lr=lr))
         cl = judge(runs)
-        rows.append({"optimizer": opt, "lr": lr, "pretrain_steps": pre, "valley_depth": statistics.fmean(valleys),
+        rows.append({"optimizer": opt, "lr": lr, "grad_clip": clip, "pretrain_steps": pre,
+                     "valley_depth": statistics.fmean(valleys),
                      "claims": {x["claim"]: f"{x['held']}/{x['of']}" for x in cl},
                      "curves": {f: [statistics.fmean(v) for v in zip(*(r["curves"]["train"][f] for r in runs))]
                                 for f in runs[0]["curves"]["train"]},
                      "epochs": [s / runs[0]["steps_per_epoch"] for s in runs[0]["measured_steps"]]})
-        print(f"  {opt} lr {lr:.2g}, base model pretrained {pre} steps: done", flush=True)
+        print(f"  {r_label(rows[-1])}: done", flush=True)
     names = list(rows[0]["claims"])  # one row per claim, one column per condition: seeds where it held
     heads = [f"{r['optimizer']} {r['lr']:.2g}" for r in rows]
-    table = [f"{'claim':38s}" + "".join(f"{h:>13s}" for h in heads),
-             f"{'  base model: pretraining steps':38s}" + "".join(f"{r['pretrain_steps']:>13d}" for r in rows),
-             f"{'  valley depth (nats/token)':38s}" + "".join(f"{r['valley_depth']:>13.1f}" for r in rows)]
+    table = [f"{'claim':38s}" + "".join(f"{h:>14s}" for h in heads),
+             f"{'  gradient clipping':38s}" + "".join(f"{r['grad_clip'] or 'none':>14}" for r in rows),
+             f"{'  base model: pretraining steps':38s}" + "".join(f"{r['pretrain_steps']:>14d}" for r in rows),
+             f"{'  valley depth (nats/token)':38s}" + "".join(f"{r['valley_depth']:>14.1f}" for r in rows)]
     for n in names:
-        table.append(f"{n:38s}" + "".join(f"{r['claims'][n]:>13s}" for r in rows))
+        table.append(f"{n:38s}" + "".join(f"{r['claims'][n]:>14s}" for r in rows))
     print("\n".join("  " + t for t in table))
     write_text_atomic(out / "conditions.txt", "\n".join(table) + "\n")
     res = {"mode": mode, "rows": rows, "table": table}
@@ -536,4 +550,5 @@ def conditions(cfg: SFTDynamicsConfig, out: Path) -> dict:
 
 
 def r_label(r: dict) -> str:
-    return f"{r['optimizer']} {r['lr']:.2g}, pre {r['pretrain_steps']}"
+    clip = f", clip {r['grad_clip']:g}" if r["grad_clip"] else ""
+    return f"{r['optimizer']} {r['lr']:.2g}{clip}, pre {r['pretrain_steps']}"
