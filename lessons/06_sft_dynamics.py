@@ -7,15 +7,18 @@
 # - the chosen answer y_u⁺ rises;
 # - responses **similar** to it (the rejected answer y_u⁻, rephrases, y_test⁺: a held-out prompt's answer, and
 #   y_init: the model's own first answer) rise first, then fall;
-# - y_{j≠u}⁺, the answer of *another training prompt* read under x_u, keeps rising and ends above y_test⁺;
+# - y_{j≠u}⁺, the answer of *another training prompt* read under x_u, keeps rising and ends above y_test⁺ (we
+#   compare how far each rose since the start: the two families have different lengths);
 # - **non-human** text (shuffled words, random words) falls;
 # - y*, the teacher-forced argmax along y⁺, rises.
 #
 # Here you watch Fig. 3 appear for your own tiny model, over three seeds, and read the claims table: for each claim,
-# what was measured per seed and whether it held. Each curve is then explained with A, K and G
-# (lessons/NOTES.md §1). The world has two modes. In **easy** mode an answer is one fact sentence that the
-# pretrained model mostly knows already. In **hard** mode every answer also carries a random story sentence, so
-# there is content no model can predict, as in the paper's long answers. The contrast is the first lesson.
+# what was measured per seed and whether it held. The rules are fixed and simple. *Rises* and *falls* compare the last
+# measurement with the first; *rises, then falls* means the highest point lies strictly inside the run and above both
+# ends (a plateau with a tiny final dip passes, so read the drop beside the verdict). Each curve is then explained with
+# A, K and G (lessons/NOTES.md §1). The world has two modes. In **easy** mode an answer is one fact sentence that the
+# pretrained model mostly knows already. In **hard** mode every answer also carries a random story sentence, so there is
+# content no model can predict, as in the paper's long answers. The contrast is the first lesson.
 #
 # Fast mode (`TINYLD_FAST=1`) uses 400-step base models and 8 epochs; full mode 3000-step models and 20 epochs, as
 # `python -m tinyld sft-dynamics` does. The asserts check only what held in both.
@@ -49,17 +52,18 @@ for mode in ("easy", "hard"):
         runs[mode].append(sft_run(cfg, seed, mode, model, tok, probes, None))  # no world: no answer grading here
     r = regimes[mode]
     print(f"{mode:5s} log π(y⁺) at the start: " + ", ".join(f"{x['logp_chosen']:.1f}" for x in r) +
-          " nats;  y* ≠ y⁺ at " + ", ".join(f"{x['ystar_differs']:.0%}" for x in r) + " of positions")
+          " nats;  y* ≠ y⁺ at " + ", ".join(f"{x['ystar_differs']:.0%}" for x in r) + " of positions;  valley depth "
+          + ", ".join(f"{x['valley_depth']:.1f}" for x in r) + " nats/token")
 example = probes.probes[0]
 print(f"\na hard-mode probe: {example.prompt!r}")
 for fam in ("chosen", "rejected", "other_chosen", "random_tokens", "init"):
     print(f"  {fam:14s} {example.responses.get(fam, '(none)')}")
 
 # %% [markdown]
-# In easy mode log π(y⁺) starts a few nats below 0 and y* is already y⁺ at all but about one position in ten: SFT
-# has little left to do, and within an epoch or two it is done. In hard mode log π(y⁺) starts tens of nats below 0
-# (the tail), and y* differs from y⁺ at about half the positions. That is the paper's regime, where the curves
-# have room to move.
+# In easy mode log π(y⁺) starts a few nats below 0 and y* differs from y⁺ at only 6–15 % of the positions (fast
+# mode, in our runs; 9 % on average in full mode): SFT has little left to do, and within an epoch or two it is
+# done. In hard mode log π(y⁺) starts tens of nats below 0 (the tail), and y* differs from y⁺ at about half the
+# positions. That is the paper's regime, where the curves have room to move.
 
 # %% [markdown]
 # ## Fig. 3 for your model, and the claims table
@@ -77,27 +81,35 @@ for mode in ("hard", "easy"):
 
 # %% [markdown]
 # ## Why each curve moves: A, K and G
-# One step changes log π(y|x_o) by −η Σ A·K·G over the positions of y (lessons/NOTES.md §1). G = π − e_{y⁺} at each
-# position of y_u⁺: it pushes the logit of y⁺'s token up and every other logit down, in proportion to π. K(χ_o, χ_u)
-# says how much a push at χ_u = [x_u; y_u⁺] moves the logits at χ_o. A = I − 1πᵀ turns logit changes into
-# log-prob changes, and conserves probability: what one token gains, the others lose.
+# One SGD step changes log π(y|x_o) by −η Σ A·K·G over the positions of y (lessons/NOTES.md §1). G = (π − e_{y⁺})/B
+# at each position of y_u⁺: it pushes the logit of y⁺'s token up and every other logit down, in proportion to π.
+# K(χ_o, χ_u) says how much a push at χ_u = [x_u; y_u⁺] moves the logits at χ_o. A = I − 1πᵀ turns logit changes
+# into log-prob changes, and conserves probability: what one token gains, the others lose. (The runs here use
+# AdamW, which rescales the step; the direction of each push is still the one A·K·G describes, and lesson 7's
+# attribution uses plain SGD, where the formula is exact to first order.)
 #
-# - **y_u⁺ rises**: at χ_o = χ_u, K is a Gram matrix (positive semi-definite), so −η·A·K·G raises the label.
+# - **y_u⁺ rises**: observed at its own sequence, the label's row of A is e_y − π = −B·G, so its own contribution is
+#   η·B·GᵀKG ≥ 0 (K is a Gram matrix). That holds for the whole sequence and for the example's own gradient; the
+#   rest of the batch adds cross terms, which are small next to it here.
 # - **Similar responses rise, then fall.** Early on, K between y_u⁻ (or a rephrase, or y_test⁺) and y_u⁺ is large:
-#   they share most tokens and the same kind of context, so they ride along. The story tail of hard mode is
-#   learned as "a story follows the fact", which raises every story-like response. Later π becomes peaky on y_u⁺'s
-#   own tokens. At the positions where the similar response differs from y_u⁺, the push goes to y_u⁺'s token,
-#   and A takes that mass from everything else, including the similar response's token. The curve turns down.
-# - **y_{j≠u}⁺ keeps rising**: training on (x_j, y_j⁺) raises y_j⁺ under x_j, and K between x_j and x_u is large
-#   because the prompts share their template. So y_j⁺ also rises under x_u: the model learns to say B's answer to
-#   question A. Lesson 7 attributes this rise to the training examples.
-# - **Non-human text** shares little with y_u⁺: K is small. In easy mode it falls, as A moves mass to the peaks. In
-#   hard mode it *rises* at first: shuffled story words are still story words, and SFT teaches "a story follows".
+#   they share most tokens and the same kind of context, so they ride along. In hard mode the story tail is learned
+#   as "a story follows the fact", which raises every story-like response. But the gain at the shared tokens is
+#   capped (log π ≤ 0) and stops once they are learned, while at the positions where the similar response differs
+#   from y_u⁺, every step pushes y_u⁺'s token up and, through A, the similar response's token down. Once the gains
+#   saturate only the losses remain, and the curve turns down.
+# - **y_{j≠u}⁺ keeps rising**: training on (x_j, y_j⁺) raises y_j⁺ under x_j. Read under x_u, the same response
+#   sees contexts [x_u; y_j⁺_<m] that differ from [x_j; y_j⁺_<m] only in the prompt, so K between them is large and
+#   y_j⁺ rises under x_u too: the model learns to say B's answer to question A. Lesson 7 attributes this rise to the
+#   training examples.
+# - **Non-human text.** Where y⁺'s token is already the peak of π (easy mode), a step on it lowers every other
+#   token, so shuffled and random words fall. Where y⁺'s token is unlikely and the mass sits elsewhere (hard mode's
+#   tail: y* ≠ y⁺ at half the positions), a step on it lowers the peak most, and to first order every token with
+#   π_i < ‖π‖² − π(y⁺) *rises* (lessons/NOTES.md §3, lesson 4). So in hard mode even random words rise for many
+#   epochs. They fall once y⁺'s tokens have become the peaks.
 # - **y*** is the argmax at each position of y⁺. As y⁺'s tokens become the argmax, y* and y⁺ coincide and
-#   log π(y*) approaches 0 from below. In hard mode it first *dips* for several epochs: at the tail's positions the
-#   model's old confident guess loses mass to y⁺'s token before that token becomes the new peak, so max π falls
-#   for a while. With these settings the run ends before y* is back above its start; a larger learning rate or
-#   gradient clipping brings it back within 20 epochs (the README's conditions table).
+#   log π(y*) approaches 0 from below. In hard mode it first *dips* for several epochs: the same mechanism lowers
+#   the old peak before y⁺'s token takes its place. With these settings the run ends before y* is back above its
+#   start; a larger learning rate or gradient clipping brings it back within 20 epochs (the README's conditions).
 #
 # Read the table with that in mind: which claims held in both modes, and which only in hard mode?
 
@@ -107,30 +119,34 @@ for mode in ("hard", "easy"):
 
 # %% [markdown]
 # ## What held in every run we made
-# These hold for every seed in fast and full mode on our machine. The others are measured, not asserted: in the
-# README's claims table some hold only in hard mode, and "non-human text falls" does not hold in hard mode at all.
-# (Shuffled y⁺ falls in easy mode in every seed; random words and a shuffled unrelated sentence only in some.)
+# These hold for every seed in fast and full mode on our machine. The others are measured, not asserted. In the README's
+# claims table (full mode) some hold only in hard mode, and "non-human text falls" holds in no seed of the hard mode; in
+# fast mode it holds in some. In easy mode shuffled y⁺ falls in every seed, in fast and in full mode; random words and a
+# shuffled unrelated sentence fall in every seed in fast mode but only in some in full mode. The bells of hard mode are
+# asserted nowhere: in fast mode their final drops are a fraction of a nat.
 
 # %%
 for mode in ("hard", "easy"):
     assert claims[mode]["chosen rises"]["held"] == 3, mode
-    assert claims[mode]["rejected rises then falls"]["held"] == 3, mode  # the bell of y_u⁻
-assert claims["hard"]["test_chosen rises then falls"]["held"] == 3  # the bell of y_test⁺ in hard mode
+assert claims["easy"]["rejected rises then falls"]["held"] == 3  # the bell of y_u⁻ in easy mode
 assert claims["hard"]["other_chosen rises"]["held"] == 3  # y_{j≠u}⁺ rises in hard mode …
 assert claims["hard"]["other_chosen ends above test_chosen"]["held"] == 3  # … more than y_test⁺
 assert claims["easy"]["urnd_chosen falls"]["held"] == 3  # shuffled y⁺ falls in easy mode
 assert claims["easy"]["star rises"]["held"] == 3  # y* rises in easy mode (in hard mode it dips first)
 start = [x["logp_chosen"] for x in regimes["hard"]]
-assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 20  # hard mode starts far lower
+assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 10  # hard mode starts far lower
 
 # %% [markdown]
 # ## Exercises
 # 1. Run `python -m tinyld sft-dynamics --optimizer sgd --lr 1e-4` (or pass `optimizer="sgd"` to `sft_run`). Which
 #    claims change? The README's conditions table shows the sweep.
-# 2. Track your own families: add a key to every line of a probe JSONL (`ProbeSet.save` writes one to start from)
-#    and load it with `ProbeSet.load`. Does a response that shares only the first word with y⁺ rise?
-# 3. In hard mode, y_init falls from the start instead of rising first. Look at its log π at step 0 (it is the
-#    greedy answer, so it starts near its maximum). Why can it not rise much?
+# 2. Track your own families, in the world's words: `probes.save("mine.jsonl")`, add a key (say `first`: a response
+#    that shares only its first word with y⁺) to every line, then `mine = ProbeSet.load("mine.jsonl")` and
+#    `sft_run(cfg, 0, "hard", model, tok, mine, None)` with the `model`, `tok` of `setup`. (On the command line,
+#    `--probes` is for GPT-2-BPE models: it needs `--model`.) Does `first` rise?
+# 3. y_init falls from the start in both modes instead of rising first. In hard mode it is a short, tail-less fact
+#    ending in EOS ("tina lives in oslo ."), near its maximum at step 0. What does SFT in hard mode teach about the
+#    token after "."? And which token does G push down hardest where y_init differs from y⁺?
 
 # %%
 print("lesson 6 OK")

@@ -12,12 +12,15 @@
 #    training example in the batch moves it (−η·A·K·G_j, lessons/NOTES.md §1). Summed over the run, that splits
 #    the whole rise of y_{j≠u}⁺ by training example, beside the actual rise. Is (x_j, y_j⁺) itself what raised it?
 #
-# The attribution run uses plain SGD with a small learning rate, where the split is exact to first order: the
-# per-example predictions add up to the batch's prediction. With Adam the update is not a sum over examples.
+# The attribution run uses plain SGD with a small learning rate. The per-example predictions add up exactly to the
+# batch's prediction (the prediction is linear in G), and with a small step that prediction is close to the real
+# change (it is first order). With Adam the update is not a sum over examples, so there is no such split.
 # Fast mode (`TINYLD_FAST=1`) uses 400-step base models and 8 epochs; full mode 3000-step models and 20 epochs.
 
 # %%
 import os
+
+import torch
 
 from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, attribution, setup, sft_run
 from tinyld.world import ANSWER_KINDS
@@ -64,24 +67,46 @@ for x in shown:
 
 # %% [markdown]
 # Before SFT the model gets the fact right for 40–50 % of the training questions (it read the facts in
-# pretraining); after a few epochs, for all of them. On held-out prompts, "another training question's answer"
-# goes from 0 or 1 of 120 answers before SFT to several after it: the model has learned to say the finetuned
-# answers, and says some of them to the wrong question. Wrong values of the right relation grow too.
+# pretraining); after a few epochs, for all of them, and its early "other question" answers to training prompts
+# disappear. On held-out prompts, "another training question's answer" is rare but grows: from 0 of 120 to at most
+# 2 in fast mode, and from 1 to 10 of 120 after 20 epochs in full mode (the README). Wrong values of the right
+# relation grow more: the answers above are mostly another person's fact of the *same* relation, said about the
+# person asked for. Both are the finetuned answers, said to the wrong question.
 
 # %% [markdown]
 # ## Attribution: which training example raised y_{j≠u}⁺ under x_u?
-# For the first four training prompts u, the observed sequence is y_{j≠u}⁺ (the answer of training prompt j)
-# read under x_u. At each SGD step, `contributions` gives one predicted change per example of the batch; the
-# run adds them up per training example.
+# For the first four training prompts u, the observed sequence is y_{j≠u}⁺ (the answer of training prompt j, about
+# another person and another relation) read under x_u. At each SGD step, `contributions` gives one predicted
+# change per example of the batch; the run adds them up per training example. First, on one step, the split adds up
+# to the batch's prediction, computed by `predict` on the whole batch:
 
 # %%
-a = attribution(cfg, SEEDS[0], *setup(cfg, SEEDS[0], "hard")[:3])
-print(f"{a['steps']} SGD steps, lr {a['lr']:g}:  R² of the summed predictions against the actual curve "
-      f"{a['r2']:.4f}, final relative error {a['final_rel_err']:.3f}")
-print(f"{'x_u':44s}{'actual':>8s}{'pred':>8s}{'from j':>8s}{'from u':>8s}{'others':>8s}  top example")
+from tinyld.data import PairData, make_batch  # noqa: E402
+from tinyld.dynamics import SFTUpdate, contributions, lm_rows, predict, sequence_change  # noqa: E402
+
+model, tok, probes, world = setup(cfg, SEEDS[0], "hard")
+u = probes.split("train")[0]
+observed = lm_rows(make_batch(tok, [u.prompt], [u.responses["other_chosen"]]))
+batch = SFTUpdate(lm_rows(PairData(tok, probes.examples("train"), cfg.batch_size, seed=SEEDS[0]).batch(0)))
+per_ex = contributions(model, batch, observed, cfg.attr_lr)[:, 0]  # (B,) one predicted change per example
+whole = sequence_change(observed, predict(model, observed, batch, cfg.attr_lr))[0]
+print(f"step 0: {len(per_ex)} examples' predictions sum to {per_ex.sum().item():+.6f}; the batch's is "
+      f"{whole.item():+.6f}")
+assert torch.isclose(per_ex.sum(), whole, rtol=1e-5, atol=1e-9)
+
+# %% [markdown]
+# Now the whole run. The table gives, per probe, the actual rise of y_{j≠u}⁺ under x_u, the summed prediction, and
+# its split: from (x_j, y_j⁺), from (x_u, y_u⁺) itself, and from the other 38 examples.
+
+# %%
+a = attribution(cfg, SEEDS[0], model, tok, probes)
+print(f"{a['steps']} SGD steps, lr {a['lr']:g}: y_(j≠u)⁺ under x_u, summed predictions against the actual change "
+      f"at every step: R² {a['r2']:.4f}; final relative error {a['final_rel_err']:.3f}")
+print(f"{'x_u (question)':32s}{'actual':>8s}{'pred':>8s}{'from j':>8s}{'from u':>8s}{'others':>8s}  top example")
+train = probes.split("train")
 for p in a["probes"]:
-    top = "j" if p["top_is_j"] else f"#{p['top_example']}"
-    print(f"{p['prompt'][:44]:44s}{p['actual']:8.1f}{p['predicted']:8.1f}{p['from_j']:8.1f}{p['from_u']:8.1f}"
+    top = "j" if p["top_is_j"] else f"#{p['top_example']} ({train[p['top_example']].prompt[11:-9]})"
+    print(f"{p['prompt'][11:-9]:32s}{p['actual']:8.1f}{p['predicted']:8.1f}{p['from_j']:8.1f}{p['from_u']:8.1f}"
           f"{p['from_rest']:8.1f}  {top}")
 
 # %% [markdown]
@@ -90,29 +115,27 @@ for p in a["probes"]:
 # - The summed first-order predictions track the real curve closely over the whole run (R² near 1): the
 #   decomposition is not only a one-step story.
 # - For most probes the single example that raised y_{j≠u}⁺ the most is (x_j, y_j⁺) itself: the model learned
-#   y_j⁺ under x_j, and K(x_u, x_j) is large because the two prompts share a template, so some of that rise lands
-#   under x_u.
-# - But the other 38 examples together raise it more. They all teach the *format* "fact sentence, then a story
-#   sentence", which y_j⁺ also has. Both are parts of the mechanism.
+#   y_j⁺ under x_j, and the same response read under x_u sees contexts [x_u; y_j⁺_<m] that differ from
+#   [x_j; y_j⁺_<m] only in the prompt, so K between them is large and some of that rise lands under x_u.
+# - For most probes the other 38 examples together raise it more. They all teach the *format* "fact sentence,
+#   then a story sentence", which y_j⁺ also has. Both are parts of the mechanism.
+# - Training on (x_u, y_u⁺) itself barely moves y_j⁺ under x_u, and sometimes lowers it: at their differing tokens
+#   it pushes y_u⁺'s token up and, through A, y_j⁺'s down.
 
 # %%
 from tinyld.plots import lines  # noqa: E402
 
 steps = list(range(len(a["curve_actual"])))
 path = lines(steps, {"actual": a["curve_actual"], "Σ predicted (−η·A·K·G per step)": a["curve_predicted"]},
-             f"{OUT}/07_attribution.png", "y_{j≠u}⁺ under x_u: accumulated change (mean of 4 probes)", "SGD step",
-             "Δ log π (nats)")
+             f"{OUT}/07_attribution.png", "y_j⁺ under x_u (j ≠ u), mean of 4 probes", "SGD step",
+             "accumulated Δ log π (nats)")
 print(f"figure: {path}")
 
 # %% [markdown]
 # ## What held in every run we made
 
 # %%
-import torch  # noqa: E402
-
-per_example = torch.tensor(a["per_example"])  # (examples, observed)
-for k, p in enumerate(a["probes"]):
-    assert abs(per_example[:, 2 * k].sum().item() - p["predicted"]) < 1e-6 * max(1.0, abs(p["predicted"]))
+for p in a["probes"]:
     assert p["actual"] > 0 and p["from_j"] > 0  # y_{j≠u}⁺ rose, and example j pushed it up
 assert a["r2"] > 0.9  # the summed first-order predictions follow the real curve
 assert sum(p["top_is_j"] for p in a["probes"]) >= 2  # j is the top single contributor for at least half
@@ -122,10 +145,12 @@ assert last > first  # more "answer B to question A" on held-out prompts after S
 # %% [markdown]
 # ## Exercises
 # 1. Re-run the attribution with `attr_lr=1e-3` (`SFTDynamicsConfig(attr_lr=1e-3, ...)`). How does R² change?
-#    Lesson 4 showed why: the error of the first-order prediction grows like η².
+#    Lesson 4 showed that one step's error grows like η²; relative to the change itself (which grows like η) it
+#    grows like η.
 # 2. Attribute in easy mode (`setup(cfg, 0, "easy")`). Does y_{j≠u}⁺ still rise, and is j still the top example?
-# 3. Pick a held-out prompt that got a training prompt's answer and find, in `probes.split("test")`, its
-#    `other_chosen`. Is it the same answer the model gave?
+# 3. Take one held-out prompt that got a training prompt's answer (the list above). Which training prompt's fact
+#    did it say: the same relation, the same person, or neither? Count the three cases over all such answers in
+#    `runs[0]["generations"]["examples"]`.
 
 # %%
 print("lesson 7 OK")

@@ -242,12 +242,12 @@ def test_load_a_good_file(tmp_path):
     assert ps.families == ["chosen", "rejected", "hum", "star"]
     assert [e.chosen for e in ps.examples("train")] == [P1["chosen"], P2["chosen"]]
     assert [e.chosen for e in ps.examples("test")] == [P3["chosen"]]
-    # a user's own family and an 'init' on some lines only are accepted
-    mine = [{**P1, "mine": "x y"}, {**P2, "mine": "z", "init": "bob has a owl ."}, {**P3, "mine": "w"}]
+    # a user's own family is accepted; 'init' is the model's own answer and is refused, naming its line
+    mine = [{**P1, "mine": "x y"}, {**P2, "mine": "z"}, {**P3, "mine": "w"}]
     ps = ProbeSet.load(_write(tmp_path / "mine.jsonl", mine))
-    assert set(ps.families) == {"chosen", "rejected", "hum", "init", "mine", "star"}
-    assert ps.families[:4] == ["chosen", "rejected", "hum", "init"]
-    assert ps.probes[1].responses["init"] == "bob has a owl ."
+    assert set(ps.families) == {"chosen", "rejected", "hum", "mine", "star"}
+    with pytest.raises(TinyldError, match=r"mine2\.jsonl:2: 'init'"):
+        ProbeSet.load(_write(tmp_path / "mine2.jsonl", [P1, {**P2, "init": "bob has a owl ."}, P3]))
 
 
 @pytest.mark.parametrize("line3, message", [

@@ -734,3 +734,100 @@ def test_ctrl_c_during_the_final_save_still_stops_the_program(world, wtok, tmp_p
     with pytest.raises(TrainingInterrupted, match=r"interrupted after the last step \(3\)"):
         tr.run()
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
+# ==============================================================================================================
+# 7. The SFT-dynamics experiment and probe files (each found by trying bad input on the new command)
+# ==============================================================================================================
+
+
+def test_a_one_epoch_world_run_finishes_and_writes_its_results(tmp_path, monkeypatch, capsys):
+    """One epoch gives two measurements: the summary printed a third epoch and crashed after all the work."""
+    monkeypatch.chdir(tmp_path)  # the base model's cache goes here
+    rc = main(["sft-dynamics", "--seeds", "0", "--modes", "easy", "--epochs", "1", "--no-attribution",
+               "--pretrain-steps", "5", "--threads", "1", "--out", "o"])
+    assert rc == 0
+    res = json.loads((tmp_path / "o" / "sft_dynamics.json").read_text())
+    claims = {c["claim"] for c in res["modes"]["easy"]["claims"]}
+    assert "chosen rises" in claims and not any("then falls" in c for c in claims)  # no bell from two points
+
+
+def test_ctrl_c_outside_training_prints_one_line(monkeypatch, capsys):
+    import tinyld.experiments.sft_dynamics as sd
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt  # as Python raises it: no message
+
+    monkeypatch.setattr(sd, "run", interrupted)
+    assert main(["sft-dynamics", "--fast"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_a_flat_attribution_curve_gives_no_infinite_numbers(world, wtok):
+    """R² of a curve that does not move is undefined: None, and the JSON stays strict (no Infinity)."""
+    from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, _plain_json, attribution
+    from tinyld.probes import ProbeSet
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size))
+    ps = ProbeSet(ProbeSet.from_world(world).probes[:8])
+    a = attribution(SFTDynamicsConfig(epochs=1, attr_lr=1e-30, attr_prompts=2), 0, model, wtok, ps)
+    assert a["r2"] is None or abs(a["r2"]) < float("inf")
+    json.dumps(_plain_json(a), allow_nan=False)  # raises on NaN or inf
+    assert _plain_json({"x": [float("inf"), float("nan"), 1.5]}) == {"x": [None, None, 1.5]}
+
+
+def test_probe_files_that_do_not_fit_the_model_are_named_before_training(tmp_path, wtok):
+    from tinyld.probes import ProbeSet
+
+    long = " ".join(["the old river"] * 30)
+    lines = [{"prompt": "question : where does alice live ? answer :", "chosen": "alice lives in paris .",
+              "rejected": "alice lives in rome .", "hum": "the old river ."},
+             {"prompt": "question : what pet does bob have ? answer :", "chosen": "bob has a cat .",
+              "rejected": "bob has a dog .", "hum": long},
+             {"prompt": "question : what pet does bob have ? answer :", "chosen": "bob has a zebra .",
+              "rejected": "bob has a dog .", "hum": "the old river ."}]
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    ps = ProbeSet.load(p)
+    with pytest.raises(TinyldError, match=r"p\.jsonl:2: prompt \+ 'hum' is \d+ tokens.*block_size=64"):
+        ps.check_fits(wtok, 64)
+    with pytest.raises(TinyldError, match=r"p\.jsonl:3: prompt \+ 'chosen': word 'zebra'"):
+        ProbeSet([ps.probes[0], ps.probes[2]]).check_fits(wtok, 64)
+
+
+def test_the_models_own_first_answer_always_fits_its_context(world, wtok):
+    """y_init is capped at what the context leaves after the prompt: it can never break the tracker."""
+    from tinyld.data import encode_example
+    from tinyld.probes import ProbeSet
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size, block_size=16))
+    ps = ProbeSet(ProbeSet.from_world(world).probes[:3]).with_init(model, wtok, max_new_tokens=50)
+    for p in ps.probes:
+        if "init" in p.responses:
+            assert len(encode_example(wtok, p.prompt, p.responses["init"])[0]) <= 16 + 1
+
+
+@pytest.mark.parametrize("responses, match", [
+    ({"chosen": "a", "rejected": "b", "prompt": "x"}, "'prompt' cannot name a family"),
+    ({"chosen": "a", "rejected": "b", "split": "x"}, "'split' cannot name a family"),
+    ({"chosen": "a", "rejected": "b", "": "x"}, "'' cannot name a family"),
+    (None, "responses must be a dict"),
+])
+def test_probe_family_names_that_would_corrupt_a_file_are_refused(responses, match):
+    from tinyld.probes import Probe, ProbeSet
+
+    with pytest.raises(TinyldError, match=match):
+        ProbeSet([Probe("question : a", responses)])
+
+
+def test_sft_dynamics_config_refuses_repeated_or_malformed_modes():
+    from tinyld.experiments.sft_dynamics import SFTDynamicsConfig
+
+    for modes, match in ((["easy", "easy"], "repeats a mode"), ("hard", "non-empty list"), ([], "non-empty list"),
+                         (None, "non-empty list")):
+        with pytest.raises(TinyldError, match=match):
+            SFTDynamicsConfig(modes=modes)
+    with pytest.raises(TinyldError, match="attribution must be True or False"):
+        SFTDynamicsConfig(attribution="no")

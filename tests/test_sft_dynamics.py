@@ -117,14 +117,13 @@ def test_judge_numbers_by_hand():
 
 
 def test_judge_single_family_edge_cases():
-    """Two runs, only the families judge always needs: a 2-point curve can never be a bell; ties are not rises."""
+    """Two runs, two measurements each: no bell claim is judged on two points; ties are not rises."""
     runs = [{"curves": {"train": {"chosen": [-3.0, -3.0], "star": [-2.0, -1.0], "rejected": [-1.0, -2.0]}},
              "measured_steps": [0, 4], "steps_per_epoch": 4} for _ in range(2)]
     by = {c["claim"]: c for c in judge(runs)}
-    assert set(by) == {"chosen rises", "star rises", "rejected rises then falls"}
+    assert set(by) == {"chosen rises", "star rises"}  # two points cannot show a rise and a fall: no bell claim
     assert by["chosen rises"]["verdict"] == "not held"  # equal ends: did not rise
     assert by["star rises"]["verdict"] == "held"
-    assert by["rejected rises then falls"]["verdict"] == "not held"
 
 
 def test_judge_family_measured_on_test_prompts_only():
@@ -269,7 +268,8 @@ def test_attribution_matches_a_hand_replay_of_sgd(attr_setup):
         assert pr["top_is_j"] == (pr["top_example"] == j)
     # at lr 1e-4 the first-order prediction is close to the real change (a sanity check on the whole run)
     assert (per_example.sum(0) - actual).norm() <= 0.05 * actual.norm()
-    assert res["final_rel_err"] == pytest.approx(((actual - per_example.sum(0)).norm() / actual.norm()).item(),
+    o = slice(0, None, 2)  # the y_{j≠u}⁺ columns
+    assert res["final_rel_err"] == pytest.approx(((actual[o] - per_example.sum(0)[o]).norm() / actual[o].norm()).item(),
                                                  rel=1e-4, abs=1e-9)
     assert len(res["curve_actual"]) == len(res["curve_predicted"]) == steps + 1
     assert res["curve_actual"][0] == 0.0 and res["curve_predicted"][0] == 0.0

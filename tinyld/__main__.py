@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         print(f"error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C: training saved what it could and says how to go on
-        print(f"\n{err or 'interrupted'}", file=sys.stderr)
+        print(f"\n{str(err) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

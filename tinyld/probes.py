@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tinyld.data import Example, jsonl_objects, make_batch
+from tinyld.data import Example, encode_example, jsonl_objects, make_batch
 from tinyld.evaluate import _healthy, greedy_answers, valley_depth
 from tinyld.runtime import TinyldError, check_int, write_text_atomic
 
@@ -36,7 +36,7 @@ FAMILIES = {  # key → the paper's symbol. Model-free families first, then the 
     "chosen": "y_u⁺", "rejected": "y_u⁻",
     "gpts_chosen": "y_gpts⁺", "gpts_rejected": "y_gpts⁻",  # rephrase: same meaning
     "gptf_chosen": "y_gptf⁺", "gptf_rejected": "y_gptf⁻",  # same format, meaning changed
-    "other_chosen": "y_{j≠u}⁺", "test_chosen": "y_test⁺",  # another training prompt's / a held-out prompt's answer
+    "other_chosen": "y_j⁺, j≠u", "test_chosen": "y_test⁺",  # another training prompt's / a held-out prompt's answer
     "hum": "y_hum", "urnd_chosen": "y_urnd⁺", "rnd": "y_rnd", "random_tokens": "random tokens",  # unrelated text
     "init": "y_init", "star": "y*",
 }
@@ -53,6 +53,7 @@ class Probe:
     responses: dict[str, str]
     split: str = "train"  # train: finetuned on (D_prob) · test: held out (D_probtest)
     meta: dict = field(default_factory=dict)
+    source: str = field(default="", compare=False)  # where it came from ("file:line"), for error messages
 
 
 class ProbeSet:
@@ -63,10 +64,11 @@ class ProbeSet:
         probes = list(probes) if isinstance(probes, (list, tuple)) else probes
         if not isinstance(probes, list) or not probes or not all(isinstance(p, Probe) for p in probes):
             raise TinyldError(f"a ProbeSet needs a non-empty list of Probe objects ({source})")
+        for n, p in enumerate(probes, 1):
+            _check_probe(p.source or f"{source}: probe {n}", p)
         first = [k for k in probes[0].responses if k != "init"]
         for n, p in enumerate(probes, 1):
-            where = f"{source}: probe {n}"
-            _check_probe(where, p)
+            where = p.source or f"{source}: probe {n}"
             keys = [k for k in p.responses if k != "init"]
             if set(keys) != set(first):
                 missing, extra = set(first) - set(keys), set(keys) - set(first)
@@ -120,9 +122,11 @@ class ProbeSet:
             meta = d.get("meta", {})
             if not isinstance(meta, dict):
                 raise TinyldError(f"{where}: 'meta' must be a JSON object, got {type(meta).__name__}")
-            if "star" in d:
-                raise TinyldError(f"{where}: 'star' (y*) is computed from the model at every measurement; "
-                                  "remove it from the file")
+            for key, what in (("star", "y*, computed from the model at every measurement"),
+                              ("init", "y_init, the model's own greedy answer, computed once before training")):
+                if key in d:
+                    raise TinyldError(f"{where}: '{key}' is {what}; remove it from the file (or give your own "
+                                      "family another name)")
             responses = {k: v for k, v in d.items() if k not in _RESERVED}
             for k, v in [("prompt", d["prompt"])] + list(responses.items()):
                 if not isinstance(v, str):
@@ -138,37 +142,65 @@ class ProbeSet:
                                   + (f"missing {missing}" if missing else "")
                                   + (" and " if missing and extra else "") + (f"extra {extra}" if extra else "")
                                   + "; give every line the same keys")
-            probes.append(Probe(d["prompt"], responses, split, meta))
+            probes.append(Probe(d["prompt"], responses, split, meta, where))
         return cls(probes, str(path))
 
     def save(self, path: str | Path) -> Path:
-        """Write the set as JSONL (the format :meth:`load` reads), atomically."""
+        """Write the set as JSONL (the format :meth:`load` reads), atomically. ``init`` belongs to one model and is
+        not written."""
         path = Path(path)
-        lines = [json.dumps({"prompt": p.prompt, **p.responses, "split": p.split,
+        lines = [json.dumps({"prompt": p.prompt, **{k: v for k, v in p.responses.items() if k != "init"},
+                             "split": p.split,
                              **({"meta": p.meta} if p.meta else {})}) + "\n" for p in self.probes]
         return write_text_atomic(path, "".join(lines))
 
     def with_init(self, model, tok, max_new_tokens: int | None = None) -> "ProbeSet":
         """A copy with ``init`` = the model's greedy answer to each prompt, frozen now (before finetuning). Long
-        enough for the longest chosen response plus four tokens unless ``max_new_tokens`` is given; a prompt
-        whose answer is empty (EOS first) gets no ``init``."""
+        enough for the longest chosen response plus four tokens unless ``max_new_tokens`` is given, and never
+        longer than the model's context leaves room for. A prompt whose answer is empty (EOS first), or does not
+        fit the context once re-tokenized, gets no ``init``."""
+        if not hasattr(model, "config") or not callable(getattr(tok, "encode", None)):
+            raise TinyldError("with_init(model, tok) needs a tinyld GPT and its tokenizer")
+        block = model.config.block_size
+        room = block - max(len(tok.encode(p.prompt)) for p in self.probes)  # prompt + answer + EOS ≤ block + 1
+        if room < 1:
+            raise TinyldError(f"a prompt fills the model's whole context (block_size={block}): shorten it")
         if max_new_tokens is None:
             max_new_tokens = max(len(tok.encode(p.responses["chosen"])) for p in self.probes) + 4
-        answers = greedy_answers(model, tok, [p.prompt for p in self.probes], max_new_tokens)
+        answers = greedy_answers(model, tok, [p.prompt for p in self.probes], min(max_new_tokens, room))
         probes = []
         for p, a in zip(self.probes, answers):
             r = {k: v for k, v in p.responses.items() if k != "init"}
-            if a.strip():
+            if a.strip() and len(encode_example(tok, p.prompt, a)[0]) <= block + 1:
                 r["init"] = a
-            probes.append(Probe(p.prompt, r, p.split, dict(p.meta)))
+            probes.append(Probe(p.prompt, r, p.split, dict(p.meta), p.source))
         return ProbeSet(probes)
+
+    def check_fits(self, tok, block_size: int) -> None:
+        """Every (prompt, response) pair must encode and fit the model's context: an error names the probe (its
+        file and line when loaded from a file) and the family."""
+        for n, p in enumerate(self.probes, 1):
+            for fam, text in p.responses.items():
+                try:
+                    T = len(encode_example(tok, p.prompt, text)[0]) - 1
+                except TinyldError as e:  # a word the tokenizer does not know, …
+                    raise TinyldError(f"{p.source or f'probe {n}'}: prompt + '{fam}': {e}") from None
+                if T > block_size:
+                    raise TinyldError(f"{p.source or f'probe {n}'}: prompt + '{fam}' is {T + 1} tokens; the model "
+                                      f"reads {T} of them but its context is block_size={block_size}: shorten it")
 
 
 def _check_probe(where: str, p: Probe) -> None:
     if p.split not in SPLITS:
         raise TinyldError(f"{where}: split must be 'train' or 'test', got {p.split!r}")
     if not isinstance(p.responses, dict):
-        raise TinyldError(f"{where}: responses must be a dict family → text")
+        raise TinyldError(f"{where}: responses must be a dict family → text, got {type(p.responses).__name__}")
+    if not isinstance(p.meta, dict):
+        raise TinyldError(f"{where}: meta must be a dict, got {type(p.meta).__name__}")
+    bad = [k for k in p.responses if k in _RESERVED or not (isinstance(k, str) and k.strip())]
+    if bad:
+        raise TinyldError(f"{where}: {bad[0]!r} cannot name a family ({', '.join(_RESERVED)} are the probe's own "
+                          "fields, and a name must be a non-empty string)")
     for key in ("chosen", "rejected"):
         if key not in p.responses:
             raise TinyldError(f"{where}: missing the '{key}' response")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import statistics
 import time
@@ -32,8 +33,8 @@ import torch
 from tinyld.data import PairData, make_batch
 from tinyld.evaluate import greedy_answers, response_logprobs, valley_depth
 from tinyld.probes import FAMILIES, ProbeSet, Tracker, position_stats
-from tinyld.runtime import (TinyldError, check_choice, check_int, check_number, check_seed, num_threads, pick_device,
-                            versions, write_text_atomic, writable_dir)
+from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
+                            num_threads, pick_device, versions, write_text_atomic, writable_dir)
 from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
 from tinyld.world import ANSWER_KINDS, MODES, World
 
@@ -69,7 +70,15 @@ class SFTDynamicsConfig:
         self.seeds = [check_seed("sft-dynamics --seeds", s) for s in self.seeds]
         if len(set(self.seeds)) != len(self.seeds):
             raise TinyldError(f"sft-dynamics --seeds repeats a seed: {self.seeds}")
-        self.modes = [check_choice("sft-dynamics --modes", m, MODES) for m in self.modes] or list(MODES)
+        if isinstance(self.modes, str) or not isinstance(self.modes, (list, tuple)) or not self.modes:
+            raise TinyldError(f"sft-dynamics --modes must be a non-empty list of {' / '.join(MODES)}, got "
+                              f"{self.modes!r}")
+        self.modes = [check_choice("sft-dynamics --modes", m, MODES) for m in self.modes]
+        if len(set(self.modes)) != len(self.modes):
+            raise TinyldError(f"sft-dynamics --modes repeats a mode: {self.modes}")
+        for name in ("attribution", "conditions", "fast"):
+            if not isinstance(getattr(self, name), bool):
+                raise TinyldError(f"SFTDynamicsConfig.{name} must be True or False, got {getattr(self, name)!r}")
         self.epochs = check_int("sft-dynamics --epochs", self.epochs, 1, 10_000)
         check_choice("sft-dynamics --optimizer", self.optimizer, OPTIMIZERS)
         self.lr = check_number("sft-dynamics --lr", self.lr, 0, strict=True)
@@ -124,6 +133,10 @@ def _user_setup(cfg: SFTDynamicsConfig, seed: int):
     if model.config.vocab_size != tok.vocab_size:
         raise TinyldError(f"the model's vocab_size is {model.config.vocab_size}, the GPT-2 BPE has "
                           f"{tok.vocab_size}: give a GPT-2 model")
+    probes.check_fits(tok, model.config.block_size)
+    if cfg.model in PRESETS and seed == cfg.seeds[0]:
+        print(f"  note: --model {cfg.model} is a randomly initialised {cfg.model!r} GPT (seed {seed}), not trained "
+              "weights: its curves say nothing about a pretrained model")
     model = model.to(pick_device(cfg.device).device)
     return model.eval(), tok, probes.with_init(model, tok), None
 
@@ -190,7 +203,11 @@ def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: Pr
                      grad_clip=cfg.grad_clip, log_every=spe, progress=False)
     before = tracker.seconds + gen_s[0]  # step 0's measurements, taken before the clock starts
     t0 = time.perf_counter()
-    hist = Trainer(model, data, tc, tok).run(callback)
+    try:
+        hist = Trainer(model, data, tc, tok).run(callback)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"SFT ({tc.optimizer}, seed {seed}, {mode}) diverged: lower --lr (now {tc.lr:g}) or "
+                               f"set --grad-clip ({e})") from None
     train_s = time.perf_counter() - t0 - (tracker.seconds + gen_s[0] - before)
     run = {"seed": seed, "mode": mode, "optimizer": tc.optimizer, "lr": tc.lr, "steps": steps,
            "steps_per_epoch": spe, "every": every, "loss": [r["loss"] for r in hist],
@@ -224,7 +241,8 @@ def _mean_by_step(rows, family, split, key) -> list[float]:
 def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet) -> dict:
     """Plain SGD at ``cfg.attr_lr`` (no clipping, no momentum). Before every step, the engine's per-example
     prediction (:func:`~tinyld.dynamics.contributions`) for the observed sequences; after it, the actual log π.
-    Observed: for the first ``attr_prompts`` training prompts u, y_{j≠u}⁺ and y_u⁺ under x_u."""
+    Observed: for the first ``attr_prompts`` training prompts u, y_{j≠u}⁺ and y_u⁺ under x_u (columns 2k, 2k+1).
+    ``r2``, ``final_rel_err`` and the two curves are about the y_{j≠u}⁺ columns: summed predictions vs actual."""
     from tinyld.dynamics import SFTUpdate, contributions, lm_rows
 
     model = copy.deepcopy(model)
@@ -260,8 +278,12 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
     tc = TrainConfig(task="sft", steps=steps, optimizer="sgd", lr=cfg.attr_lr, grad_clip=0.0, seed=seed,
                      log_every=steps, progress=False)
     t0 = time.perf_counter()
-    before(0)
-    Trainer(model, data, tc, tok).run(callback)
+    try:
+        before(0)
+        Trainer(model, data, tc, tok).run(callback)
+    except TinyldError as e:  # TrainingDiverged too
+        raise TinyldError(f"the attribution run (SGD, seed {seed}) failed at --attr-lr {cfg.attr_lr:g}: lower it, so "
+                          f"that one step moves log-probs by a fraction of a nat ({e})") from None
     act = torch.stack(actual) - actual[0]  # (steps+1, n_obs) accumulated actual change
     prd = torch.stack(pred_curves)  # (steps+1, n_obs) accumulated predicted change
     prompt_index = {p.prompt: k for k, p in enumerate(train)}
@@ -279,13 +301,16 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
                           "from_rest": (col.sum() - (col[j] if j is not None else 0) - col[u]).item(),
                           "top_example": int(col.argmax()), "top_is_j": j is not None and int(col.argmax()) == j,
                           "chosen_actual": act[-1, o + 1].item(), "chosen_predicted": pred[:, o + 1].sum().item()})
-    a, pr = act[1:].flatten(), prd[1:].flatten()
-    r2 = 1 - ((a - pr) ** 2).sum() / ((a - a.mean()) ** 2).sum()
+    a, pr = act[1:, 0::2].flatten(), prd[1:, 0::2].flatten()  # the y_{j≠u}⁺ columns, every step after the first
+    ss = ((a - a.mean()) ** 2).sum()
+    r2 = (1 - ((a - pr) ** 2).sum() / ss).item() if ss > 0 else None  # None: the actual curve is flat
+    norm = act[-1, 0::2].norm()
+    rel = ((act[-1, 0::2] - prd[-1, 0::2]).norm() / norm).item() if norm > 0 else None
     return {"seed": seed, "optimizer": "sgd", "lr": cfg.attr_lr, "steps": steps, "family": fam,
             "probes": per_probe, "per_example": pred.tolist(), "observed": list(zip(obs_p, obs_y)),
             "seconds": time.perf_counter() - t0,
             "curve_actual": act[:, 0::2].mean(1).tolist(), "curve_predicted": prd[:, 0::2].mean(1).tolist(),
-            "r2": r2.item(), "final_rel_err": ((act[-1] - prd[-1]).norm() / act[-1].norm()).item()}
+            "r2": r2, "final_rel_err": rel}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -333,8 +358,8 @@ def judge(runs: list[dict]) -> list[dict]:
     fams = {f for f in runs[0]["curves"]["train"] if all(len(r["curves"]["train"].get(f, [])) > 1 for r in runs)}
     if "chosen" in fams:
         claim("chosen rises", "y_u⁺ rises steadily", change("chosen"))
-    for f in SIMILAR:
-        if f in fams:
+    for f in SIMILAR:  # a rise and a fall need at least three measurements
+        if f in fams and all(len(r["curves"]["train"][f]) >= 3 for r in runs):
             claim(f"{f} rises then falls", f"{FAMILIES[f]} (similar to y_u⁺) first rises, then falls", bell(f))
     if "other_chosen" in fams:
         claim("other_chosen rises", "y_{j≠u}⁺ keeps rising", change("other_chosen"))
@@ -376,10 +401,13 @@ def run(cfg: SFTDynamicsConfig) -> dict:
     """Run the experiment with ``cfg.threads`` CPU threads; write JSON, tables and figures into ``cfg.out``."""
     if not isinstance(cfg, SFTDynamicsConfig):
         raise TinyldError(f"run takes an SFTDynamicsConfig, got {type(cfg).__name__}")
-    out = writable_dir(cfg.out, "sft-dynamics output folder")
     pick_device(cfg.device)  # an unavailable device fails now, not after the first seed
     if cfg.probes is not None:
         ProbeSet.load(cfg.probes)  # a bad probe file fails now, with its line
+    out = writable_dir(cfg.out, "sft-dynamics output folder")
+    for name in ("sft_dynamics.json", "claims.txt", "conditions.txt"):
+        if (out / name).is_dir():
+            raise TinyldError(f"{out / name} is a folder: the experiment writes a file there; remove or rename it")
     with num_threads(cfg.threads):
         return _run(cfg, out)
 
@@ -409,7 +437,7 @@ def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
             if cfg.attribution and mode == modes[0] and not (cfg.fast and seed != cfg.seeds[0]):
                 a = attribution(cfg, seed, model, tok, probes)
                 attrs.append(a)
-                line += f" · attribution R² {a['r2']:.3f} ({a['seconds']:.1f} s)"
+                line += f" · attribution R² {_num(a['r2'], '.3f')} ({a['seconds']:.1f} s)"
             print(line, flush=True)
         claims = judge(runs)
         res = {"regime": _summary(regimes), "regime_per_seed": regimes, "claims": claims, "runs": runs}
@@ -418,20 +446,31 @@ def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
         result["modes"][mode] = res
         print_mode(mode, res, cfg)
         try:
-            res["figure"] = str(figure(runs, out / f"fig3_{mode}.png", f"SFT, {mode} ({cfg.optimizer}, lr {cfg.lr:g},"
-                                       f" {len(runs)} seeds)"))
+            res["figure"] = str(figure(runs, out / f"fig3_{mode}.png", f"SFT, {mode} world ({cfg.optimizer}, lr "
+                                       f"{cfg.lr:g}, {cfg.epochs} epochs, {len(runs)} seeds)"))
         except ImportError as e:
             print(f"  (no figure: {e})")
     if cfg.conditions and not cfg.probes:
         result["conditions"] = conditions(cfg, out)
     result["runtime_s"] = round(time.perf_counter() - t0, 1)
-    write_text_atomic(out / "sft_dynamics.json", json.dumps(result, indent=1))
+    write_text_atomic(out / "sft_dynamics.json", json.dumps(_plain_json(result), indent=1, allow_nan=False))
     text = "\n\n".join(claims_table(m["claims"], f"claims, {k} mode ({cfg.optimizer}, lr {cfg.lr:g})")
                        for k, m in result["modes"].items())
     write_text_atomic(out / "claims.txt", text + "\n")
     print(f"\nwrote {out / 'sft_dynamics.json'}, {out / 'claims.txt'}, figures and track_*.csv in {out} · "
           f"{result['runtime_s']} s")
     return result
+
+
+def _plain_json(x):
+    """NaN and ±inf become null: strict JSON readers refuse them."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _plain_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain_json(v) for v in x]
+    return x
 
 
 def _summary(per_seed: list[dict]) -> dict:
@@ -459,7 +498,7 @@ def print_mode(mode: str, res: dict, cfg: SFTDynamicsConfig) -> None:
         for split in ("train", "test"):
             g0 = res["runs"][0]["generations"]
             row, n = [], len(g0["epochs"])
-            show = sorted({0, 1, 2, n - 1} | set(range(0, n, max(1, n // 5))))  # a few epochs; the JSON has all
+            show = sorted({e for e in {0, 1, 2, n - 1} | set(range(0, n, max(1, n // 5))) if e < n})  # JSON: all
             for e in show:
                 c = {k: sum(r["generations"]["counts"][split][e][k] for r in res["runs"]) for k in ANSWER_KINDS}
                 row.append("/".join(str(c[k]) for k in ANSWER_KINDS))
@@ -473,8 +512,12 @@ def print_mode(mode: str, res: dict, cfg: SFTDynamicsConfig) -> None:
         who = (f"the example (x_j, y_j⁺) is the top contributor to y_{{j≠u}}⁺ under x_u for {top}/{n} probes; its "
                f"share of the predicted change {statistics.fmean(share):.2f} (mean); " if share else "")
         print(f"  attribution (SGD, lr {cfg.attr_lr:g}, {a[0]['steps']} steps): {who}summed predictions vs actual "
-              "curve: R² " + ", ".join(f"{x['r2']:.3f}" for x in a) + "; final relative error "
-              + ", ".join(f"{x['final_rel_err']:.2f}" for x in a))
+              "curve: R² " + ", ".join(_num(x["r2"], ".3f") for x in a) + "; final relative error "
+              + ", ".join(_num(x["final_rel_err"], ".2f") for x in a))
+
+
+def _num(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 def figure(runs: list[dict], path: Path, title: str) -> Path:
@@ -486,7 +529,8 @@ def figure(runs: list[dict], path: Path, title: str) -> Path:
     x = [s / runs[0]["steps_per_epoch"] for s in runs[0]["measured_steps"]]
     data = {}
     for f in fams:
-        data[f"{f} ({FAMILIES.get(f, f)})"] = {
+        sym = FAMILIES.get(f, f)
+        data[f if sym.replace(" ", "_") == f else f"{f} ({sym})"] = {
             split: [[r["curves"][split][f][i] for r in runs] for i in range(len(x))]
             for split in ("train", "test") if all(f in r["curves"][split] and r["curves"][split][f] for r in runs)}
     return panels(x, data, path, title, xlabel="epoch", ylabel="log π(y|x)")
