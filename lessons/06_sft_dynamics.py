@@ -138,8 +138,8 @@ assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 10  # hard 
 
 # %% [markdown]
 # ## Exercises
-# 1. Run `python -m tinyld sft-dynamics --optimizer sgd --lr 1e-4` (or pass `optimizer="sgd"` to `sft_run`). Which
-#    claims change? The README's conditions table shows the sweep.
+# 1. Run `python -m tinyld sft-dynamics --fast --optimizer sgd --lr 1e-4` (or pass `optimizer="sgd", lr=1e-4` to
+#    `sft_run`). Which claims change? The README's conditions table shows the sweep in full mode.
 # 2. Track your own families, in the world's words: `probes.save("mine.jsonl")`, add a key (say `first`: a response
 #    that shares only its first word with y⁺) to every line, then `mine = ProbeSet.load("mine.jsonl")` and
 #    `sft_run(cfg, 0, "hard", model, tok, mine, None)` with the `model`, `tok` of `setup`. (On the command line,

@@ -421,6 +421,8 @@ def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
     clip = f"gradient norm clipped at {cfg.grad_clip:g}" if cfg.grad_clip else "no gradient clipping"
     print(f"  SFT: {cfg.optimizer}, lr {cfg.lr:g} (constant), {clip}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
           f"seeds {cfg.seeds}; loss −log π(y⁺|x) summed over the response")
+    if cfg.probes and cfg.conditions:
+        print("  note: --conditions sweeps the world's base models; it is skipped with --probes")
     result = {"config": asdict(cfg), "versions": versions(), "modes": {}}
     for mode in modes:
         print(f"\n== {mode} ==" + ("" if mode == "user" else f" (world mode {mode!r})"))
