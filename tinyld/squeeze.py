@@ -1,0 +1,65 @@
+"""The squeezing model: one gradient step on a single softmax with free logits (K = I), lessons/NOTES.md §3.
+
+A *negative* step on label y⁻ (what DPO's rejected half does) is Δz = η′(π − e_{y⁻}); a *positive* step on y (SFT)
+is Δz = η′(e_y − π). After either, π′_i = π_i exp(Δz_i) / Z with Z = Σ_j π_j exp(Δz_j), so label i rises exactly
+when Δz_i > log Z. For a negative step and i ≠ y⁻ that reads π_i > log(Z)/η′: the **threshold rule**. Labels above
+the threshold gain, labels below it lose, and the mass taken from y⁻ is squeezed into the peak.
+
+:func:`logit_step` takes the step; :func:`who_moves` says which labels rise and which fall, with the threshold,
+so that a lesson can draw the picture (bars of π before and after).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tinyld.runtime import TinyldError, check_number
+
+
+def _check(logits, label: int, eta: float, sign: int) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 1 or logits.numel() < 2 or \
+            not logits.is_floating_point():
+        what = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise TinyldError(f"logits must be a 1-D float tensor of V ≥ 2 values (one softmax), got {what}")
+    if not bool(torch.isfinite(logits).all()):
+        raise TinyldError("logits hold NaN or inf")
+    V = logits.numel()
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < V:
+        raise TinyldError(f"label must be an integer in [0, {V}), got {label!r}")
+    check_number("eta", eta, 0, strict=True)
+    if sign not in (-1, 1):
+        raise TinyldError(f"sign must be -1 (a negative step, as on y⁻) or +1 (a positive step, as SFT), got {sign!r}")
+    return logits
+
+
+def logit_step(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> torch.Tensor:
+    """z′ = z + sign·η′·(e_label − π): sign −1 pushes ``label`` down (Δz = η′(π − e_label)), +1 pushes it up."""
+    z = _check(logits, label, eta, sign)
+    pi = F.softmax(z, -1)
+    return z + sign * eta * (F.one_hot(torch.tensor(label), z.numel()).to(z.dtype) - pi)
+
+
+def who_moves(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> dict:
+    """One step on ``label``; which labels rise and which fall.
+
+    Returns ``pi`` and ``pi_after`` (V,), ``rises`` (V,) bool, ``log_Z`` and, for a negative step, ``threshold`` =
+    log(Z)/η′: a label i ≠ label rises exactly when π_i is above it."""
+    z = _check(logits, label, eta, sign)
+    pi = F.softmax(z, -1)
+    dz = logit_step(z, label, eta, sign) - z  # (V,)
+    log_Z = torch.logsumexp(dz + torch.log(pi), -1)  # log Σ_j π_j exp(Δz_j)
+    pi_after = F.softmax(z + dz, -1)
+    out = {"pi": pi, "pi_after": pi_after, "rises": dz > log_Z, "log_Z": log_Z.item()}
+    if sign == -1:
+        out["threshold"] = log_Z.item() / eta
+    return out
+
+
+def squeezed_into(logits: torch.Tensor, label: int) -> int:
+    """The label that a negative step on ``label`` is guaranteed to raise: the likeliest other one."""
+    z = _check(logits, label, 1.0, -1)
+    masked = z.clone()
+    masked[label] = -math.inf
+    return int(masked.argmax())
