@@ -60,6 +60,30 @@ for fam in ("chosen", "rejected", "other_chosen", "random_tokens", "init"):
     print(f"  {fam:14s} {example.responses.get(fam, '(none)')}")
 
 # %% [markdown]
+# ## What the tracker measures, by hand once
+# For one prompt: log π(y⁺|x) = Σ_m log π(y⁺_m | x, y⁺_<m), and y*'s log-prob along the same positions,
+# Σ_m log max_v π(v | x, y⁺_<m) (teacher-forced: the prefix is always y⁺). Then the same two numbers from
+# `Tracker`, which `sft_run` calls once per epoch for every prompt and family.
+
+# %%
+import torch  # noqa: E402
+
+from tinyld.data import make_batch  # noqa: E402
+from tinyld.probes import ProbeSet, Tracker  # noqa: E402
+
+b = make_batch(tok, [example.prompt], [example.responses["chosen"]])
+with torch.no_grad():
+    logp = torch.log_softmax(model.eval()(b.idx), -1)[0]  # (T, V) log π at every position
+y = b.targets[0][b.mask[0]]  # (M,) the tokens of y⁺ and EOS
+at_y = logp[b.mask[0]].gather(-1, y[:, None])[:, 0]  # (M,) log π(y⁺_m)
+by_hand = {"chosen": at_y.sum().item(), "star": logp[b.mask[0]].amax(-1).sum().item()}
+tracked = {r["family"]: r["logp"] for r in Tracker(tok, ProbeSet([example]), valley=False).measure(model, 0)}
+print(f"by hand: log π(y⁺) {by_hand['chosen']:.4f}, log π(y*) {by_hand['star']:.4f};  tracker: "
+      f"{tracked['chosen']:.4f}, {tracked['star']:.4f}")
+assert all(abs(by_hand[f] - tracked[f]) < 1e-4 for f in by_hand)
+assert by_hand["star"] >= by_hand["chosen"]  # the argmax is at least as likely as y⁺ at every position
+
+# %% [markdown]
 # In easy mode log π(y⁺) starts a few nats below 0 and y* differs from y⁺ at only 6–15 % of the positions (fast
 # mode, in our runs; 9 % on average in full mode): SFT has little left to do, and within an epoch or two it is
 # done. In hard mode log π(y⁺) starts tens of nats below 0 (the tail), and y* differs from y⁺ at about half the

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tinyld.data import Example, encode_example, jsonl_objects, make_batch
+from tinyld.data import IGNORE, Example, encode_example, jsonl_objects, make_batch
 from tinyld.evaluate import _healthy, greedy_answers, valley_depth
 from tinyld.runtime import TinyldError, check_int, write_text_atomic
 
@@ -217,12 +217,12 @@ def _check_probe(where: str, p: Probe) -> None:
 
 
 def position_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-sequence facts of a teacher-forced batch. logits (B, T, V), targets (B, T) with −100 off-response.
+    """Per-sequence facts of a teacher-forced batch. logits (B, T, V), targets (B, T) with IGNORE (−100) off-response.
 
     Returns (B,) tensors: ``logp`` Σ_m log π(y_m) · ``logp_star`` Σ_m log max_v π (y*'s log-prob along y) ·
     ``tokens`` M · ``top1`` mean_m max_v π · ``peakiness`` mean_m ‖A_m‖²_F with ‖A‖²_F = V − 2 + V‖π‖²."""
     logp = F.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, -1)  # (B,T,V)
-    mask = targets != -100  # (B, T)
+    mask = targets != IGNORE  # (B, T)
     at_y = logp.gather(-1, targets.clamp_min(0)[..., None])[..., 0]  # (B, T)
     top = logp.amax(-1)  # (B, T) log max_v π
     V = logits.shape[-1]
@@ -299,12 +299,12 @@ class Tracker:
         return self._batches[1]
 
     # ------------------------------------------------------------------ views
-    def curve(self, family: str, split: str = "train") -> tuple[list[int], list[float]]:
-        """(steps, mean over prompts of log π) for one family and split."""
+    def curve(self, family: str, split: str = "train", key: str = "logp") -> tuple[list[int], list[float]]:
+        """(steps, mean over prompts of ``key``: logp, top1 or peakiness) for one family and split."""
         acc: dict[int, list[float]] = {}
         for r in self.rows:
             if r["family"] == family and r["split"] == split:
-                acc.setdefault(r["step"], []).append(r["logp"])
+                acc.setdefault(r["step"], []).append(r[key])
         steps = sorted(acc)
         return steps, [sum(acc[s]) / len(acc[s]) for s in steps]
 

@@ -150,7 +150,7 @@ def regime(model, tok, probes: ProbeSet, world: World | None) -> dict:
     with torch.no_grad():
         logits = model.eval()(b.idx)  # (B, T, V)
     st = position_stats(logits, b.targets)
-    mask = b.targets != -100
+    mask = b.mask  # (B, T) the positions of y⁺
     differ = ((logits.argmax(-1) != b.targets) & mask).sum().item() / mask.sum().item()
     answers = [p.responses.get("init", "") for p in train]
     exact = sum(a == c for a, c in zip(answers, chosen)) / len(train)
@@ -176,12 +176,13 @@ def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: Pr
     tracker = Tracker(tok, probes, every=every)
     gens = {"epochs": [], "counts": {"train": [], "test": []}, "examples": []}
     gen_s = [0.0]
+    if world is not None:  # fixed for the run: the world's items by prompt, and how long an answer may be
+        items = {it.prompt: it for it in world.train_items() + world.test_items()}
+        max_new = max(len(tok.encode(p.responses["chosen"])) for p in probes.probes) + 4
 
     def generations(m, step):
         t = time.perf_counter()
-        max_new = max(len(tok.encode(p.responses["chosen"])) for p in probes.probes) + 4
         answers = greedy_answers(m, tok, [p.prompt for p in probes.probes], max_new)
-        items = {it.prompt: it for it in world.train_items() + world.test_items()}
         gens["epochs"].append(step // spe)
         kinds = [world.classify(items[p.prompt], a) for p, a in zip(probes.probes, answers)]
         for split in ("train", "test"):
@@ -214,8 +215,8 @@ def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: Pr
            "curves": {split: {f: tracker.curve(f, split)[1] for f in probes.families} for split in ("train", "test")},
            "measured_steps": tracker.curve("chosen", "train")[0],
            "valley_depth": [r["valley_depth"] for r in tracker.steps],
-           "top1_chosen": _mean_by_step(tracker.rows, "chosen", "train", "top1"),
-           "peakiness_chosen": _mean_by_step(tracker.rows, "chosen", "train", "peakiness"),
+           "top1_chosen": tracker.curve("chosen", "train", "top1")[1],
+           "peakiness_chosen": tracker.curve("chosen", "train", "peakiness")[1],
            "seconds": {"train": train_s, "tracker": tracker.seconds, "generations": gen_s[0]},
            "tracker_cost": tracker.seconds / max(train_s, 1e-9)}
     if world is not None:
@@ -223,14 +224,6 @@ def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: Pr
     if out is not None:
         tracker.save(out / f"track_{mode}_seed{seed}.csv")
     return run
-
-
-def _mean_by_step(rows, family, split, key) -> list[float]:
-    acc: dict[int, list[float]] = {}
-    for r in rows:
-        if r["family"] == family and r["split"] == split:
-            acc.setdefault(r["step"], []).append(r[key])
-    return [sum(v) / len(v) for _, v in sorted(acc.items())]
 
 
 # --------------------------------------------------------------------------------------------------------------
