@@ -96,6 +96,56 @@ def test_statement_4_the_push_on_an_unlikely_label_does_not_fade(V, temp, eta, s
     assert up == pytest.approx(eta * (1 - pi[y].item()), rel=1e-9, abs=1e-12)
 
 
+def _share_threshold(z, y, eta):
+    """Independent of tinyld: log Z/(η′(1 − π_y)) with Z = Σ_j π_j exp(Δz_j) written out."""
+    pi = torch.softmax(z, -1)
+    e = torch.zeros_like(z)
+    e[y] = 1.0
+    log_Z = torch.log1p((pi * torch.expm1(eta * (pi - e))).sum())  # log Z, accurate for small steps
+    return (log_Z / (eta * (pi.sum() - pi[y]))).item()
+
+
+@settings(max_examples=300)
+@given(**CASES, drop=st.floats(0.01, 30.0))
+def test_statement_5_a_smaller_pi_of_y_minus_raises_the_threshold(V, temp, eta, seed, pick, drop):
+    """With the other logits fixed, lowering z_{y⁻} (a smaller π(y⁻)) raises the share threshold
+    log Z/(η′(1 − π_{y⁻})), and every label that rises after the step from the lower z_{y⁻} also rises from the
+    higher one: the deeper y⁻ sits in a valley, the more labels fall."""
+    z, y = _case(V, temp, seed, pick)
+    low = z.clone()
+    low[y] -= drop  # the same softmax, y⁻ pushed further into the valley
+    if torch.softmax(z, -1)[y] > 1 - 1e-6:
+        return  # π(y⁻) ≈ 1: log Z ≈ −η′(1 − π(y⁻)) is near float64's resolution
+    hi_t, lo_t = _share_threshold(z, y, eta), _share_threshold(low, y, eta)
+    assert lo_t >= hi_t - 1e-9 * abs(hi_t) - 1e-15, (lo_t, hi_t)
+    assert who_moves(z, y, eta)["share_threshold"] == pytest.approx(hi_t, rel=1e-9, abs=1e-12)
+    for zz, t in ((z, hi_t), (low, lo_t)):  # the rule on shares is the threshold rule itself
+        pi, after = _probs_after(zz, y, eta, -1)
+        share = (pi.exp() / (1 - pi[y].exp())).tolist()
+        for i in range(V):
+            if i != y and abs(share[i] - t) > 1e-9 and abs(after[i] - pi[i]) > 1e-13:
+                assert bool(after[i] > pi[i]) == (share[i] > t)
+    rises_hi = who_moves(z, y, eta)["rises"]
+    rises_lo = who_moves(low, y, eta)["rises"]
+    pi_lo, after_lo = _probs_after(low, y, eta, -1)
+    for i in range(V):
+        if i != y and bool(rises_lo[i]) and abs(after_lo[i] - pi_lo[i]) > 1e-12:
+            assert bool(rises_hi[i]), i
+
+
+def test_statement_5_is_not_the_plain_threshold():
+    """The threshold on π_i itself, log Z/η′, is *not* monotone in π(y⁻): with 99 equally likely other labels and
+    η′ = 1 it goes 0.0101 → −0.216 → −0.0101 as π(y⁻) goes 0 → 0.5 → 0.99 (worked by hand with Z written out).
+    That is why the statement is about the share π_i/(1 − π(y⁻))."""
+    def plain(p, V=100):
+        rest = torch.full((V - 1,), (1 - p) / (V - 1), dtype=torch.float64)
+        Z = (rest * torch.exp(rest)).sum() + p * math.exp(p - 1)
+        return math.log(Z)
+    t = [plain(p) for p in (1e-12, 0.5, 0.99)]
+    assert t[0] > t[2] > t[1]
+    assert t[0] == pytest.approx(1 / 99, rel=1e-6) and t[1] == pytest.approx(-0.2159, abs=1e-3)
+
+
 def test_a_flipped_inequality_would_fail():
     """The threshold rule is not vacuous: on a case where some labels rise and some fall, flipping the rule is
     wrong for at least one label."""

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, jacrev, jvp
 
 from tinyld.data import IGNORE, Batch
-from tinyld.losses import ce_residual, dpo_loss, dpo_scale, token_logprobs
+from tinyld.losses import PairLoss, ce_residual, pair_loss, token_logprobs
 from tinyld.runtime import TinyldError, check_number, first_nonfinite
 
 # --------------------------------------------------------------------------------------------------------------
@@ -138,46 +138,70 @@ class SFTUpdate:
 
 
 class DPOUpdate:
-    """DPO on pairs: L = weight · mean_b −log σ(β[(log π(y⁺_b) − ref⁺_b) − (log π(y⁻_b) − ref⁻_b)])."""
+    """A preference loss on pairs: L = weight · mean_b ℓ(log π(y⁺_b), log π(y⁻_b), ref⁺_b, ref⁻_b, n⁺_b, n⁻_b).
+
+    ``loss`` names the member of the family (:data:`tinyld.losses.PAIR_LOSSES`: sigmoid = DPO, hinge, ipo, robust,
+    rpo, simpo, dpop) or is a :class:`~tinyld.losses.PairLoss`; ``beta`` and ``params`` (label_smoothing, gamma,
+    alpha, lam) are its hyper-parameters. SimPO needs no reference (pass None); every other loss does."""
 
     name = "dpo"
 
-    def __init__(self, chosen: Rows, rejected: Rows, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-                 beta: float = 0.1, weight: float = 1.0):
+    def __init__(self, chosen: Rows, rejected: Rows, ref_chosen=None, ref_rejected=None,
+                 beta: float | None = None, weight: float = 1.0, loss: "str | PairLoss" = "sigmoid", **params):
         _check_rows("DPOUpdate chosen", chosen)
         _check_rows("DPOUpdate rejected", rejected)
         if chosen.n_groups != rejected.n_groups:
             raise TinyldError(f"DPO needs as many chosen as rejected responses, got {chosen.n_groups} and "
                               f"{rejected.n_groups}")
         self.chosen, self.rejected = chosen, rejected
-        self.beta = check_number("DPO beta", beta, 0, strict=True)
+        if beta is not None:
+            check_number("DPO beta", beta, 0, strict=True)
+            params["beta"] = beta
+        self.pair_loss = pair_loss(loss, **params)
+        self.beta = self.pair_loss.beta
         self.weight = check_number("DPOUpdate weight", weight)
         B = chosen.n_groups
+        if not self.pair_loss.uses_reference and ref_chosen is None and ref_rejected is None:
+            ref_chosen = ref_rejected = torch.zeros(B, dtype=torch.float64)  # unused by the loss
+        elif ref_chosen is None or ref_rejected is None:
+            raise TinyldError(f"the {self.pair_loss.name!r} loss needs the reference log-probs of both responses "
+                              "(ref_chosen, ref_rejected); only 'simpo' works without a reference")
         self.ref_c = _ref_logps("ref_chosen", ref_chosen, B)  # (B,) log π_ref(y⁺|x), summed
         self.ref_r = _ref_logps("ref_rejected", ref_rejected, B)  # (B,) log π_ref(y⁻|x), summed
+        self.n_c, self.n_r = _lengths(chosen), _lengths(rejected)  # (B,) response lengths in tokens
 
     def _seq_logp(self, rows: Rows, z: torch.Tensor) -> torch.Tensor:
         return rows.to_groups(token_logprobs(z, rows.labels))  # (B,) log π(y|x), summed over the response
 
+    def _args(self, zc, zr):
+        lc, lr = self._seq_logp(self.chosen, zc), self._seq_logp(self.rejected, zr)  # (B,), (B,)
+        dt = lc.dtype
+        return lc, lr, self.ref_c.to(dt), self.ref_r.to(dt), self.n_c.to(dt), self.n_r.to(dt)
+
     def loss(self, model) -> torch.Tensor:
-        lc = self._seq_logp(self.chosen, self.chosen.logits(model))  # (B,)
-        lr = self._seq_logp(self.rejected, self.rejected.logits(model))  # (B,)
-        return self.weight * dpo_loss(lc, lr, self.ref_c, self.ref_r, self.beta)
+        args = self._args(self.chosen.logits(model), self.rejected.logits(model))
+        return self.weight * self.pair_loss.value(*args)
 
     def residuals(self, model):
-        """Chosen part G⁺ = +s·(π − e_{y⁺})/B and rejected part G⁻ = −s·(π − e_{y⁻})/B, s = β(1 − a) per pair."""
+        """Chosen part G⁺ = +c⁺(π − e_{y⁺})/B and rejected part G⁻ = −c⁻(π − e_{y⁻})/B, with the loss's hand-derived
+        per-pair coefficients (c⁺, c⁻) (:meth:`tinyld.losses.PairLoss.coefficients`); for DPO c± = β(1 − a)."""
         zc, zr = self.chosen.logits(model), self.rejected.logits(model)  # (N⁺, V), (N⁻, V)
         with torch.no_grad():
-            s = self.weight * dpo_scale(self._seq_logp(self.chosen, zc), self._seq_logp(self.rejected, zr),
-                                        self.ref_c, self.ref_r, self.beta) / self.chosen.n_groups  # (B,)
-            Gc = s[self.chosen.group, None] * ce_residual(zc, self.chosen.labels)  # (N⁺, V)
-            Gr = -s[self.rejected.group, None] * ce_residual(zr, self.rejected.labels)  # (N⁻, V)
+            cp, cm = self.pair_loss.coefficients(*self._args(zc, zr))  # (B,), (B,)
+            k = self.weight / self.chosen.n_groups
+            Gc = (k * cp)[self.chosen.group, None] * ce_residual(zc, self.chosen.labels)  # (N⁺, V)
+            Gr = -(k * cm)[self.rejected.group, None] * ce_residual(zr, self.rejected.labels)  # (N⁻, V)
         return [(self.chosen, zc, Gc), (self.rejected, zr, Gr)]
 
     def split(self) -> list["DPOUpdate"]:
         B = self.chosen.n_groups
         return [DPOUpdate(_sub_rows(self.chosen, b), _sub_rows(self.rejected, b), self.ref_c[b:b + 1],
-                          self.ref_r[b:b + 1], self.beta, self.weight / B) for b in range(B)]
+                          self.ref_r[b:b + 1], weight=self.weight / B, loss=self.pair_loss) for b in range(B)]
+
+
+def _lengths(rows: Rows) -> torch.Tensor:
+    """Labelled rows per sequence: the response lengths n (B,)."""
+    return rows.to_groups((rows.labels != IGNORE).to(torch.float64))
 
 
 class ResidualUpdate:

@@ -7,10 +7,13 @@ Dims: B batch, T length, V vocabulary.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from tinyld.data import IGNORE
+from tinyld.runtime import TinyldError, check_number
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -90,3 +93,147 @@ def dpo_residual(logits_c, targets_c, logits_r, targets_r, ref_c, ref_r, beta: f
         s = dpo_scale(sequence_logprob(logits_c, targets_c), sequence_logprob(logits_r, targets_r),
                       ref_c, ref_r, beta).view(-1, 1, 1)  # (B, 1, 1)
     return s * sft_residual(logits_c, targets_c), -s * sft_residual(logits_r, targets_r)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The preference-loss family, under TRL's names (DPOTrainer's loss_type; SimPO as in CPOTrainer; DPOP from Smaug).
+#
+# Every loss here is a function ℓ of a pair's summed log-probs: lc = log π(y⁺|x), lr = log π(y⁻|x), the reference's
+# rc, rr, and the response lengths nc, nr (tokens, EOS included). The batch loss is the mean over pairs. Because
+# ∂ log π(y|x)/∂z_l = e_{y_l} − π_l at each response position l, the residual on the logits is
+#
+#     G⁺_l = c⁺ (π_l − e_{y⁺_l}) / B        with  c⁺ = −∂ℓ/∂lc   (c⁺ > 0 pulls y⁺ up, like SFT)
+#     G⁻_l = −c⁻ (π_l − e_{y⁻_l}) / B       with  c⁻ = +∂ℓ/∂lr   (c⁻ > 0 pushes y⁻ down: the negative gradient)
+#
+# so a loss is known to the engine by its two per-pair coefficients (c⁺, c⁻), derived by hand in PairLoss.coefficients
+# and checked against autograd in the tests. Notation: σ the logistic function, m = (lc − rc) − (lr − rr) the
+# reference-relative margin, and σ(−x) = 1 − σ(x).
+# ---------------------------------------------------------------------------------------------------------------
+
+PAIR_LOSSES = {  # name: what its residual does to y⁺ and y⁻
+    "sigmoid": "DPO: c⁺ = c⁻ = β σ(−βm); both pulls fade as the margin grows but never stop (label_smoothing ε > 0 "
+               "is cDPO: the pull reverses once σ(βm) > 1 − ε)",
+    "hinge": "SLiC with the reference: c⁺ = c⁻ = β while βm < 1, then exactly 0: it stops once the margin is met",
+    "ipo": "IPO on length-averaged log-probs: c± = 2(1/(2β) − m̄)/n±; it pushes y⁻ down until the margin reaches "
+           "1/(2β), then pulls the other way",
+    "robust": "robust DPO (label noise ε): c⁺ = c⁻ = β[(1 − ε)σ(−βm) + εσ(βm)]/(1 − 2ε) > 0, it never stops pushing",
+    "rpo": "DPO + α·NLL(y⁺)/n⁺: c⁺ = β σ(−βm) + α/n⁺, c⁻ = β σ(−βm); the extra SFT pull on y⁺ never fades",
+    "simpo": "SimPO, no reference: c± = β σ(−h)/n± with h = β(lc/nc − lr/nr) − γ; per token, so long answers are "
+             "pushed less per token",
+    "dpop": "DPO-Positive: c⁺ = β(1 + λ[lc < rc]) σ(−h), c⁻ = β σ(−h), h = β(m − λ·max(0, rc − lc)); y⁺ is pulled "
+            "much harder once it falls below the reference",
+}
+
+
+@dataclass(frozen=True)
+class PairLoss:
+    """One preference loss with its hyper-parameters. ``per_pair`` gives ℓ per pair (B,), ``value`` the batch mean,
+    ``coefficients`` the hand-derived (c⁺, c⁻) (module comment above). All inputs are (B,) tensors.
+
+    Formulas (B pairs; β > 0; m = (lc − rc) − (lr − rr); n± the response lengths):
+
+    - ``sigmoid`` ℓ = −(1 − ε) log σ(βm) − ε log σ(−βm)  (ε = label_smoothing; ε > 0 is cDPO)
+    - ``hinge``   ℓ = max(0, 1 − βm)
+    - ``ipo``     ℓ = (m̄ − 1/(2β))², m̄ = (lc − rc)/nc − (lr − rr)/nr  (TRL averages log-probs over tokens for IPO)
+    - ``robust``  ℓ = [−(1 − ε) log σ(βm) + ε log σ(−βm)] / (1 − 2ε)
+    - ``rpo``     ℓ = −log σ(βm) − α·lc/nc  (TRL's rpo_alpha; the NLL is per pair, mean over its tokens)
+    - ``simpo``   ℓ = −log σ(β·lc/nc − β·lr/nr − γ)  (no reference)
+    - ``dpop``    ℓ = −log σ(β[m − λ·max(0, rc − lc)])
+    """
+
+    name: str = "sigmoid"
+    beta: float = 0.1  # β: the inverse temperature of the margin (for SimPO, the per-token reward scale)
+    label_smoothing: float = 0.0  # ε ∈ [0, 0.5): sigmoid (cDPO) and robust only
+    gamma: float = 0.5  # SimPO's target margin γ (TRL's simpo_gamma)
+    alpha: float = 1.0  # RPO's NLL weight α (TRL's rpo_alpha)
+    lam: float = 50.0  # DPOP's penalty λ (the Smaug paper's default)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or self.name not in PAIR_LOSSES:
+            raise TinyldError(f"unknown preference loss {self.name!r}: choose one of {', '.join(PAIR_LOSSES)}")
+        check_number(f"{self.name} loss: beta", self.beta, 0, strict=True)
+        check_number(f"{self.name} loss: label_smoothing", self.label_smoothing, 0, 0.5, hi_open=True)
+        if self.label_smoothing and self.name not in ("sigmoid", "robust"):
+            raise TinyldError(f"label_smoothing is for the sigmoid (cDPO) and robust losses, not {self.name!r}")
+        check_number(f"{self.name} loss: gamma", self.gamma, 0)
+        check_number(f"{self.name} loss: alpha", self.alpha, 0)
+        check_number(f"{self.name} loss: lam", self.lam, 0)
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.name != "simpo"
+
+    @property
+    def note(self) -> str:
+        return PAIR_LOSSES[self.name]
+
+    def per_pair(self, lc, lr, rc, rr, nc, nr) -> torch.Tensor:
+        """ℓ for each pair: (B,)."""
+        b, eps = self.beta, self.label_smoothing
+        m = (lc - rc) - (lr - rr)  # (B,)
+        if self.name == "sigmoid":
+            return -(1 - eps) * F.logsigmoid(b * m) - eps * F.logsigmoid(-b * m)
+        if self.name == "hinge":
+            return torch.relu(1 - b * m)
+        if self.name == "ipo":
+            return ((lc - rc) / nc - (lr - rr) / nr - 1 / (2 * b)) ** 2
+        if self.name == "robust":
+            return (-(1 - eps) * F.logsigmoid(b * m) + eps * F.logsigmoid(-b * m)) / (1 - 2 * eps)
+        if self.name == "rpo":
+            return -F.logsigmoid(b * m) - self.alpha * lc / nc
+        if self.name == "simpo":
+            return -F.logsigmoid(b * lc / nc - b * lr / nr - self.gamma)
+        return -F.logsigmoid(b * (m - self.lam * torch.relu(rc - lc)))  # dpop
+
+    def value(self, lc, lr, rc, rr, nc, nr) -> torch.Tensor:
+        """The batch loss: the mean of :meth:`per_pair` (a scalar)."""
+        return self.per_pair(lc, lr, rc, rr, nc, nr).mean()
+
+    def coefficients(self, lc, lr, rc, rr, nc, nr) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c⁺, c⁻), each (B,): c⁺ = −∂ℓ/∂lc and c⁻ = +∂ℓ/∂lr, derived by hand (no autograd).
+
+        sigmoid: dℓ/dm = −β[(1 − ε)σ(−βm) − εσ(βm)]           → c⁺ = c⁻ = β[(1 − ε)σ(−βm) − εσ(βm)]
+        hinge:   dℓ/dm = −β where 1 − βm > 0, else 0          → c⁺ = c⁻ = β·[βm < 1]
+        ipo:     dℓ/dlc = 2(m̄ − 1/(2β))/nc, dℓ/dlr = −2(m̄ − 1/(2β))/nr → c± = 2(1/(2β) − m̄)/n±
+        robust:  dℓ/dm = −β[(1 − ε)σ(−βm) + εσ(βm)]/(1 − 2ε)  → c⁺ = c⁻ = that with the sign flipped
+        rpo:     sigmoid's with ε = 0, plus ∂(−α·lc/nc)/∂lc = −α/nc on y⁺ → c⁺ += α/nc
+        simpo:   h = β lc/nc − β lr/nr − γ, dℓ/dh = −σ(−h)    → c⁺ = βσ(−h)/nc, c⁻ = βσ(−h)/nr
+        dpop:    h = β(m − λ max(0, rc − lc)), dh/dlc = β(1 + λ[rc > lc]), dh/dlr = −β, dℓ/dh = −σ(−h)
+                 → c⁺ = β(1 + λ[rc > lc])σ(−h), c⁻ = βσ(−h)
+        (At a kink, hinge at βm = 1 and dpop at lc = rc, the coefficient is the one-sided value that
+        torch.relu's gradient takes: the penalty's derivative counts only when it is strictly active.)
+        """
+        b, eps = self.beta, self.label_smoothing
+        m = (lc - rc) - (lr - rr)
+        if self.name in ("sigmoid", "rpo"):
+            c = b * ((1 - eps) * torch.sigmoid(-b * m) - eps * torch.sigmoid(b * m))
+            return (c + self.alpha / nc, c) if self.name == "rpo" else (c, c)
+        if self.name == "hinge":
+            c = b * (b * m < 1).to(m.dtype)
+            return c, c
+        if self.name == "ipo":
+            k = 2 * (1 / (2 * b) - ((lc - rc) / nc - (lr - rr) / nr))
+            return k / nc, k / nr
+        if self.name == "robust":
+            c = b * ((1 - eps) * torch.sigmoid(-b * m) + eps * torch.sigmoid(b * m)) / (1 - 2 * eps)
+            return c, c
+        if self.name == "simpo":
+            s = torch.sigmoid(-(b * lc / nc - b * lr / nr - self.gamma))
+            return b * s / nc, b * s / nr
+        below = (rc > lc).to(m.dtype)  # dpop
+        s = torch.sigmoid(-b * (m - self.lam * torch.relu(rc - lc)))
+        return b * (1 + self.lam * below) * s, b * s
+
+
+def pair_loss(name: "str | PairLoss" = "sigmoid", **params) -> PairLoss:
+    """A :class:`PairLoss` by name (``pair_loss("ipo", beta=0.5)``); a PairLoss passes through unchanged."""
+    if isinstance(name, PairLoss):
+        if params:
+            raise TinyldError("give either a PairLoss or a loss name with parameters, not both")
+        return name
+    known = {f for f in PairLoss.__dataclass_fields__ if f != "name"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise TinyldError(f"unknown preference-loss parameter(s) {unknown}: the parameters are "
+                          f"{', '.join(sorted(known))}")
+    return PairLoss(name, **params)

@@ -45,15 +45,18 @@ def who_moves(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> d
     """One step on ``label``; which labels rise and which fall.
 
     Returns ``pi`` and ``pi_after`` (V,), ``rises`` (V,) bool, ``log_Z`` and, for a negative step, ``threshold`` =
-    log(Z)/η′: a label i ≠ label rises exactly when π_i is above it."""
+    log(Z)/η′ (a label i ≠ label rises exactly when π_i is above it) and ``share_threshold`` = log(Z)/(η′(1 − π_label))
+    (the same rule on the share π_i/(1 − π_label); it rises as π_label falls with the other logits fixed)."""
     z = _check(logits, label, eta, sign)
     pi = F.softmax(z, -1)
-    dz = logit_step(z, label, eta, sign) - z  # (V,)
-    log_Z = torch.logsumexp(dz + torch.log(pi), -1)  # log Σ_j π_j exp(Δz_j)
+    dz = sign * eta * (F.one_hot(torch.tensor(label), z.numel()).to(z.dtype) - pi)  # (V,) the step itself, not z′ − z
+    log_Z = torch.log1p((pi * torch.expm1(dz)).sum())  # log Σ_j π_j exp(Δz_j), accurate when the step is small
     pi_after = F.softmax(z + dz, -1)
     out = {"pi": pi, "pi_after": pi_after, "rises": dz > log_Z, "log_Z": log_Z.item()}
     if sign == -1:
         out["threshold"] = log_Z.item() / eta
+        rest = (pi.sum() - pi[label]).item()  # 1 − π_label, without the cancellation when π_label ≈ 1
+        out["share_threshold"] = log_Z.item() / (eta * rest) if rest > 0 else -1.0
     return out
 
 
