@@ -3,6 +3,7 @@
     python -m tinyld env                 versions, device choice and why, OK/FAIL per check
     python -m tinyld demo                pretrain + SFT a tiny GPT on the synthetic world (the main job)
     python -m tinyld sft-dynamics        what SFT does to every other answer: probes, claims, attribution
+    python -m tinyld dpo-dynamics        what DPO does: squeezing, extend, on- vs off-policy, conditions
     python -m tinyld golden [--write F]  first training losses on a fixed seed (the test fixture)
     python -m tinyld bench step          time of one training step (JSON)
     python -m tinyld bench decompose     predicted full-vocab Δ log π vs one training step (JSON)
@@ -96,6 +97,16 @@ def cmd_sft_dynamics(args) -> int:
     return 0
 
 
+def cmd_dpo_dynamics(args) -> int:
+    from tinyld.demo import fast_mode
+    from tinyld.experiments.dpo_dynamics import DPODynamicsConfig, run
+
+    kw = {f.name: getattr(args, f.name) for f in fields(DPODynamicsConfig) if getattr(args, f.name, None) is not None}
+    kw["fast"] = args.fast or fast_mode()
+    run(DPODynamicsConfig(**kw))
+    return 0
+
+
 def cmd_golden(args) -> int:
     from pathlib import Path
 
@@ -164,6 +175,25 @@ def main(argv=None) -> int:
     s.add_argument("--device", help="auto | cpu (default) | cuda | mps")
     s.add_argument("--threads", type=int, help="CPU threads (default 2)")
     s.add_argument("--fast", action="store_true", help="8 epochs on a 400-step base model, ≤ 60 s (also TINYLD_FAST=1)")
+    q = sub.add_parser("dpo-dynamics", help="what DPO does to every answer (paper Fig. 4), squeezing, extend, "
+                       "on-policy, conditions")
+    q.add_argument("--experiment", help="dynamics | extend | on-policy | conditions | all (default)")
+    q.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
+    q.add_argument("--modes", nargs="+", help="world modes: hard easy (default both)")
+    q.add_argument("--sft-epochs", dest="sft_epochs", type=int, help="SFT epochs before DPO (default 4)")
+    q.add_argument("--dpo-epochs", dest="dpo_epochs", type=int, help="DPO epochs (default 8)")
+    q.add_argument("--optimizer", help="both stages: sgd | adamw (default) | rmsprop")
+    q.add_argument("--lr", type=float, help="both stages (default 1e-3)")
+    q.add_argument("--loss", help="sigmoid (DPO, default) | hinge | ipo | robust | rpo | simpo | dpop")
+    q.add_argument("--beta", type=float, help="β (default 0.1)")
+    q.add_argument("--batch-size", dest="batch_size", type=int, help="pairs per step (default 8)")
+    q.add_argument("--samples", type=int, help="answers sampled per prompt: on-policy pairs, win rate (default 4)")
+    q.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="base model pretraining (default 3000)")
+    q.add_argument("--out", help="output folder (default tinyld_out/dpo_dynamics)")
+    q.add_argument("--device", help="auto | cpu (default) | cuda | mps")
+    q.add_argument("--threads", type=int, help="CPU threads (default 2)")
+    q.add_argument("--fast", action="store_true", help="2 SFT + 4 DPO epochs on a 400-step base model (also "
+                   "TINYLD_FAST=1)")
     g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
     b = sub.add_parser("bench", help="benchmarks that print JSON")
@@ -183,7 +213,8 @@ def main(argv=None) -> int:
     from tinyld.runtime import TinyldError
 
     try:
-        return {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics, "golden": cmd_golden,
+        return {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics,
+                "dpo-dynamics": cmd_dpo_dynamics, "golden": cmd_golden,
                 "bench": cmd_bench}[args.cmd](args)
     except TinyldError as err:  # a user mistake: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)

@@ -279,3 +279,132 @@ class PairData:
 def _digest(obj) -> str:
     """A short hash of token ids (a list, or a list of (ids, prompt length) pairs)."""
     return hashlib.sha1(json.dumps(obj, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preference data: (x, y⁺, y⁻) pairs and the reference log-probs, computed once
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _pair_seqs(tok, examples: Sequence[Example], what: str) -> list[tuple[tuple[list[int], int], ...]]:
+    """Encoded (chosen, rejected) of every example; a missing, empty or identical rejected response is an error."""
+    examples = list(examples) if examples is not None else []
+    if not examples:
+        raise TinyldError(f"{what}: no examples; preference data needs at least one (prompt, chosen, rejected)")
+    if not all(isinstance(e, Example) for e in examples):
+        raise TinyldError(f"{what} takes a list of Example objects (data.Example or read_jsonl's output)")
+    out = []
+    for n, e in enumerate(examples):
+        if e.rejected is None:
+            raise TinyldError(f"example {n} ({e.prompt[:40]!r}) has no rejected response: preference data needs "
+                              "one 'rejected' per prompt")
+        c, r = encode_example(tok, e.prompt, e.chosen), encode_example(tok, e.prompt, e.rejected)
+        if c == r:
+            raise TinyldError(f"example {n} ({e.prompt[:40]!r}): chosen and rejected are the same text "
+                              f"{e.chosen[:40]!r}, so the pair prefers nothing; drop it or fix the rejected answer")
+        out.append((c, r))
+    return out
+
+
+@dataclass
+class PrefBatch:
+    """B preference pairs in one batch of 2B sequences: rows 0…B−1 are the chosen responses, rows B…2B−1 the
+    rejected ones, so one forward pass scores both. ``ref_c``/``ref_r`` (B,) are the reference's summed log-probs."""
+
+    seqs: Batch  # (2B, T)
+    ref_c: torch.Tensor  # (B,) log π_ref(y⁺|x)
+    ref_r: torch.Tensor  # (B,) log π_ref(y⁻|x)
+    index: list[int] = field(default_factory=list)  # which pairs of the data source
+
+    @property
+    def n_pairs(self) -> int:
+        return self.ref_c.shape[0]
+
+    def to(self, device) -> "PrefBatch":
+        return PrefBatch(self.seqs.to(device), self.ref_c.to(device), self.ref_r.to(device), self.index)
+
+
+@dataclass
+class Reference:
+    """log π_ref(y⁺|x) and log π_ref(y⁻|x) (summed over the response, EOS included) for every pair of a preference
+    data set, computed once in batched no-grad passes (:meth:`compute`), never by a second model in the loop.
+    It remembers the tokenizer and the pairs it was computed on, and :class:`PreferenceData` checks both."""
+
+    chosen: torch.Tensor  # (N,) float64
+    rejected: torch.Tensor  # (N,) float64
+    tok: str  # tokenizer fingerprint
+    pairs: str  # digest of the encoded pairs
+
+    @classmethod
+    @torch.no_grad()
+    def compute(cls, model, tok, examples: Sequence[Example], batch_size: int = 64) -> "Reference":
+        from tinyld.losses import sequence_logprob
+
+        check_int("Reference batch_size", batch_size, 1)
+        if getattr(model.config, "vocab_size", None) != tok.vocab_size:
+            raise TinyldError(f"the reference model has vocab_size {model.config.vocab_size} but the tokenizer has "
+                              f"{tok.vocab_size}: compute the reference with the tokenizer the model was trained with")
+        pairs = _pair_seqs(tok, examples, "Reference.compute")
+        seqs = [s for pair in pairs for s in pair]  # c0, r0, c1, r1, …
+        was = model.training
+        model.eval()
+        dev = next(model.parameters()).device
+        out = []
+        for i in range(0, len(seqs), 2 * batch_size):
+            b = collate(seqs[i:i + 2 * batch_size], tok.pad_id, model.config.block_size).to(dev)
+            out.append(sequence_logprob(model(b.idx), b.targets).double().cpu())
+        model.train(was)
+        lp = torch.cat(out)  # (2N,)
+        if not torch.isfinite(lp).all():
+            raise TinyldError("the reference model gives non-finite log-probs: it has diverged; use a healthy model")
+        return cls(lp[0::2].clone(), lp[1::2].clone(), fingerprint(tok), _digest(pairs))
+
+
+class PreferenceData:
+    """DPO data: (x, y⁺, y⁻) pairs shuffled once per epoch (seeded), cut into :class:`PrefBatch` es. ``reference``
+    (from :meth:`Reference.compute` on the same examples and tokenizer) is required by every loss except SimPO."""
+
+    def __init__(self, tok, examples: Sequence[Example], batch_size: int, block_size: int | None = None,
+                 seed: int = 0, reference: Reference | None = None):
+        check_int("PreferenceData.batch_size", batch_size, 1)
+        check_seed("PreferenceData.seed", seed)
+        if block_size is not None:
+            check_int("PreferenceData.block_size", block_size, 1)
+        self.pairs = _pair_seqs(tok, examples, "PreferenceData")
+        collate([s for p in self.pairs for s in p], tok.pad_id, block_size)  # validate every length once, up front
+        self.tok, self.block_size, self.seed, self.fp = tok, block_size, seed, fingerprint(tok)
+        if reference is not None:
+            if not isinstance(reference, Reference):
+                raise TinyldError(f"reference must be a data.Reference (Reference.compute(ref_model, tok, examples)), "
+                                  f"got {type(reference).__name__}")
+            if reference.tok != self.fp:
+                raise TinyldError(f"the reference log-probs were computed with another tokenizer ({reference.tok}, "
+                                  f"not {self.fp}): the numbers score other token sequences; recompute them with "
+                                  "Reference.compute(ref_model, tok, examples) using this tokenizer")
+            if reference.pairs != _digest(self.pairs):
+                raise TinyldError("the reference log-probs were computed on other pairs (or another order) than "
+                                  "these examples: recompute them with Reference.compute on the same examples")
+        self.reference = reference
+        self.batch_size = min(batch_size, len(self.pairs))
+        self.batches_per_epoch = len(self.pairs) // self.batch_size
+
+    def identity(self) -> dict:
+        ref = None if self.reference is None else hashlib.sha1(
+            torch.cat([self.reference.chosen, self.reference.rejected]).numpy().tobytes()).hexdigest()[:16]
+        return {"kind": "preference", "tokenizer": self.fp, "block_size": self.block_size,
+                "batch_size": self.batch_size, "seed": self.seed, "examples": _digest(self.pairs), "reference": ref}
+
+    def indices(self, step: int) -> list[int]:
+        """Which pairs make up the batch of ``step``."""
+        epoch, i = divmod(step, self.batches_per_epoch)
+        order = torch.randperm(len(self.pairs), generator=_generator(self.seed, epoch)).tolist()
+        return order[i * self.batch_size: (i + 1) * self.batch_size]
+
+    def batch(self, step: int) -> PrefBatch:
+        idx = self.indices(step)
+        seqs = collate([self.pairs[j][0] for j in idx] + [self.pairs[j][1] for j in idx], self.tok.pad_id,
+                       self.block_size, self.fp)
+        if self.reference is None:
+            zero = torch.zeros(len(idx), dtype=torch.float64)
+            return PrefBatch(seqs, zero, zero.clone(), idx)
+        return PrefBatch(seqs, self.reference.chosen[idx], self.reference.rejected[idx], idx)

@@ -66,3 +66,39 @@ def squeezed_into(logits: torch.Tensor, label: int) -> int:
     masked = z.clone()
     masked[label] = -math.inf
     return int(masked.argmax())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The same picture in a language model: where the probability mass sits, position by position
+# ---------------------------------------------------------------------------------------------------------------
+
+MASS_CLASSES = ("own", "other", "argmax", "rest")
+
+
+def token_mass(logits: torch.Tensor, targets: torch.Tensor, other: torch.Tensor,
+               peak: torch.Tensor | None = None) -> torch.Tensor:
+    """π split four ways at every scored position: (B, T, 4), rows summing to 1 where ``targets`` ≠ IGNORE, 0 elsewhere.
+
+    Columns (:data:`MASS_CLASSES`): ``own`` = π of the sequence's own token (y⁺'s token on a chosen sequence);
+    ``other`` = π of the paired response's token at the same position (y⁻'s, on a chosen sequence), 0 where it is
+    the same token or the paired response has ended; ``argmax`` = π of the likeliest token (or of ``peak`` (B, T),
+    e.g. the argmax before a step) when it is neither of those two; ``rest`` = everything else. The difference of
+    two calls, before and after training, says where the mass went: squeezing shows as ``argmax`` gaining while
+    ``own``, ``other`` and ``rest`` lose."""
+    from tinyld.data import IGNORE
+
+    if logits.dim() != 3 or targets.shape != logits.shape[:2] or other.shape != targets.shape:
+        raise TinyldError(f"token_mass needs logits (B, T, V) and targets, other (B, T); got {tuple(logits.shape)}, "
+                          f"{tuple(targets.shape)}, {tuple(other.shape)}")
+    pi = F.softmax(logits.double(), -1)  # (B, T, V)
+    mask = targets != IGNORE  # (B, T)
+    own_id = targets.masked_fill(~mask, 0)
+    oth_ok = mask & (other != IGNORE) & (other != targets)
+    oth_id = other.masked_fill(~oth_ok, 0)
+    top = pi.argmax(-1) if peak is None else peak  # (B, T)
+    top_ok = mask & (top != targets) & ~(oth_ok & (top == other))
+    own = pi.gather(-1, own_id[..., None])[..., 0]
+    oth = pi.gather(-1, oth_id[..., None])[..., 0] * oth_ok
+    arg = pi.gather(-1, top.masked_fill(~top_ok, 0)[..., None])[..., 0] * top_ok
+    out = torch.stack([own, oth, arg, 1 - own - oth - arg], -1)  # (B, T, 4)
+    return out * mask[..., None]

@@ -25,14 +25,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from tinyld.data import Batch
-from tinyld.losses import LOSSES
+from tinyld.data import Batch, PrefBatch
+from tinyld.losses import LOSSES, pair_loss, sequence_logprob
 from tinyld.model import GPT, GPTConfig
 from tinyld.runtime import (TinyldError, TrainingDiverged, TrainingInterrupted, check_choice, check_int,
                             check_number, check_seed, first_nonfinite, from_dict_strict, versions, writable_dir)
@@ -41,11 +41,14 @@ from tinyld.tokenizers import fingerprint
 FORMAT = "tinyld-checkpoint"
 FORMAT_VERSION = 1
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+TASKS = (*LOSSES, "dpo")
+ADDED_LATER = {"pair_loss"}  # TrainConfig fields newer than some checkpoints: their defaults reproduce the old runs
 
 
 @dataclass
 class TrainConfig:
     task: str = "pretrain"  # "pretrain": next token, mean over tokens · "sft": prompt masked, summed response log-prob
+    #                          · "dpo": a preference loss on PreferenceData pairs (``pair_loss`` says which)
     steps: int = 1000  # total optimizer steps (a resumed run continues up to this number)
     optimizer: str = "adamw"  # sgd | adamw | rmsprop
     lr: float = 3e-3  # peak learning rate η
@@ -59,9 +62,15 @@ class TrainConfig:
     ckpt_every: int = 0  # save out_dir/last.pt every this many steps (0: only at the end)
     out_dir: str | None = None  # where log.jsonl and last.pt go (None: nothing written)
     progress: bool = True  # a progress line on stderr for runs of ≥ 200 steps
+    pair_loss: dict = field(default_factory=lambda: {"name": "sigmoid", "beta": 0.1})  # task "dpo": losses.PairLoss
 
     def __post_init__(self):
-        check_choice("TrainConfig.task", self.task, LOSSES)
+        check_choice("TrainConfig.task", self.task, TASKS)
+        if not isinstance(self.pair_loss, dict):
+            raise TinyldError(f"TrainConfig.pair_loss must be a dict like {{'name': 'sigmoid', 'beta': 0.1}}, got "
+                              f"{self.pair_loss!r}")
+        self.pair_loss = {**{"name": "sigmoid"}, **self.pair_loss}
+        pair_loss(**self.pair_loss)  # an unknown name or a bad β fails here
         self.steps = check_int("TrainConfig.steps", self.steps, 0)
         check_choice("TrainConfig.optimizer", self.optimizer, OPTIMIZERS)
         self.lr = check_number("TrainConfig.lr", self.lr, 0, strict=True)
@@ -131,7 +140,14 @@ class Trainer:
                                   "vocabulary; pass the tokenizer that built the data")
         self.model, self.data, self.cfg, self.tokenizer = model, data, cfg, tokenizer
         self.opt = make_optimizer(model, cfg)
-        self.loss_fn = LOSSES[cfg.task]
+        if cfg.task == "dpo":
+            self.pair_loss = pair_loss(**cfg.pair_loss)
+            if self.pair_loss.uses_reference and getattr(data, "reference", None) is None:
+                raise TinyldError(f"the {self.pair_loss.name!r} loss compares with a reference: give the data a "
+                                  "reference (PreferenceData(..., reference=Reference.compute(ref_model, tok, "
+                                  "examples))); only 'simpo' needs none")
+        else:
+            self.loss_fn = LOSSES[cfg.task]
         self.step = 0
         self.history: list[dict] = []  # the logged records
         self.device = next(model.parameters()).device
@@ -147,15 +163,22 @@ class Trainer:
         cfg, model = self.cfg, self.model
         model.train()
         batch = self.data.batch(self.step)
-        if not isinstance(batch, Batch):
-            raise TinyldError(f"data.batch({self.step}) returned a {type(batch).__name__}, not a tinyld Batch")
+        want = PrefBatch if cfg.task == "dpo" else Batch
+        if not isinstance(batch, want):
+            raise TinyldError(f"data.batch({self.step}) returned a {type(batch).__name__}, not a tinyld "
+                              f"{want.__name__}" + (" (task 'dpo' trains on PreferenceData)" if cfg.task == "dpo" else
+                                                    ""))
         batch = batch.to(self.device)
         lr = cfg.lr_at(self.step)
         fast = getattr(model.config, "fast", False) and self.device.type == "cuda"
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
+        seqs = batch.seqs if cfg.task == "dpo" else batch
         with ctx:
-            logits = model(batch.idx)  # (B, T, V)
-        loss = self.loss_fn(logits, batch.targets)  # bf16 logits are upcast inside (losses.token_logprobs)
+            logits = model(seqs.idx)  # (B, T, V); for DPO (2B, T, V): the chosen rows, then the rejected ones
+        if cfg.task == "dpo":
+            loss = self._pair_loss(logits, batch)
+        else:
+            loss = self.loss_fn(logits, batch.targets)  # bf16 logits are upcast inside (losses.token_logprobs)
         if not torch.isfinite(loss):
             self._diverged("the loss", loss.item(), before=True)
         self.opt.zero_grad(set_to_none=True)
@@ -176,6 +199,14 @@ class Trainer:
         self.step += 1
         self._between_steps = True
         return rec
+
+    def _pair_loss(self, logits: torch.Tensor, batch: PrefBatch) -> torch.Tensor:
+        """The preference loss of a PrefBatch from the logits of its 2B sequences (one forward pass)."""
+        B = batch.n_pairs
+        logp = sequence_logprob(logits, batch.seqs.targets)  # (2B,) summed over each response
+        n = batch.seqs.mask.sum(1).to(logp.dtype)  # (2B,) response lengths
+        rc, rr = batch.ref_c.to(logp.dtype), batch.ref_r.to(logp.dtype)
+        return self.pair_loss.value(logp[:B], logp[B:], rc, rr, n[:B], n[B:])
 
     def _where(self) -> str:
         if self.last_ckpt:
@@ -351,7 +382,7 @@ class Trainer:
             raise TinyldError(f"{path} holds {old_opt} optimizer state; it cannot resume as "
                               f"{overrides['optimizer']!r}: start a new Trainer from load_model() instead")
         stored = ck["train_config"]
-        lacking = sorted({f.name for f in fields(TrainConfig)} - set(stored))
+        lacking = sorted({f.name for f in fields(TrainConfig)} - set(stored) - ADDED_LATER)
         if lacking:
             raise TinyldError(f"the train_config in {path} lacks {lacking}: resuming would silently use defaults; "
                               "the file is incomplete or from another tinyld")

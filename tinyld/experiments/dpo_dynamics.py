@@ -1,0 +1,617 @@
+"""What off-policy DPO does to every answer (paper §3–§4, Fig. 4), the extend fix, on- vs off-policy DPO, the
+repeater effect, and the conditions under which squeezing appears.
+
+``python -m tinyld dpo-dynamics --experiment E`` with E one of
+
+- ``dynamics``: SFT on y⁺, then off-policy DPO on the world's (x, y⁺, y⁻) pairs with the SFT model as reference.
+  The probe tracker follows every family; :func:`tinyld.squeeze.token_mass` follows where the probability goes at
+  the positions of y⁺ and y⁻; greedy answers after every DPO epoch give the repetition measure (the repeater).
+- ``extend``: the baseline spends its SFT steps on y⁺ alone; extend spends the same number on y⁺ and y⁻ (each
+  prompt twice). Then DPO from each, with that model as reference. Reported: log π(y⁻) during SFT, squeezing during
+  DPO, and a win rate judged by the world's oracle on sampled answers to held-out prompts.
+- ``on-policy``: the same SFT model, DPO whose pairs are sampled from the current policy every epoch and ranked by
+  the world's oracle (which knows every fact), against off-policy DPO.
+- ``conditions``: the dynamics claims under a shallower valley (fewer pretraining steps), plain SGD, another β and
+  other learning rates.
+- ``all``: everything above.
+
+Every result is over ≥ 3 seeds in both world modes (hard: the paper's regime; easy), with the regime (valley
+depth, log π(y⁺), …) beside it, the optimizer and learning rate named, and a claims table. The rules are fixed
+before looking, as in :mod:`tinyld.experiments.sft_dynamics`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from tinyld.data import Example, PairData, PreferenceData, Reference
+from tinyld.evaluate import greedy_answers, valley_depth
+from tinyld.experiments.sft_dynamics import _plain_json, _summary, figure, regime
+from tinyld.probes import ProbeSet, Tracker
+from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
+                            num_threads, pick_device, versions, write_text_atomic, writable_dir)
+from tinyld.squeeze import MASS_CLASSES, token_mass
+from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
+from tinyld.world import MODES, World
+
+EXPERIMENTS = ("dynamics", "extend", "on-policy", "conditions", "all")
+FALLERS = ("chosen", "rejected", "gpts_chosen", "gpts_rejected", "gptf_chosen", "gptf_rejected", "init",
+           "other_chosen", "test_chosen", "hum", "urnd_chosen", "rnd", "random_tokens")  # "almost everything falls"
+
+
+@dataclass
+class DPODynamicsConfig:
+    experiment: str = "all"  # dynamics | extend | on-policy | conditions | all
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    modes: list[str] = field(default_factory=lambda: ["hard", "easy"])
+    sft_epochs: int = 4  # SFT on y⁺ before DPO (extend: the same number of steps on y⁺ and y⁻)
+    dpo_epochs: int = 8
+    optimizer: str = "adamw"  # both stages: sgd | adamw | rmsprop
+    lr: float = 1e-3  # both stages, constant, no clipping
+    loss: str = "sigmoid"  # any name of tinyld.losses.PAIR_LOSSES
+    beta: float = 0.1
+    batch_size: int = 8  # pairs per step (40 training prompts: 5 steps per epoch)
+    samples: int = 4  # on-policy: answers sampled per prompt · win rate: answers per held-out prompt
+    pretrain_steps: int = 3000
+    out: str = "tinyld_out/dpo_dynamics"
+    device: str = "cpu"
+    threads: int = 2
+    fast: bool = False  # 400-step base models, 2 SFT and 4 DPO epochs: for lessons, the numbers mean less
+
+    def __post_init__(self):
+        check_choice("dpo-dynamics --experiment", self.experiment, EXPERIMENTS)
+        if isinstance(self.seeds, int) or not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            raise TinyldError(f"dpo-dynamics --seeds must be a list of integers, got {self.seeds!r}")
+        self.seeds = [check_seed("dpo-dynamics --seeds", s) for s in self.seeds]
+        if len(set(self.seeds)) != len(self.seeds):
+            raise TinyldError(f"dpo-dynamics --seeds repeats a seed: {self.seeds}")
+        if isinstance(self.modes, str) or not isinstance(self.modes, (list, tuple)) or not self.modes:
+            raise TinyldError(f"dpo-dynamics --modes must be a non-empty list of {' / '.join(MODES)}")
+        self.modes = [check_choice("dpo-dynamics --modes", m, MODES) for m in self.modes]
+        if len(set(self.modes)) != len(self.modes):
+            raise TinyldError(f"dpo-dynamics --modes repeats a mode: {self.modes}")
+        self.sft_epochs = check_int("dpo-dynamics --sft-epochs", self.sft_epochs, 0, 1000)
+        self.dpo_epochs = check_int("dpo-dynamics --dpo-epochs", self.dpo_epochs, 1, 1000)
+        check_choice("dpo-dynamics --optimizer", self.optimizer, OPTIMIZERS)
+        self.lr = check_number("dpo-dynamics --lr", self.lr, 0, strict=True)
+        from tinyld.losses import pair_loss
+
+        pair_loss(self.loss, beta=check_number("dpo-dynamics --beta", self.beta, 0, strict=True))
+        self.batch_size = check_int("dpo-dynamics --batch-size", self.batch_size, 1)
+        self.samples = check_int("dpo-dynamics --samples", self.samples, 1, 64)
+        self.pretrain_steps = check_int("dpo-dynamics --pretrain-steps", self.pretrain_steps, 1)
+        self.threads = check_int("dpo-dynamics --threads", self.threads, 1, 256)
+        check_choice("dpo-dynamics --device", self.device, ("auto", "cpu", "cuda", "mps"))
+        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
+            raise TinyldError(f"dpo-dynamics --out must be a folder path, got {self.out!r}")
+        if not isinstance(self.fast, bool):
+            raise TinyldError(f"DPODynamicsConfig.fast must be True or False, got {self.fast!r}")
+        if self.fast:
+            self.pretrain_steps = min(self.pretrain_steps, 400)
+            self.sft_epochs, self.dpo_epochs = min(self.sft_epochs, 2), min(self.dpo_epochs, 4)
+
+    def train_config(self, task: str, steps: int, seed: int, optimizer: str | None = None, lr: float | None = None,
+                     beta: float | None = None) -> TrainConfig:
+        return TrainConfig(task=task, steps=steps, optimizer=optimizer or self.optimizer, lr=lr or self.lr,
+                           grad_clip=0.0, seed=seed, log_every=max(1, steps), progress=False,
+                           pair_loss={"name": self.loss, "beta": beta or self.beta})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the pieces: base model, SFT stage, measurements, DPO stage
+# --------------------------------------------------------------------------------------------------------------
+
+
+def base(cfg: DPODynamicsConfig, seed: int, mode: str, pretrain_steps: int | None = None):
+    """(model, tokenizer, world) for one seed and world mode: the cached pretrained world model."""
+    from tinyld.demo import pretrained
+
+    _, tok, model = pretrained(seed, steps=pretrain_steps or cfg.pretrain_steps)
+    return model.to(pick_device(cfg.device).device).eval(), tok, World(seed, mode=mode)
+
+
+def sft(cfg: DPODynamicsConfig, seed: int, model, tok, examples: list[Example], steps: int, tracker=None,
+        optimizer: str | None = None, lr: float | None = None):
+    """A copy of ``model`` after ``steps`` SFT steps on ``examples`` (prompt masked, summed log-prob)."""
+    model = copy.deepcopy(model)
+    if steps == 0:
+        return model
+    data = PairData(tok, examples, cfg.batch_size, model.config.block_size, seed)
+    try:
+        Trainer(model, data, cfg.train_config("sft", steps, seed, optimizer, lr), tok).run(tracker)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"SFT (seed {seed}) diverged: lower --lr ({e})") from None
+    return model.eval()
+
+
+def sft_steps(cfg: DPODynamicsConfig, n_prompts: int) -> int:
+    """Steps of the baseline SFT stage (y⁺ only, ``sft_epochs`` epochs); extend spends the same on y⁺ and y⁻."""
+    return cfg.sft_epochs * (n_prompts // min(cfg.batch_size, n_prompts))
+
+
+@torch.no_grad()
+def mass(model, tok, examples: list[Example]) -> dict:
+    """Mean over response positions of :func:`token_mass`, at the positions of y⁺ (``chosen``) and of y⁻
+    (``rejected``): {"chosen": {own, other, argmax, rest}, "rejected": {…}}."""
+    data = PreferenceData(tok, examples, len(examples), model.config.block_size)
+    b = data.batch(0).to(next(model.parameters()).device)
+    B = b.n_pairs
+    t = b.seqs.targets  # (2B, T): chosen rows then rejected rows, prompts aligned
+    other = torch.cat([t[B:], t[:B]])  # each row's paired response, position by position
+    m = token_mass(model.eval()(b.seqs.idx), t, other)  # (2B, T, 4)
+    out = {}
+    for half, rows in (("chosen", slice(0, B)), ("rejected", slice(B, 2 * B))):
+        n = (t[rows] != -100).sum().item()
+        out[half] = {k: (m[rows, :, i].sum() / n).item() for i, k in enumerate(MASS_CLASSES)}
+    return out
+
+
+def repetition(answers: list[str]) -> float:
+    """The repeater measure: the fraction of an answer's word trigrams that already appeared earlier in the same
+    answer, averaged over answers (an answer of fewer than four words counts as 0). A fluent two-sentence answer
+    scores near 0; "the old river the old river the old river" scores 4/7."""
+    rates = []
+    for a in answers:
+        w = a.split()
+        grams = list(zip(w, w[1:], w[2:]))
+        rates.append(0.0 if len(grams) < 2 else sum(g in grams[:i] for i, g in enumerate(grams)) / len(grams))
+    return statistics.fmean(rates) if rates else 0.0
+
+
+@torch.no_grad()
+def sampled_correct(model, tok, world: World, items, samples: int, seed: int) -> list[list[bool]]:
+    """``samples`` answers per item sampled at temperature 1 (seeded), each judged by the world's oracle."""
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    max_new = max(len(tok.encode(it.chosen)) for it in items) + 4
+    out = []
+    model.eval()
+    for it in items:
+        x = torch.tensor([tok.encode(it.prompt)] * samples, device=next(model.parameters()).device)
+        ys = model.generate(x, max_new, temperature=1.0, eos_id=tok.eos_id, generator=g)[:, x.shape[1]:].tolist()
+        out.append([world.classify(it, tok.decode(y[: y.index(tok.eos_id)] if tok.eos_id in y else y))
+                    == "correct" for y in ys])
+    return out
+
+
+def on_policy_pairs(model, tok, world: World, items, samples: int, seed: int) -> list[Example]:
+    """Pairs sampled from the policy and ranked by the oracle: y⁻ is a sampled answer that is not correct; y⁺ a
+    sampled correct one, or the world's y⁺ when no sample is correct. A prompt whose samples are all correct gives
+    no pair this round."""
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    max_new = max(len(tok.encode(it.chosen)) for it in items) + 4
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for it in items:
+            x = torch.tensor([tok.encode(it.prompt)] * samples, device=next(model.parameters()).device)
+            ys = model.generate(x, max_new, temperature=1.0, eos_id=tok.eos_id, generator=g)[:, x.shape[1]:]
+            answers = [tok.decode(y[: y.index(tok.eos_id)] if tok.eos_id in y else y).strip() for y in ys.tolist()]
+            good = [a for a in answers if a and world.classify(it, a) == "correct"]
+            bad = [a for a in answers if a and world.classify(it, a) != "correct"]
+            if bad:
+                chosen = good[0] if good else it.chosen
+                if chosen.split() != bad[0].split():
+                    out.append(Example(it.prompt, chosen, bad[0], {"on_policy_chosen": bool(good)}))
+    return out
+
+
+def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: World, on_policy: bool = False,
+        optimizer: str | None = None, lr: float | None = None, beta: float | None = None,
+        dense: bool = False) -> dict:
+    """DPO from ``model`` with ``model`` as reference, for ``cfg.dpo_epochs`` epochs, with the tracker, the mass
+    split at y⁺/y⁻ positions and greedy answers (repetition) after every epoch. Off-policy: the world's pairs.
+    On-policy: every epoch, pairs sampled from the current policy and ranked by the oracle
+    (:func:`on_policy_pairs`); the reference log-probs of each new set are computed once, batched. ``dense``: the
+    tracker also measures after every step of the first epoch (where SGD's brief rise of y⁺ happens)."""
+    ref_model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model)
+    items = world.train_items()
+    examples = probes.examples("train")
+    spe = len(items) // min(cfg.batch_size, len(items))
+    steps = cfg.dpo_epochs * spe
+    tracker = Tracker(tok, probes, every=spe, valley=True)
+    measured = {"mass": [], "repetition": [], "mass_steps": [], "pairs": []}
+    prompts = [p.prompt for p in probes.probes]
+    max_new = 2 * max(len(tok.encode(p.responses["chosen"])) for p in probes.probes)
+
+    def measure(m, step, end=False):
+        if (end if on_policy else step % spe == 0):
+            measured["mass"].append(mass(m, tok, examples))
+            measured["mass_steps"].append(step)
+            measured["repetition"].append(repetition(greedy_answers(m, tok, prompts, max_new)))
+
+    def track(m, step, end=False):  # on-policy: at the end of every round
+        if (end if on_policy else step % spe == 0 or (dense and step < spe)):
+            tracker.measure(m, step)
+
+    tracker.measure(model, 0)
+    measure(model, 0)
+    tc = cfg.train_config("dpo", steps, seed, optimizer, lr, beta)
+    t0 = time.perf_counter()
+    trainer = None
+    epochs = range(cfg.dpo_epochs) if on_policy else [None]
+    for e in epochs:
+        if on_policy:
+            pairs = on_policy_pairs(model, tok, world, items, cfg.samples, seed * 1000 + e)
+            measured["pairs"].append(len(pairs))
+            if not pairs:  # every sample is correct: nothing to push down this round
+                continue
+            ex = pairs
+        else:
+            ex = examples
+        data = PreferenceData(tok, ex, cfg.batch_size, model.config.block_size, seed,
+                              reference=Reference.compute(ref_model, tok, ex))
+        if trainer is None:
+            trainer = Trainer(model, data, tc, tok)
+        else:  # a new round of pairs: same model and optimizer state, new data
+            trainer.data = data
+        if on_policy:  # one round: one epoch over the new pairs
+            trainer.cfg = replace(tc, steps=trainer.step + data.batches_per_epoch)
+        try:
+            trainer.run(lambda tr, s: (track(tr.model, s, s == tr.cfg.steps), measure(tr.model, s, s == tr.cfg.steps)))
+        except TrainingDiverged as ex_:
+            raise TrainingDiverged(f"DPO ({tc.optimizer}, lr {tc.lr:g}, seed {seed}) diverged: lower --lr "
+                                   f"({ex_})") from None
+    train_s = time.perf_counter() - t0
+    return {"seed": seed, "optimizer": tc.optimizer, "lr": tc.lr, "beta": tc.pair_loss["beta"],
+            "loss": tc.pair_loss["name"], "on_policy": on_policy, "steps_per_epoch": spe,
+            "steps": trainer.step if trainer else 0,
+            "curves": {split: {f: tracker.curve(f, split)[1] for f in probes.families} for split in ("train", "test")},
+            "measured_steps": tracker.curve("chosen", "train")[0],
+            "valley_depth": [r["valley_depth"] for r in tracker.steps],
+            "mass": measured["mass"], "mass_epochs": [s / spe for s in measured["mass_steps"]],
+            "repetition": measured["repetition"], "pairs_per_round": measured["pairs"],
+            "seconds": round(train_s, 1)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# claims (fixed rules, per seed)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _verdict(per: list[dict]) -> tuple[int, str]:
+    n = sum(m["held"] for m in per)
+    return n, "held" if n == len(per) else ("not held" if n == 0 else f"mixed ({n}/{len(per)})")
+
+
+def _claim(out: list, key: str, paper: str, per: list[dict]) -> None:
+    n, v = _verdict(per)
+    out.append({"claim": key, "paper": paper, "per_seed": per, "held": n, "of": len(per), "verdict": v})
+
+
+def judge_dpo(runs: list[dict]) -> list[dict]:
+    """The paper's off-policy DPO claims, per seed, on the training prompts' mean curves. *Falls* = ends below its
+    start; *falls fastest* = the largest drop of every tracked family; *bump* = its highest point comes after the
+    start and before the end; *most families fall* = more than half of the families in FALLERS end below their
+    start; *squeezed into the argmax* = at the positions of y⁻ and of y⁺, the argmax token's mass ends above its
+    start."""
+    out = []
+    c = lambda r, f: r["curves"]["train"][f]  # noqa: E731
+    fams = [f for f in FALLERS if f in runs[0]["curves"]["train"]]
+    _claim(out, "rejected falls", "y_u⁻ falls", [{"change": c(r, "rejected")[-1] - c(r, "rejected")[0],
+                                                  "held": c(r, "rejected")[-1] < c(r, "rejected")[0]} for r in runs])
+
+    def fastest(r):
+        drops = {f: c(r, f)[0] - c(r, f)[-1] for f in fams}
+        top = max(drops, key=drops.get)
+        return {"change": -drops["rejected"], "largest": top, "held": top == "rejected"}
+    _claim(out, "rejected falls fastest", "y_u⁻ falls fastest of all families", [fastest(r) for r in runs])
+
+    def bump(r):
+        ys = c(r, "chosen")
+        k = max(range(len(ys)), key=ys.__getitem__)
+        return {"change": ys[-1] - ys[0], "peak": ys[k] - ys[0], "peak_epoch": r["measured_steps"][k] /
+                r["steps_per_epoch"], "held": 0 < k < len(ys) - 1}
+    _claim(out, "chosen bumps, then declines", "y_u⁺ rises briefly, then declines", [bump(r) for r in runs])
+    _claim(out, "chosen ends below its start", "y_u⁺ falls (squeezing reaches the chosen answer)",
+           [{"change": c(r, "chosen")[-1] - c(r, "chosen")[0], "held": c(r, "chosen")[-1] < c(r, "chosen")[0]}
+            for r in runs])
+    _claim(out, "most families fall", "almost every response loses probability",
+           [{"falling": sum(c(r, f)[-1] < c(r, f)[0] for f in fams), "of": len(fams),
+             "held": sum(c(r, f)[-1] < c(r, f)[0] for f in fams) > len(fams) / 2} for r in runs])
+    if "star" in runs[0]["curves"]["train"]:
+        _claim(out, "star rises", "y* (teacher-forced argmax) rises", [
+            {"change": c(r, "star")[-1] - c(r, "star")[0], "held": c(r, "star")[-1] > c(r, "star")[0]} for r in runs])
+    _claim(out, "mass squeezed into the argmax", "the mass goes to the argmax token, at y⁺ and y⁻ positions", [
+        {"argmax_gain_rejected": r["mass"][-1]["rejected"]["argmax"] - r["mass"][0]["rejected"]["argmax"],
+         "argmax_gain_chosen": r["mass"][-1]["chosen"]["argmax"] - r["mass"][0]["chosen"]["argmax"],
+         "held": r["mass"][-1]["rejected"]["argmax"] > r["mass"][0]["rejected"]["argmax"]
+         and r["mass"][-1]["chosen"]["argmax"] > r["mass"][0]["chosen"]["argmax"]} for r in runs])
+    _claim(out, "repetition grows", "long DPO makes greedy answers repeat themselves (the repeater)", [
+        {"change": r["repetition"][-1] - r["repetition"][0], "held": r["repetition"][-1] > r["repetition"][0]}
+        for r in runs])
+    return out
+
+
+def _fmt(m: dict) -> str:
+    if "largest" in m:
+        return f"{m['change']:+.1f} (largest: {m['largest']})"
+    if "peak_epoch" in m:
+        return f"peak {m['peak']:+.1f} @ep{m['peak_epoch']:g}, end {m['change']:+.1f}"
+    if "falling" in m:
+        return f"{m['falling']}/{m['of']}"
+    if "argmax_gain_rejected" in m:
+        return f"y⁻ pos {m['argmax_gain_rejected']:+.3f}, y⁺ pos {m['argmax_gain_chosen']:+.3f}"
+    if "wins" in m:
+        return f"{m['wins']}-{m['ties']}-{m['losses']}"
+    return f"{m['change']:+.2f}" if abs(m["change"]) < 1 else f"{m['change']:+.1f}"
+
+
+def claims_table(claims: list[dict], title: str) -> str:
+    lines = [title, f"  {'claim':34s} {'verdict':13s} per seed"]
+    for cl in claims:
+        lines.append(f"  {cl['claim']:34s} {cl['verdict']:13s} " + " | ".join(_fmt(m) for m in cl["per_seed"]))
+    return "\n".join(lines)
+
+
+def squeeze_summary(r: dict) -> dict:
+    """How much a DPO run squeezed (training prompts): change of y*, y⁺, y⁻, how many families fell, and the
+    argmax mass gained at y⁻ and y⁺ positions."""
+    c = r["curves"]["train"]
+    fams = [f for f in FALLERS if f in c]
+    return {"star": c["star"][-1] - c["star"][0] if "star" in c else None,
+            "chosen": c["chosen"][-1] - c["chosen"][0], "rejected": c["rejected"][-1] - c["rejected"][0],
+            "falling": sum(c[f][-1] < c[f][0] for f in fams), "families": len(fams),
+            "argmax_gain_rejected": r["mass"][-1]["rejected"]["argmax"] - r["mass"][0]["rejected"]["argmax"],
+            "argmax_gain_chosen": r["mass"][-1]["chosen"]["argmax"] - r["mass"][0]["chosen"]["argmax"]}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the experiments
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _probes(model, tok, world: World) -> ProbeSet:
+    return ProbeSet.from_world(world).with_init(model, tok)
+
+
+def run_dynamics(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
+    runs, regimes = [], []
+    for seed in cfg.seeds:
+        model, tok, world = base(cfg, seed, mode)
+        items = world.train_items()
+        model = sft(cfg, seed, model, tok, [it.example() for it in items], sft_steps(cfg, len(items)))
+        probes = _probes(model, tok, world)
+        regimes.append(regime(model, tok, probes, world))
+        r = dpo(cfg, seed, model, tok, probes, world, dense=True)
+        runs.append(r)
+        s = squeeze_summary(r)
+        print(f"  seed {seed}: y⁻ {s['rejected']:+.1f}, y⁺ {s['chosen']:+.1f}, y* {s['star']:+.1f} nats · "
+              f"{s['falling']}/{s['families']} families fall · {r['seconds']} s", flush=True)
+    claims = judge_dpo(runs)
+    res = {"regime_before_dpo": _summary(regimes), "regime_per_seed": regimes, "claims": claims, "runs": runs}
+    try:
+        res["figure"] = str(figure(runs, out / f"fig4_{mode}.png", f"off-policy DPO, {mode} world ({runs[0]['loss']}"
+                                   f" β {cfg.beta:g}, {cfg.optimizer} lr {cfg.lr:g}, {len(runs)} seeds)"))
+        res["mass_figure"] = str(mass_figure(runs, out / f"mass_{mode}.png", f"where the mass goes, {mode} world"))
+    except ImportError as e:
+        print(f"  (no figure: {e})")
+    return res
+
+
+def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
+    per_seed = []
+    for seed in cfg.seeds:
+        model, tok, world = base(cfg, seed, mode)
+        items = world.train_items()
+        steps = sft_steps(cfg, len(items))
+        probes = _probes(model, tok, world)
+        arms = {}
+        for arm, examples in (("baseline", [it.example() for it in items]),
+                              ("extend", [e for it in items for e in (it.example(), Example(it.prompt, it.rejected))])):
+            tr = Tracker(tok, probes, every=max(1, steps // max(1, cfg.sft_epochs)), valley=False)
+            tr.measure(model, 0)
+            m = sft(cfg, seed, model, tok, examples, steps, tracker=tr)
+            run = dpo(cfg, seed, m, tok, _probes(m, tok, world), world)
+            run["sft_rejected"] = tr.curve("rejected", "train")[1]
+            run["sft_chosen"] = tr.curve("chosen", "train")[1]
+            run["valley_before_dpo"] = valley_depth(m, tok)
+            arms[arm] = (m, run)
+        win = []
+        for k in sorted({min(k, cfg.dpo_epochs) for k in (2, 4, 6)}):
+            a = dpo_to(cfg, seed, arms["extend"][0], tok, world, k)
+            b = dpo_to(cfg, seed, arms["baseline"][0], tok, world, k)
+            ca = sampled_correct(a, tok, world, world.test_items(), cfg.samples, seed)
+            cb = sampled_correct(b, tok, world, world.test_items(), cfg.samples, seed)
+            w = sum(x and not y for ra, rb in zip(ca, cb) for x, y in zip(ra, rb))
+            lo = sum(y and not x for ra, rb in zip(ca, cb) for x, y in zip(ra, rb))
+            n = sum(len(r) for r in ca)
+            win.append({"dpo_epochs": k, "wins": w, "losses": lo, "ties": n - w - lo, "n": n,
+                        "win_rate_of_decided": w / (w + lo) if w + lo else None,
+                        "extend_correct": sum(map(sum, ca)) / n, "baseline_correct": sum(map(sum, cb)) / n})
+        rec = {"seed": seed, "sft_steps": steps, "win": win,
+               **{arm: {"squeeze": squeeze_summary(r), "sft_rejected": r["sft_rejected"],
+                        "sft_chosen": r["sft_chosen"], "valley_before_dpo": r["valley_before_dpo"], "run": r}
+                  for arm, (_, r) in arms.items()}}
+        per_seed.append(rec)
+        sb, se = rec["baseline"]["squeeze"], rec["extend"]["squeeze"]
+        print(f"  seed {seed}: after SFT log π(y⁻) baseline {rec['baseline']['sft_rejected'][-1]:.1f}, extend "
+              f"{rec['extend']['sft_rejected'][-1]:.1f} · during DPO y* {sb['star']:+.1f} vs {se['star']:+.1f}, y⁺ "
+              f"{sb['chosen']:+.1f} vs {se['chosen']:+.1f} · win/tie/loss of extend " +
+              ", ".join(f"ep{x['dpo_epochs']} {x['wins']}/{x['ties']}/{x['losses']}" for x in win), flush=True)
+    claims = []
+    _claim(claims, "extend: y⁻ not in a valley", "after extend's SFT, log π(y⁻) is higher than after the baseline's",
+           [{"change": r["extend"]["sft_rejected"][-1] - r["baseline"]["sft_rejected"][-1],
+             "held": r["extend"]["sft_rejected"][-1] > r["baseline"]["sft_rejected"][-1]} for r in per_seed])
+    _claim(claims, "extend squeezes less (y*)", "y* rises less during DPO after extend",
+           [{"change": r["extend"]["squeeze"]["star"] - r["baseline"]["squeeze"]["star"],
+             "held": r["extend"]["squeeze"]["star"] < r["baseline"]["squeeze"]["star"]} for r in per_seed])
+    _claim(claims, "extend keeps y⁺ higher", "y⁺ falls less (or rises more) during DPO after extend",
+           [{"change": r["extend"]["squeeze"]["chosen"] - r["baseline"]["squeeze"]["chosen"],
+             "held": r["extend"]["squeeze"]["chosen"] > r["baseline"]["squeeze"]["chosen"]} for r in per_seed])
+    last = lambda r: r["win"][-1]  # noqa: E731
+    _claim(claims, f"extend wins (after {per_seed[0]['win'][-1]['dpo_epochs']} DPO epochs)",
+           "extend's sampled answers win more often than they lose (paper: 0.65–0.69 win rate)",
+           [{"wins": last(r)["wins"], "ties": last(r)["ties"], "losses": last(r)["losses"],
+             "held": last(r)["wins"] > last(r)["losses"]} for r in per_seed])
+    res = {"claims": claims, "per_seed": per_seed}
+    try:
+        from tinyld.plots import condition_lines
+
+        series = {}
+        for key, label in (("sft_rejected", "log π(y⁻) during SFT"), ("star", "y* during DPO"),
+                           ("chosen", "y⁺ during DPO"), ("rejected", "y⁻ during DPO")):
+            series[label] = {}
+            for arm in ("baseline", "extend"):
+                ys = [r[arm][key] if key.startswith("sft") else r[arm]["run"]["curves"]["train"][key] for r in per_seed]
+                n = len(ys[0])
+                series[label][arm] = (list(range(n)), [statistics.fmean(y[i] for y in ys) for i in range(n)])
+        res["figure"] = str(condition_lines(series, out / f"extend_{mode}.png", f"extend vs baseline, {mode} world "
+                                            f"(mean of {len(per_seed)} seeds)", xlabel="measurement (once per epoch)"))
+    except ImportError as e:
+        print(f"  (no figure: {e})")
+    return res
+
+
+def dpo_to(cfg: DPODynamicsConfig, seed: int, model, tok, world: World, epochs: int):
+    """The model after ``epochs`` epochs of off-policy DPO from ``model`` (its own reference), no measurements."""
+    model = copy.deepcopy(model)
+    ex = [it.example() for it in world.train_items()]
+    data = PreferenceData(tok, ex, cfg.batch_size, model.config.block_size, seed,
+                          reference=Reference.compute(model, tok, ex))
+    Trainer(model, data, cfg.train_config("dpo", epochs * data.batches_per_epoch, seed), tok).run()
+    return model.eval()
+
+
+def run_on_policy(cfg: DPODynamicsConfig, mode: str, out: Path, off: dict | None = None) -> dict:
+    per_seed = []
+    for i, seed in enumerate(cfg.seeds):
+        model, tok, world = base(cfg, seed, mode)
+        items = world.train_items()
+        model = sft(cfg, seed, model, tok, [it.example() for it in items], sft_steps(cfg, len(items)))
+        probes = _probes(model, tok, world)
+        off_run = off["runs"][i] if off else dpo(cfg, seed, model, tok, probes, world)
+        on_run = dpo(cfg, seed, model, tok, probes, world, on_policy=True)
+        rec = {"seed": seed, "off": squeeze_summary(off_run), "on": squeeze_summary(on_run),
+               "pairs_per_round": on_run["pairs_per_round"], "on_run": on_run}
+        per_seed.append(rec)
+        print(f"  seed {seed}: y* off {rec['off']['star']:+.1f} / on {rec['on']['star']:+.1f}, y⁺ off "
+              f"{rec['off']['chosen']:+.1f} / on {rec['on']['chosen']:+.1f}, families falling off "
+              f"{rec['off']['falling']} / on {rec['on']['falling']} · on-policy pairs per round "
+              f"{on_run['pairs_per_round']}", flush=True)
+    claims = []
+    _claim(claims, "on-policy: y* rises less", "sampling y⁻ from the policy squeezes less: y* rises less",
+           [{"change": r["on"]["star"] - r["off"]["star"], "held": r["on"]["star"] < r["off"]["star"]}
+            for r in per_seed])
+    _claim(claims, "on-policy: fewer families fall", "fewer responses lose probability",
+           [{"change": r["on"]["falling"] - r["off"]["falling"], "held": r["on"]["falling"] < r["off"]["falling"]}
+            for r in per_seed])
+    _claim(claims, "on-policy: less argmax gain at y⁻", "less mass is squeezed into the argmax at y⁻ positions",
+           [{"change": r["on"]["argmax_gain_rejected"] - r["off"]["argmax_gain_rejected"],
+             "held": r["on"]["argmax_gain_rejected"] < r["off"]["argmax_gain_rejected"]} for r in per_seed])
+    return {"claims": claims, "per_seed": per_seed}
+
+
+def run_conditions(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
+    """The dynamics claims under: the default; a shallow valley (400 pretraining steps); plain SGD; β × 10;
+    lr / 3 and lr × 3. SGD's learning rate is 10 × the default (DPO's β(1 − a) ≤ β scales its gradient)."""
+    shallow = 400 if cfg.pretrain_steps > 400 else max(1, cfg.pretrain_steps // 10)
+    conds = [("default", {}), ("shallow valley", {"pre": shallow}), ("sgd", {"optimizer": "sgd", "lr": 10 * cfg.lr}),
+             (f"β {10 * cfg.beta:g}", {"beta": 10 * cfg.beta}), (f"lr {cfg.lr / 3:.2g}", {"lr": cfg.lr / 3}),
+             (f"lr {cfg.lr * 3:.2g}", {"lr": cfg.lr * 3})]
+    rows = []
+    for name, kw in conds:
+        runs, valleys = [], []
+        for seed in cfg.seeds:
+            model, tok, world = base(cfg, seed, mode, kw.get("pre"))
+            items = world.train_items()
+            model = sft(cfg, seed, model, tok, [it.example() for it in items], sft_steps(cfg, len(items)),
+                        optimizer=kw.get("optimizer"), lr=kw.get("lr"))
+            valleys.append(valley_depth(model, tok))
+            runs.append(dpo(cfg, seed, model, tok, _probes(model, tok, world), world, optimizer=kw.get("optimizer"),
+                            lr=kw.get("lr"), beta=kw.get("beta")))
+        cl = judge_dpo(runs)
+        rows.append({"condition": name, "optimizer": kw.get("optimizer", cfg.optimizer), "lr": kw.get("lr", cfg.lr),
+                     "beta": kw.get("beta", cfg.beta), "pretrain_steps": kw.get("pre", cfg.pretrain_steps),
+                     "valley_depth": statistics.fmean(valleys),
+                     "claims": {x["claim"]: f"{x['held']}/{x['of']}" for x in cl},
+                     "squeeze": [squeeze_summary(r) for r in runs]})
+        print(f"  {name}: valley {rows[-1]['valley_depth']:.1f} nats/token · " +
+              ", ".join(f"{k} {v}" for k, v in rows[-1]["claims"].items()), flush=True)
+    heads = [r["condition"] for r in rows]
+    table = [f"{'claim':34s}" + "".join(f"{h:>15s}" for h in heads),
+             f"{'  optimizer, lr':34s}" + "".join(f"{r['optimizer']} {r['lr']:.2g}".rjust(15) for r in rows),
+             f"{'  β':34s}" + "".join(f"{r['beta']:>15g}" for r in rows),
+             f"{'  pretraining steps':34s}" + "".join(f"{r['pretrain_steps']:>15d}" for r in rows),
+             f"{'  valley depth after SFT':34s}" + "".join(f"{r['valley_depth']:>15.1f}" for r in rows)]
+    for n in rows[0]["claims"]:
+        table.append(f"{n:34s}" + "".join(f"{r['claims'][n]:>15s}" for r in rows))
+    write_text_atomic(out / f"conditions_{mode}.txt", "\n".join(table) + "\n")
+    print("\n".join("  " + t for t in table))
+    return {"rows": rows, "table": table}
+
+
+def mass_figure(runs: list[dict], path: Path, title: str) -> Path:
+    """Mean mass (over positions, then seeds) of the argmax, y⁺'s token, y⁻'s token and the rest, at the positions
+    of y⁺ and of y⁻, per DPO epoch."""
+    from tinyld.plots import condition_lines
+
+    names = {"own": "own token", "other": "the other response's token", "argmax": "argmax", "rest": "rest"}
+    series = {}
+    for half, label in (("chosen", "at y⁺ positions"), ("rejected", "at y⁻ positions")):
+        series[label] = {names[k]: (runs[0]["mass_epochs"], [statistics.fmean(r["mass"][i][half][k] for r in runs)
+                                                             for i in range(len(runs[0]["mass"]))])
+                         for k in MASS_CLASSES}
+    return condition_lines(series, path, title, xlabel="DPO epoch", ylabel="probability (mean over positions)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run(cfg: DPODynamicsConfig) -> dict:
+    if not isinstance(cfg, DPODynamicsConfig):
+        raise TinyldError(f"run takes a DPODynamicsConfig, got {type(cfg).__name__}")
+    pick_device(cfg.device)
+    out = writable_dir(cfg.out, "dpo-dynamics output folder")
+    with num_threads(cfg.threads):
+        return _run(cfg, out)
+
+
+def _run(cfg: DPODynamicsConfig, out: Path) -> dict:
+    t0 = time.perf_counter()
+    want = {cfg.experiment} if cfg.experiment != "all" else set(EXPERIMENTS) - {"all"}
+    print("tinyld dpo-dynamics — what DPO does to every answer, squeezing, extend, on-policy (paper §3–§4)")
+    print(f"  {pick_device(cfg.device)}, {cfg.threads} CPU threads · versions {json.dumps(versions())}\n"
+          f"  config {json.dumps(asdict(cfg))}")
+    print(f"  SFT then DPO ({cfg.loss}, β {cfg.beta:g}): {cfg.optimizer}, lr {cfg.lr:g} (constant, no clipping), "
+          f"batch {cfg.batch_size}, {cfg.sft_epochs} SFT + {cfg.dpo_epochs} DPO epochs, seeds {cfg.seeds}")
+    result = {"config": asdict(cfg), "versions": versions(), "modes": {}}
+    texts = []
+    for mode in cfg.modes:
+        res = result["modes"][mode] = {}
+        if want & {"dynamics", "on-policy"}:
+            print(f"\n== off-policy DPO dynamics, {mode} world ==")
+            res["dynamics"] = run_dynamics(cfg, mode, out)
+            reg = res["dynamics"]["regime_before_dpo"]
+            print(f"  regime before DPO (mean ± sd): log π(y⁺) {reg['logp_chosen']['mean']:.1f} ± "
+                  f"{reg['logp_chosen']['sd']:.1f}, y* ≠ y⁺ at {reg['ystar_differs']['mean']:.2f} of positions, "
+                  f"valley depth {reg['valley_depth']['mean']:.1f} ± {reg['valley_depth']['sd']:.1f} nats/token")
+            texts.append(claims_table(res["dynamics"]["claims"], f"off-policy DPO, {mode} world"))
+            print(texts[-1])
+        if "on-policy" in want:
+            print(f"\n== on-policy vs off-policy DPO, {mode} world ==")
+            res["on_policy"] = run_on_policy(cfg, mode, out, res.get("dynamics"))
+            texts.append(claims_table(res["on_policy"]["claims"], f"on-policy vs off-policy, {mode} world"))
+            print(texts[-1])
+        if "extend" in want:
+            print(f"\n== extend vs baseline, {mode} world ==")
+            res["extend"] = run_extend(cfg, mode, out)
+            texts.append(claims_table(res["extend"]["claims"], f"extend vs baseline, {mode} world"))
+            print(texts[-1])
+        if "conditions" in want and mode == cfg.modes[0]:
+            print(f"\n== conditions, {mode} world ==")
+            res["conditions"] = run_conditions(cfg, mode, out)
+    result["runtime_s"] = round(time.perf_counter() - t0, 1)
+    write_text_atomic(out / "dpo_dynamics.json", json.dumps(_plain_json(result), indent=1, allow_nan=False))
+    write_text_atomic(out / "claims.txt", "\n\n".join(texts) + "\n")
+    print(f"\nwrote {out / 'dpo_dynamics.json'}, {out / 'claims.txt'} and figures in {out} · {result['runtime_s']} s")
+    return result
