@@ -165,8 +165,8 @@ assert s_off["from_others"] > s_on["from_others"]
 # is taken from them. The squeezing needs y⁻ to be *unlikely*.
 #
 # Write the rule on shares. For i ≠ y⁻ let s_i = π_i/(1 − π(y⁻)), label i's share of the mass outside y⁻. Then
-# π_i > log(Z)/η′ is the same as s_i > log Z/(η′(1 − π(y⁻))), the **share threshold**. Statements 1–4 are
-# those of lessons/NOTES.md §3; tests/test_squeeze.py checks them and a fifth. Statement 5: with the other logits
+# π_i > log(Z)/η′ is the same as s_i > log Z/(η′(1 − π(y⁻))), the **share threshold**. Statements 1–5 are
+# those of lessons/NOTES.md §3, and tests/test_squeeze.py checks each of them. Statement 5: with the other logits
 # fixed, lowering z_{y⁻} leaves every share unchanged and raises the share threshold, so the set of
 # labels that rise can only shrink. The deeper y⁻ sits in a valley, the more labels fall. Pictures 1 and 2 put
 # y⁻ on two different labels, so statement 5 does not compare them directly (the shares differ). The curve at the

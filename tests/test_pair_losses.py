@@ -260,10 +260,10 @@ def test_hand_ipo():
 
 
 def test_hand_rpo():
-    ell, cp, cm = _one(pair_loss("rpo", beta=0.5, alpha=1.0))
-    want = -math.log(_sig(1.0)) + 1.0 * (-LC / NC)  # DPO + α · (mean NLL over y⁺'s tokens) = 0.3133 + 2
-    assert ell == pytest.approx(want, rel=1e-12) and ell == pytest.approx(2.313261687518223, rel=1e-12)
-    assert cp == pytest.approx(0.5 * _sig(-1.0) + 1.0 / NC, rel=1e-12) and cp == pytest.approx(0.6344707106849976)
+    ell, cp, cm = _one(pair_loss("rpo", beta=0.5, alpha=0.5))
+    want = -math.log(_sig(1.0)) + 0.5 * (-LC / NC)  # DPO + α · (mean NLL over y⁺'s tokens) = 0.3133 + 0.5 · 2
+    assert ell == pytest.approx(want, rel=1e-12) and ell == pytest.approx(1.313261687518223, rel=1e-12)
+    assert cp == pytest.approx(0.5 * _sig(-1.0) + 0.5 / NC, rel=1e-12) and cp == pytest.approx(0.38447071068499755)
     assert cm == pytest.approx(0.5 * _sig(-1.0), rel=1e-12) and cm == pytest.approx(0.13447071068499755)
 
 

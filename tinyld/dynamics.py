@@ -161,7 +161,10 @@ class DPOUpdate:
         self.beta = self.pair_loss.beta
         self.weight = check_number("DPOUpdate weight", weight)
         B = chosen.n_groups
-        if not self.pair_loss.uses_reference and ref_chosen is None and ref_rejected is None:
+        if not self.pair_loss.uses_reference and (ref_chosen is None) != (ref_rejected is None):
+            raise TinyldError(f"the {self.pair_loss.name!r} loss uses no reference: give both reference log-probs "
+                              "or neither")
+        if not self.pair_loss.uses_reference and ref_chosen is None:
             ref_chosen = ref_rejected = torch.zeros(B, dtype=torch.float64)  # unused by the loss
         elif ref_chosen is None or ref_rejected is None:
             raise TinyldError(f"the {self.pair_loss.name!r} loss needs the reference log-probs of both responses "
@@ -660,6 +663,17 @@ def contributions(model, update, observed: Rows, eta: float) -> torch.Tensor:
     _check(model, observed, *_update_rows(update), eta=eta)
     return torch.stack([sequence_change(observed, _predict(model, observed, sub, eta))  # (n_seq,) each
                         for sub in update.split()])  # (B_u, n_seq)
+
+
+def halves(model, update: DPOUpdate, observed: Rows, eta: float) -> dict[str, torch.Tensor]:
+    """A preference step split into its two halves: ``{"chosen": …, "rejected": …}``, each (n_seq,) the predicted
+    Δ log π(y_o|x_o) due to the pull on y⁺ (G⁺) and due to the push on y⁻ (G⁻, the negative gradient). They sum to
+    the whole step's prediction, because −η·A·K·G is linear in G."""
+    if not isinstance(update, DPOUpdate):
+        raise TinyldError(f"halves splits a preference update (DPOUpdate), got {type(update).__name__}")
+    _check(model, observed, update.chosen, update.rejected, eta=eta)
+    return {name: sequence_change(observed, _predict(model, observed, ResidualUpdate(rows, G), eta))
+            for name, (rows, _, G) in zip(("chosen", "rejected"), update.residuals(model))}
 
 
 def proxies(delta: torch.Tensor, logits_o: torch.Tensor, G: torch.Tensor | list[torch.Tensor]) -> dict:

@@ -136,7 +136,8 @@ class PairLoss:
     - ``hinge``   ℓ = max(0, 1 − βm)
     - ``ipo``     ℓ = (m̄ − 1/(2β))², m̄ = (lc − rc)/nc − (lr − rr)/nr  (TRL averages log-probs over tokens for IPO)
     - ``robust``  ℓ = [−(1 − ε) log σ(βm) + ε log σ(−βm)] / (1 − 2ε)
-    - ``rpo``     ℓ = −log σ(βm) − α·lc/nc  (TRL's rpo_alpha; the NLL is per pair, mean over its tokens)
+    - ``rpo``     ℓ = −log σ(βm) − α·lc/nc  (α as TRL's rpo_alpha, but the NLL is taken per pair, as the mean over
+      its tokens; TRL averages one NLL over all chosen tokens of the batch: equal when the lengths are)
     - ``simpo``   ℓ = −log σ(β·lc/nc − β·lr/nr − γ)  (no reference)
     - ``dpop``    ℓ = −log σ(β[m − λ·max(0, rc − lc)])
     """
@@ -151,13 +152,15 @@ class PairLoss:
     def __post_init__(self):
         if not isinstance(self.name, str) or self.name not in PAIR_LOSSES:
             raise TinyldError(f"unknown preference loss {self.name!r}: choose one of {', '.join(PAIR_LOSSES)}")
-        check_number(f"{self.name} loss: beta", self.beta, 0, strict=True)
-        check_number(f"{self.name} loss: label_smoothing", self.label_smoothing, 0, 0.5, hi_open=True)
+        set_ = lambda k, v: object.__setattr__(self, k, float(v))  # noqa: E731  (frozen; numpy scalars → float)
+        set_("beta", check_number(f"{self.name} loss: beta", self.beta, 0, strict=True))
+        set_("label_smoothing", check_number(f"{self.name} loss: label_smoothing", self.label_smoothing, 0, 0.5,
+                                             hi_open=True))
         if self.label_smoothing and self.name not in ("sigmoid", "robust"):
             raise TinyldError(f"label_smoothing is for the sigmoid (cDPO) and robust losses, not {self.name!r}")
-        check_number(f"{self.name} loss: gamma", self.gamma, 0)
-        check_number(f"{self.name} loss: alpha", self.alpha, 0)
-        check_number(f"{self.name} loss: lam", self.lam, 0)
+        set_("gamma", check_number(f"{self.name} loss: gamma", self.gamma, 0))
+        set_("alpha", check_number(f"{self.name} loss: alpha", self.alpha, 0))
+        set_("lam", check_number(f"{self.name} loss: lam", self.lam, 0))
 
     @property
     def uses_reference(self) -> bool:

@@ -46,14 +46,21 @@ def who_moves(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> d
 
     Returns ``pi`` and ``pi_after`` (V,), ``rises`` (V,) bool, ``log_Z`` and, for a negative step, ``threshold`` =
     log(Z)/η′ (a label i ≠ label rises exactly when π_i is above it) and ``share_threshold`` = log(Z)/(η′(1 − π_label))
-    (the same rule on the share π_i/(1 − π_label); it rises as π_label falls with the other logits fixed)."""
+    (the same rule on the share π_i/(1 − π_label); it rises as π_label falls with the other logits fixed; −1, its
+    limit, when π_label = 1). For a positive step ``threshold`` = −log(Z)/η′ and a label i ≠ label rises exactly
+    when π_i is *below* it: the small labels gain share, the large ones lose it."""
     z = _check(logits, label, eta, sign)
     pi = F.softmax(z, -1)
     dz = sign * eta * (F.one_hot(torch.tensor(label), z.numel()).to(z.dtype) - pi)  # (V,) the step itself, not z′ − z
-    log_Z = torch.log1p((pi * torch.expm1(dz)).sum())  # log Σ_j π_j exp(Δz_j), accurate when the step is small
+    if dz.abs().max() < 1:  # log Σ_j π_j exp(Δz_j): log1p form, accurate when the step is small
+        log_Z = torch.log1p((pi * torch.expm1(dz)).sum())
+    else:  # large steps: exp(Δz) would overflow
+        log_Z = torch.logsumexp(F.log_softmax(z, -1) + dz, -1)
     pi_after = F.softmax(z + dz, -1)
     out = {"pi": pi, "pi_after": pi_after, "rises": dz > log_Z, "log_Z": log_Z.item()}
-    if sign == -1:
+    if sign == 1:  # a positive step: a label i ≠ label rises exactly when π_i is *below* −log(Z)/η′
+        out["threshold"] = -log_Z.item() / eta
+    else:
         out["threshold"] = log_Z.item() / eta
         rest = (pi.sum() - pi[label]).item()  # 1 − π_label, without the cancellation when π_label ≈ 1
         out["share_threshold"] = log_Z.item() / (eta * rest) if rest > 0 else -1.0
