@@ -345,7 +345,9 @@ class Trainer:
             was = self.model.training
             self.model.eval()
             with torch.no_grad():
-                logits = self.model(self.data.batch(self.step).idx.to(self.device))  # (B, T, V)
+                b = self.data.batch(self.step)
+                b = b.seqs if isinstance(b, PrefBatch) else b  # preference data: its 2B sequences
+                logits = self.model(b.idx.to(self.device))  # (B, T, V)
             self.model.train(was)
             if not torch.isfinite(logits).all():
                 bad = "the logits the weights give on the next batch"

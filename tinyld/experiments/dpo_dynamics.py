@@ -204,12 +204,13 @@ def on_policy_pairs(model, tok, world: World, items, samples: int, seed: int) ->
 
 def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: World, on_policy: bool = False,
         optimizer: str | None = None, lr: float | None = None, beta: float | None = None,
-        dense: bool = False) -> dict:
+        dense: bool = False, snapshots: tuple[int, ...] = ()) -> dict:
     """DPO from ``model`` with ``model`` as reference, for ``cfg.dpo_epochs`` epochs, with the tracker, the mass
     split at y⁺/y⁻ positions and greedy answers (repetition) after every epoch. Off-policy: the world's pairs.
     On-policy: every epoch, pairs sampled from the current policy and ranked by the oracle
     (:func:`on_policy_pairs`); the reference log-probs of each new set are computed once, batched. ``dense``: the
-    tracker also measures after every step of the first epoch (where SGD's brief rise of y⁺ happens)."""
+    tracker also measures after every step of the first epoch (where SGD's brief rise of y⁺ happens).
+    ``snapshots``: DPO epochs after which a copy of the model is kept (``run["models"][k]``; not saved in JSON)."""
     ref_model = copy.deepcopy(model).eval()
     model = copy.deepcopy(model)
     items = world.train_items()
@@ -218,10 +219,13 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
     steps = cfg.dpo_epochs * spe
     tracker = Tracker(tok, probes, every=spe, valley=True)
     measured = {"mass": [], "repetition": [], "mass_steps": [], "pairs": []}
+    models = {}
     prompts = [p.prompt for p in probes.probes]
     max_new = 2 * max(len(tok.encode(p.responses["chosen"])) for p in probes.probes)
 
     def measure(m, step, end=False):
+        if not on_policy and step % spe == 0 and step // spe in snapshots:
+            models[step // spe] = copy.deepcopy(m).eval()
         if (end if on_policy else step % spe == 0):
             measured["mass"].append(mass(m, tok, examples))
             measured["mass_steps"].append(step)
@@ -232,7 +236,7 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
             tracker.measure(m, step)
 
     tracker.measure(model, 0)
-    measure(model, 0)
+    measure(model, 0, end=True)
     tc = cfg.train_config("dpo", steps, seed, optimizer, lr, beta)
     t0 = time.perf_counter()
     trainer = None
@@ -268,7 +272,7 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
             "valley_depth": [r["valley_depth"] for r in tracker.steps],
             "mass": measured["mass"], "mass_epochs": [s / spe for s in measured["mass_steps"]],
             "repetition": measured["repetition"], "pairs_per_round": measured["pairs"],
-            "seconds": round(train_s, 1)}
+            "seconds": round(train_s, 1), "models": models}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -381,6 +385,7 @@ def run_dynamics(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
         probes = _probes(model, tok, world)
         regimes.append(regime(model, tok, probes, world))
         r = dpo(cfg, seed, model, tok, probes, world, dense=True)
+        r.pop("models")
         runs.append(r)
         s = squeeze_summary(r)
         print(f"  seed {seed}: y⁻ {s['rejected']:+.1f}, y⁺ {s['chosen']:+.1f}, y* {s['star']:+.1f} nats · "
@@ -409,27 +414,27 @@ def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
             tr = Tracker(tok, probes, every=max(1, steps // max(1, cfg.sft_epochs)), valley=False)
             tr.measure(model, 0)
             m = sft(cfg, seed, model, tok, examples, steps, tracker=tr)
-            run = dpo(cfg, seed, m, tok, _probes(m, tok, world), world)
+            run = dpo(cfg, seed, m, tok, _probes(m, tok, world), world, snapshots=win_epochs(cfg))
             run["sft_rejected"] = tr.curve("rejected", "train")[1]
             run["sft_chosen"] = tr.curve("chosen", "train")[1]
             run["valley_before_dpo"] = valley_depth(m, tok)
-            arms[arm] = (m, run)
+            arms[arm] = run
         win = []
-        for k in sorted({min(k, cfg.dpo_epochs) for k in (2, 4, 6)}):
-            a = dpo_to(cfg, seed, arms["extend"][0], tok, world, k)
-            b = dpo_to(cfg, seed, arms["baseline"][0], tok, world, k)
-            ca = sampled_correct(a, tok, world, world.test_items(), cfg.samples, seed)
-            cb = sampled_correct(b, tok, world, world.test_items(), cfg.samples, seed)
+        for k in win_epochs(cfg):
+            ca = sampled_correct(arms["extend"]["models"][k], tok, world, world.test_items(), cfg.samples, seed)
+            cb = sampled_correct(arms["baseline"]["models"][k], tok, world, world.test_items(), cfg.samples, seed)
             w = sum(x and not y for ra, rb in zip(ca, cb) for x, y in zip(ra, rb))
             lo = sum(y and not x for ra, rb in zip(ca, cb) for x, y in zip(ra, rb))
             n = sum(len(r) for r in ca)
             win.append({"dpo_epochs": k, "wins": w, "losses": lo, "ties": n - w - lo, "n": n,
                         "win_rate_of_decided": w / (w + lo) if w + lo else None,
                         "extend_correct": sum(map(sum, ca)) / n, "baseline_correct": sum(map(sum, cb)) / n})
+        for run in arms.values():
+            run.pop("models")
         rec = {"seed": seed, "sft_steps": steps, "win": win,
                **{arm: {"squeeze": squeeze_summary(r), "sft_rejected": r["sft_rejected"],
                         "sft_chosen": r["sft_chosen"], "valley_before_dpo": r["valley_before_dpo"], "run": r}
-                  for arm, (_, r) in arms.items()}}
+                  for arm, r in arms.items()}}
         per_seed.append(rec)
         sb, se = rec["baseline"]["squeeze"], rec["extend"]["squeeze"]
         print(f"  seed {seed}: after SFT log π(y⁻) baseline {rec['baseline']['sft_rejected'][-1]:.1f}, extend "
@@ -470,14 +475,10 @@ def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
     return res
 
 
-def dpo_to(cfg: DPODynamicsConfig, seed: int, model, tok, world: World, epochs: int):
-    """The model after ``epochs`` epochs of off-policy DPO from ``model`` (its own reference), no measurements."""
-    model = copy.deepcopy(model)
-    ex = [it.example() for it in world.train_items()]
-    data = PreferenceData(tok, ex, cfg.batch_size, model.config.block_size, seed,
-                          reference=Reference.compute(model, tok, ex))
-    Trainer(model, data, cfg.train_config("dpo", epochs * data.batches_per_epoch, seed), tok).run()
-    return model.eval()
+def win_epochs(cfg: DPODynamicsConfig) -> tuple[int, ...]:
+    """The DPO epochs after which extend and the baseline are compared on sampled answers: 2, 4, 6 (as the paper's
+    Table 1), capped at the run's length."""
+    return tuple(sorted({min(k, cfg.dpo_epochs) for k in (2, 4, 6)}))
 
 
 def run_on_policy(cfg: DPODynamicsConfig, mode: str, out: Path, off: dict | None = None) -> dict:
@@ -487,8 +488,9 @@ def run_on_policy(cfg: DPODynamicsConfig, mode: str, out: Path, off: dict | None
         items = world.train_items()
         model = sft(cfg, seed, model, tok, [it.example() for it in items], sft_steps(cfg, len(items)))
         probes = _probes(model, tok, world)
-        off_run = off["runs"][i] if off else dpo(cfg, seed, model, tok, probes, world)
+        off_run = off["runs"][i] if off else dpo(cfg, seed, model, tok, probes, world, dense=True)
         on_run = dpo(cfg, seed, model, tok, probes, world, on_policy=True)
+        on_run.pop("models")
         rec = {"seed": seed, "off": squeeze_summary(off_run), "on": squeeze_summary(on_run),
                "pairs_per_round": on_run["pairs_per_round"], "on_run": on_run}
         per_seed.append(rec)
@@ -526,7 +528,8 @@ def run_conditions(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
                         optimizer=kw.get("optimizer"), lr=kw.get("lr"))
             valleys.append(valley_depth(model, tok))
             runs.append(dpo(cfg, seed, model, tok, _probes(model, tok, world), world, optimizer=kw.get("optimizer"),
-                            lr=kw.get("lr"), beta=kw.get("beta")))
+                            lr=kw.get("lr"), beta=kw.get("beta"), dense=True))
+            runs[-1].pop("models")
         cl = judge_dpo(runs)
         rows.append({"condition": name, "optimizer": kw.get("optimizer", cfg.optimizer), "lr": kw.get("lr", cfg.lr),
                      "beta": kw.get("beta", cfg.beta), "pretrain_steps": kw.get("pre", cfg.pretrain_steps),
