@@ -126,14 +126,18 @@ assert torch.allclose(parts["chosen"] + parts["rejected"], whole, atol=1e-5)  # 
 # goes somewhere: the mass table above says where.
 #
 # ## What held in every run we made
-# Only claims that held for every seed in both fast and full mode on our machine are asserted; the README's
-# claims table gives the full picture, with the conditions (valley depth, optimizer, β, learning rate) under
-# which each claim appears.
+# In fast mode (400-step base models) every claim of the table held in every seed on our machine. In full mode
+# (3000-step base models, the README's table) three did not: y_u⁻'s drop was the largest only in one seed (random
+# and shuffled text, hundreds of nats below 0, fell by more nats), y_u⁺'s brief rise showed in one seed and it ended
+# below its start in two, and at the positions of y⁺ the argmax (when it is not y⁺'s own token) *lost* a little
+# mass, while at the positions of y⁻ it gained in every seed. The README's conditions table shows under which
+# valley depth, optimizer, β and learning rate each claim appears. Asserted here is only what held everywhere.
 
 # %%
 assert claims["rejected falls"]["held"] == len(SEEDS)
+assert claims["most families fall"]["held"] == len(SEEDS)
 assert claims["star rises"]["held"] == len(SEEDS)
-assert claims["mass squeezed into the argmax"]["held"] == len(SEEDS)
+assert all(r["mass"][-1]["rejected"]["argmax"] > r["mass"][0]["rejected"]["argmax"] for r in runs)  # at y⁻'s positions
 
 # %% [markdown]
 # ## Exercises
