@@ -80,7 +80,7 @@ print(f"y⁻ higher after extend's SFT in {held}/{len(SEEDS)} seeds")
 # Two links held in every seed, in fast and in full mode, in the hard world: training on y⁻ raises log π(y⁻), and
 # y⁺ ends DPO higher after extend than after the baseline. Less squeezing in y* held in every seed of full mode but
 # not of fast mode, and the differences are a fraction of a nat. The win count did not favour extend in the hard
-# world: in our runs extend lost more pairs than it won, in both modes of running, and the fractions of correct
+# world: in our runs extend never won more pairs than it lost, in fast or full mode, and the fractions of correct
 # answers differed by a few hundredths. The README's table has the numbers for both worlds.
 
 # %%
