@@ -556,7 +556,8 @@ def mass_figure(runs: list[dict], path: Path, title: str) -> Path:
     of y⁺ and of y⁻, per DPO epoch."""
     from tinyld.plots import condition_lines
 
-    names = {"own": "own token", "other": "the other response's token", "argmax": "argmax", "rest": "rest"}
+    names = {"own": "own token", "other": "the other response's token", "argmax": "argmax (if neither)",
+             "rest": "rest"}
     series = {}
     for half, label in (("chosen", "at y⁺ positions"), ("rejected", "at y⁻ positions")):
         series[label] = {names[k]: (runs[0]["mass_epochs"], [statistics.fmean(r["mass"][i][half][k] for r in runs)
