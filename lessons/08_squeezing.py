@@ -30,12 +30,12 @@ from tinyld.squeeze import logit_step, squeezed_into, who_moves
 # ---- knobs -------------------------------------------------------------------------------------------
 OUT = os.environ.get("TINYLD_OUT", "tinyld_out/lessons")  # where figures go
 ETA = 1.0  # η′, the step size on the logits
-TEMP = 1.0  # logit scale: larger is a peakier π
+SCALE = 1.0  # multiplies the logits (an inverse temperature): larger is a peakier π
 BASE = [3.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -5.0]  # V = 12 logits, label 0 the peak
 Y_OFF = 9  # off-policy y⁻: a label in a valley
 Y_ON = 0  # on-policy y⁻: the model's own likely answer
 
-z = TEMP * torch.tensor(BASE, dtype=torch.float64)  # (V,)
+z = SCALE * torch.tensor(BASE, dtype=torch.float64)  # (V,)
 V = z.numel()
 pi = z.softmax(-1)  # (V,)
 print("π =", " ".join(f"{p:.4f}" for p in pi.tolist()))
@@ -87,7 +87,10 @@ def draw_step(m, y, title, path, sign=-1):
     ax.bar([i - 0.2 for i in x], before, width=0.4, color="tab:gray", label="π before")
     ax.bar([i + 0.2 for i in x], after, width=0.4, color="tab:blue", label="π′ after")
     if "threshold" in m:
-        ax.axhline(m["threshold"], color="tab:red", ls="--", lw=1, label=f"threshold log(Z)/η′ = {m['threshold']:.3f}")
+        rule = "labels above rise" if "share_threshold" in m else "labels below rise"
+        name = "log(Z)/η′" if "share_threshold" in m else "−log(Z)/η′"
+        ax.axhline(m["threshold"], color="tab:red", ls="--", lw=1,
+                   label=f"threshold {name} = {m['threshold']:.3f} ({rule})")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xticks(list(x), [("y⁻" if sign < 0 else "y") if i == y else str(i) for i in x])
     ax.set(xlabel="label", ylabel="probability", title="π before and after")
@@ -124,8 +127,8 @@ def summary(m, y):
 off = who_moves(z, Y_OFF, ETA)
 s_off = summary(off, Y_OFF)
 print(f"off-policy: π(y⁻) = {pi[Y_OFF]:.4f}, threshold = {off['threshold']:.4f}, ‖π‖² = {(pi ** 2).sum():.4f}")
-print(f"  {s_off['falls']} of the {V - 1} other labels fall; label {s_off['top']} gains {s_off['top_gain']:.4f}, "
-      f"of which y⁻ gave {s_off['from_y']:.4f} and the other labels {s_off['from_others']:.4f}")
+print(f"  {s_off['falls']} of the {V - 1} other labels fall; label {s_off['top']} gains {s_off['top_gain']:.4f}; "
+      f"y⁻ lost {s_off['from_y']:.4f} and the labels that fell lost {s_off['from_others']:.4f}")
 draw_step(off, Y_OFF, f"off-policy negative step on label {Y_OFF} (π(y⁻) = {pi[Y_OFF]:.4f}), η′ = {ETA}",
           f"{OUT}/08_off_policy.png")
 others = torch.arange(V) != Y_OFF
@@ -149,24 +152,26 @@ assert torch.equal(off["rises"][others], up[others])
 on = who_moves(z, Y_ON, ETA)
 s_on = summary(on, Y_ON)
 print(f"on-policy:  π(y⁻) = {pi[Y_ON]:.4f}, threshold = {on['threshold']:.4f}")
-print(f"  {s_on['falls']} of the {V - 1} other labels fall; label {s_on['top']} gains {s_on['top_gain']:.4f}, "
-      f"of which y⁻ gave {s_on['from_y']:.4f} and the other labels {s_on['from_others']:.4f}")
+print(f"  {s_on['falls']} of the {V - 1} other labels fall; label {s_on['top']} gains {s_on['top_gain']:.4f}; "
+      f"y⁻ lost {s_on['from_y']:.4f} and the labels that fell lost {s_on['from_others']:.4f}")
 draw_step(on, Y_ON, f"on-policy negative step on label {Y_ON} (π(y⁻) = {pi[Y_ON]:.4f}), η′ = {ETA}",
           f"{OUT}/08_on_policy.png")
 print(f"labels that fall besides y⁻: off-policy {s_off['falls']}, on-policy {s_on['falls']};  "
       f"share thresholds {off['share_threshold']:.4f} vs {on['share_threshold']:.4f}")
 assert on["pi_after"][Y_ON] < pi[Y_ON] and on["pi_after"][squeezed_into(z, Y_ON)] > pi[squeezed_into(z, Y_ON)]
 # true for this π and η′ (the exercises change them):
-assert s_off["falls"] > s_on["falls"] and s_off["top_gain"] > s_on["top_gain"]
+assert s_off["falls"] > s_on["falls"]
+assert s_off["top_gain"] > s_on["top_gain"]
 assert s_off["from_others"] > s_on["from_others"]
 
 # %% [markdown]
 # Here y⁻ gives up a lot of mass, Z < 1, and the threshold is below zero: every other label rises, and nothing
 # is taken from them. The squeezing needs y⁻ to be *unlikely*.
 #
-# Write the rule on shares. For i ≠ y⁻ let s_i = π_i/(1 − π(y⁻)), label i's share of the mass outside y⁻. Then
-# π_i > log(Z)/η′ is the same as s_i > log Z/(η′(1 − π(y⁻))), the **share threshold**. Statements 1–5 are
-# those of lessons/NOTES.md §3, and tests/test_squeeze.py checks each of them. Statement 5: with the other logits
+# Write the rule on shares. For i ≠ y⁻ let q_i = π_i/(1 − π(y⁻)), label i's share of the mass outside y⁻. Then
+# π_i > log(Z)/η′ is the same as q_i > log Z/(η′(1 − π(y⁻))), the **share threshold**. Statements 1–5 are
+# those of lessons/NOTES.md §3, and tests/test_squeeze.py checks each of them (statement 5 numerically, over
+# generated cases; it is not proved here). Statement 5: with the other logits
 # fixed, lowering z_{y⁻} leaves every share unchanged and raises the share threshold, so the set of
 # labels that rise can only shrink. The deeper y⁻ sits in a valley, the more labels fall. Pictures 1 and 2 put
 # y⁻ on two different labels, so statement 5 does not compare them directly (the shares differ). The curve at the
@@ -200,7 +205,7 @@ assert all(log_ratio[a] <= log_ratio[b] + 1e-12 for a, b in itertools.pairwise(o
 # %% [markdown]
 # ## The curve: deeper valleys squeeze more
 # Keep the other logits fixed and slide z_{y⁻} of label `Y_OFF` from far below (π(y⁻) ≈ 10⁻⁶) to far above
-# (π(y⁻) ≈ 0.999, where it is the model's own answer). The shares s_i of the other labels do not move, so we draw
+# (π(y⁻) ≈ 0.999, where it is the model's own answer). The shares q_i of the other labels do not move, so we draw
 # them as horizontal lines. A label falls where the share-threshold curve is above its line. The x axis is on a
 # logit scale, which stretches both ends, π(y⁻) near 0 and near 1.
 
@@ -208,7 +213,7 @@ assert all(log_ratio[a] <= log_ratio[b] + 1e-12 for a, b in itertools.pairwise(o
 ETAS = [0.5, 1.0, 2.0]
 ps = torch.sigmoid(torch.linspace(-14, 7, 211, dtype=torch.float64)).tolist()  # π(y⁻) from 8e-7 to 0.999
 rest = torch.cat([z[:Y_OFF], z[Y_OFF + 1:]])  # (V − 1,) the other logits, fixed
-shares = rest.softmax(-1)  # (V − 1,) s_i, the same for every z_{y⁻}
+shares = rest.softmax(-1)  # (V − 1,) q_i, the same for every z_{y⁻}
 curves, fell = {}, {}
 for eta in ETAS:
     curves[eta], fell[eta] = [], []
@@ -228,7 +233,7 @@ for eta in ETAS:
     assert all(a >= b - 1e-12 for a, b in itertools.pairwise(curves[eta]))
     assert all(a >= b for a, b in itertools.pairwise(fell[eta]))
     assert curves[eta][0] < shares.max()  # statement 2: the likeliest other label always rises
-    # as π(y⁻) → 0 the step on the others is Δz_i = η′s_i, and the threshold tends to log(Σ s_j exp(η′s_j))/η′
+    # as π(y⁻) → 0 the step on the others is Δz_i = η′q_i, and the threshold tends to log(Σ q_j exp(η′q_j))/η′
     limit = torch.log((shares * torch.exp(eta * shares)).sum()).item() / eta
     assert abs(curves[eta][0] - limit) < 1e-4
 
@@ -236,7 +241,7 @@ if plt is not None:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 3.8))
     for s in shares.tolist():
         ax.axhline(s, color="0.8", lw=0.8, ls=":")
-    ax.plot([], [], color="0.8", ls=":", label="shares s_i of the other labels")
+    ax.plot([], [], color="0.8", ls=":", label="shares q_i of the other labels")
     for eta in ETAS:
         ax.plot(ps, curves[eta], label=f"η′ = {eta}")
         bx.plot(ps, fell[eta], label=f"η′ = {eta}")
@@ -266,14 +271,14 @@ if plt is not None:
 
 # %% [markdown]
 # Read the curve from right to left. While y⁻ is the model's own answer the threshold is below zero and nobody
-# falls. As z_{y⁻} sinks the threshold climbs across the share lines, one label after another starts to fall, and
+# falls (for these step sizes; a large enough step lowers small labels even then, exercise 3). As z_{y⁻} sinks the threshold climbs across the share lines, one label after another starts to fall, and
 # only the top share stays above it (statement 2). In this peaked π most shares are small and crowd just above
 # zero, so the labels start to fall within a narrow band of π(y⁻) (printed above), soon after the threshold
 # crosses zero. A larger η′ raises the threshold and moves that band to the right.
 #
 # **The push does not fade** (statement 4). On the left the curve goes flat instead of back to zero. The push on
 # z_{y⁻} is η′(1 − π(y⁻)), which tends to η′, not 0, as π(y⁻) → 0, and the step on the others tends to
-# Δz_i = η′s_i: a fixed sharpening of the rest of π, however unlikely y⁻ already is. Repeat the step and watch:
+# Δz_i = η′q_i: a fixed sharpening of the rest of π, however unlikely y⁻ already is. Repeat the step and watch:
 # π(y⁻) vanishes within a few steps, yet the push stays at η′ and the peak keeps growing. Beside it, the push of
 # repeated SFT steps on the peak fades as the peak wins.
 
@@ -305,7 +310,7 @@ assert zn.softmax(-1)[top] > pi[top] and zn.softmax(-1)[Y_OFF] < pi[Y_OFF]
 # * A negative step Δz = η′(π − e_{y⁻}) lowers y⁻, raises the likeliest other label, and raises exactly the
 #   labels with π_i > log(Z)/η′.
 # * Off-policy (y⁻ in a valley) the step sharpens the rest of π: the peak gains and most labels fall. On-policy
-#   (y⁻ the peak) every other label gains.
+#   (y⁻ the peak) every other label gains, to first order in η′.
 # * On shares, the rule is monotone: the deeper y⁻ sits, the higher the share threshold and the more labels fall.
 # * The push η′(1 − π(y⁻)) does not fade as y⁻ becomes unlikely; a positive step's push fades as its label wins.
 #
@@ -316,7 +321,7 @@ assert zn.softmax(-1)[top] > pi[top] and zn.softmax(-1)[Y_OFF] < pi[Y_OFF]
 # 2. **On-policy, but not the peak.** Set `Y_ON = 1`, the runner-up. Predict the sign of log Z before you run:
 #    does every other label still rise? (Hint: compare π(y⁻) with ‖π‖² in the first-order threshold.) One
 #    assert after picture 2 fails: which one, and what does that say about "on-policy" at the runner-up?
-# 3. **A big step on a flatter π.** Set `TEMP = 0.5` and `ETA = 8.0`. In picture 2 the threshold is now above
+# 3. **A big step on a flatter π.** Set `SCALE = 0.5` and `ETA = 8.0`. In picture 2 the threshold is now above
 #    zero and some labels fall although y⁻ is the peak: "no other label falls" holds only to first order in η′
 #    (lessons/NOTES.md §3). Which labels fall, the large or the small ones? Does the threshold rule still hold?
 

@@ -230,7 +230,9 @@ def test_dpo_run_records_every_family_mass_and_repetition(hard):
     assert len(r["mass"]) == len(r["repetition"]) == 3 and r["mass_epochs"] == [0.0, 1.0, 2.0]
     for m in r["mass"]:
         for half in ("chosen", "rejected"):
-            assert sum(m[half].values()) == pytest.approx(1.0, abs=1e-9)
+            assert sum(m[half][k] for k in MASS_CLASSES) == pytest.approx(1.0, abs=1e-9)
+    for half in ("chosen", "rejected"):  # at the start the peak then and the peak now are the same token
+        assert r["mass"][0][half]["start_argmax"] == pytest.approx(r["mass"][0][half]["argmax"], abs=1e-12)
     assert r["steps"] == 2 * spe and set(r["models"]) == {1}
     s = squeeze_summary(r)
     assert s["rejected"] == r["curves"]["train"]["rejected"][-1] - r["curves"]["train"]["rejected"][0]
@@ -277,3 +279,28 @@ def test_cli_bad_loss_name_is_one_line(capsys):
     assert main(["dpo-dynamics", "--loss", "nope", "--out", "/tmp/never"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "sigmoid, hinge, ipo, robust, rpo, simpo, dpop" in err
+
+
+# ================================================================================================== halves
+@pytest.mark.parametrize("name", ["sigmoid", "rpo"])
+def test_halves_add_up_and_the_shared_prefix_cancels_when_c_plus_equals_c_minus(hard, name):
+    from tinyld.dynamics import halves, predict, sequence_change
+
+    w, tok, model, ex = hard
+    m = copy.deepcopy(model).double()
+    sel = ex[:4]
+    c = make_batch(tok, [e.prompt for e in sel], [e.chosen for e in sel])
+    r = make_batch(tok, [e.prompt for e in sel], [e.rejected for e in sel])
+    ref = torch.full((4,), -30.0, dtype=torch.float64)
+    up = DPOUpdate(lm_rows(c), lm_rows(r), ref, ref - 5, beta=0.5, loss=name)
+    obs = lm_rows(make_batch(tok, [sel[0].prompt] * 3, [sel[0].chosen, sel[0].rejected, sel[1].chosen]))
+    parts = halves(m, up, obs, 1e-3)
+    whole = sequence_change(obs, predict(m, obs, up, 1e-3))
+    assert torch.allclose(parts["chosen"] + parts["rejected"] + parts["shared"], whole, rtol=1e-9, atol=1e-12)
+    assert set(parts) == {"chosen", "rejected", "shared"}
+    if name == "sigmoid":  # c⁺ = c⁻: on the common prefix ("judy lives in …") the halves cancel exactly
+        assert parts["shared"].abs().max() < 1e-9 * whole.abs().max()
+    else:  # rpo's extra pull α/n⁺ on y⁺ does not cancel
+        assert parts["shared"].abs().max() > 1e-3 * whole.abs().max()
+    with pytest.raises(TinyldError, match="DPOUpdate"):
+        halves(m, "not an update", obs, 1e-3)

@@ -666,14 +666,31 @@ def contributions(model, update, observed: Rows, eta: float) -> torch.Tensor:
 
 
 def halves(model, update: DPOUpdate, observed: Rows, eta: float) -> dict[str, torch.Tensor]:
-    """A preference step split into its two halves: ``{"chosen": …, "rejected": …}``, each (n_seq,) the predicted
-    Δ log π(y_o|x_o) due to the pull on y⁺ (G⁺) and due to the push on y⁻ (G⁻, the negative gradient). They sum to
-    the whole step's prediction, because −η·A·K·G is linear in G."""
+    """A preference step split into its parts, each (n_seq,) the predicted Δ log π(y_o|x_o) it causes:
+
+    - ``chosen``: the pull on y⁺ (G⁺) at the rows where y⁺ and y⁻ differ or have diverged;
+    - ``rejected``: the push on y⁻ (G⁻, the negative gradient) at those rows;
+    - ``shared``: the net G⁺ + G⁻ on the common prefix of y⁺ and y⁻ (same context, same token). There the two
+      halves see the same logits, so they cancel exactly when c⁺ = c⁻ (DPO, hinge, robust, …): then it is 0.
+
+    The three add up to the whole step's prediction, because −η·A·K·G is linear in G."""
     if not isinstance(update, DPOUpdate):
         raise TinyldError(f"halves splits a preference update (DPOUpdate), got {type(update).__name__}")
     _check(model, observed, update.chosen, update.rejected, eta=eta)
-    return {name: sequence_change(observed, _predict(model, observed, ResidualUpdate(rows, G), eta))
-            for name, (rows, _, G) in zip(("chosen", "rejected"), update.residuals(model))}
+    (rc, zc, Gc), (rr, zr, Gr) = update.residuals(model)
+    Gc, Gr, Gs = Gc.clone(), Gr.clone(), torch.zeros_like(Gc)
+    with torch.no_grad():
+        for b in range(rc.n_groups):
+            ic, ir = (rc.group == b).nonzero()[:, 0], (rr.group == b).nonzero()[:, 0]  # rows in position order
+            k = 0
+            while (k < min(len(ic), len(ir)) and rc.labels[ic[k]] == rr.labels[ir[k]]
+                   and torch.allclose(zc[ic[k]], zr[ir[k]], rtol=1e-5, atol=1e-6)):
+                k += 1  # same context (same logits) and same token: a row of the common prefix
+            Gs[ic[:k]] = Gc[ic[:k]] + Gr[ir[:k]]
+            Gc[ic[:k]], Gr[ir[:k]] = 0, 0
+    out = {name: sequence_change(observed, _predict(model, observed, ResidualUpdate(rows, G), eta))
+           for name, rows, G in (("chosen", rc, Gc), ("rejected", rr, Gr), ("shared", rc, Gs))}
+    return out
 
 
 def proxies(delta: torch.Tensor, logits_o: torch.Tensor, G: torch.Tensor | list[torch.Tensor]) -> dict:

@@ -137,20 +137,37 @@ def sft_steps(cfg: DPODynamicsConfig, n_prompts: int) -> int:
 
 
 @torch.no_grad()
-def mass(model, tok, examples: list[Example]) -> dict:
+def mass(model, tok, examples: list[Example], start_peak: torch.Tensor | None = None) -> dict:
     """Mean over response positions of :func:`token_mass`, at the positions of y⁺ (``chosen``) and of y⁻
-    (``rejected``): {"chosen": {own, other, argmax, rest}, "rejected": {…}}."""
+    (``rejected``): {"chosen": {own, other, argmax, rest}, "rejected": {…}}. ``argmax`` is the token that is the
+    peak *now*. With ``start_peak`` (from :func:`peaks` at the start of training) each half also gets
+    ``start_argmax``: the mass of the token that was the peak then (0 where it is the own or the other token)."""
+    b, t, other = _mass_batch(model, tok, examples)
+    logits = model.eval()(b.seqs.idx)
+    m = token_mass(logits, t, other)  # (2B, T, 4)
+    fixed = None if start_peak is None else token_mass(logits, t, other, peak=start_peak)[..., 2]  # (2B, T)
+    B, out = b.n_pairs, {}
+    for half, rows in (("chosen", slice(0, B)), ("rejected", slice(B, 2 * B))):
+        n = (t[rows] != -100).sum().item()
+        out[half] = {k: (m[rows, :, i].sum() / n).item() for i, k in enumerate(MASS_CLASSES)}
+        if fixed is not None:
+            out[half]["start_argmax"] = (fixed[rows].sum() / n).item()
+    return out
+
+
+@torch.no_grad()
+def peaks(model, tok, examples: list[Example]) -> torch.Tensor:
+    """The argmax token at every position of the pairs' sequences (2B, T), for :func:`mass`'s ``start_peak``."""
+    b, _, _ = _mass_batch(model, tok, examples)
+    return model.eval()(b.seqs.idx).argmax(-1)
+
+
+def _mass_batch(model, tok, examples):
     data = PreferenceData(tok, examples, len(examples), model.config.block_size)
     b = data.batch(0).to(next(model.parameters()).device)
     B = b.n_pairs
     t = b.seqs.targets  # (2B, T): chosen rows then rejected rows, prompts aligned
-    other = torch.cat([t[B:], t[:B]])  # each row's paired response, position by position
-    m = token_mass(model.eval()(b.seqs.idx), t, other)  # (2B, T, 4)
-    out = {}
-    for half, rows in (("chosen", slice(0, B)), ("rejected", slice(B, 2 * B))):
-        n = (t[rows] != -100).sum().item()
-        out[half] = {k: (m[rows, :, i].sum() / n).item() for i, k in enumerate(MASS_CLASSES)}
-    return out
+    return b, t, torch.cat([t[B:], t[:B]])  # each row's paired response, position by position
 
 
 def repetition(answers: list[str]) -> float:
@@ -227,7 +244,7 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
         if not on_policy and step % spe == 0 and step // spe in snapshots:
             models[step // spe] = copy.deepcopy(m).eval()
         if (end if on_policy else step % spe == 0):
-            measured["mass"].append(mass(m, tok, examples))
+            measured["mass"].append(mass(m, tok, examples, start_peak))
             measured["mass_steps"].append(step)
             measured["repetition"].append(repetition(greedy_answers(m, tok, prompts, max_new)))
 
@@ -235,6 +252,7 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
         if (end if on_policy else step % spe == 0 or (dense and step < spe)):
             tracker.measure(m, step)
 
+    start_peak = peaks(model, tok, examples)  # the argmax at every position before DPO
     tracker.measure(model, 0)
     measure(model, 0, end=True)
     tc = cfg.train_config("dpo", steps, seed, optimizer, lr, beta)
@@ -442,13 +460,14 @@ def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
               f"{sb['chosen']:+.1f} vs {se['chosen']:+.1f} · win/tie/loss of extend " +
               ", ".join(f"ep{x['dpo_epochs']} {x['wins']}/{x['ties']}/{x['losses']}" for x in win), flush=True)
     claims = []
-    _claim(claims, "extend: y⁻ not in a valley", "after extend's SFT, log π(y⁻) is higher than after the baseline's",
+    _claim(claims, "extend: y⁻ higher after SFT", "after extend's SFT, log π(y⁻) is higher than after the baseline's "
+           "(y⁻ is lifted out of its valley)",
            [{"change": r["extend"]["sft_rejected"][-1] - r["baseline"]["sft_rejected"][-1],
              "held": r["extend"]["sft_rejected"][-1] > r["baseline"]["sft_rejected"][-1]} for r in per_seed])
     _claim(claims, "extend squeezes less (y*)", "y* rises less during DPO after extend",
            [{"change": r["extend"]["squeeze"]["star"] - r["baseline"]["squeeze"]["star"],
              "held": r["extend"]["squeeze"]["star"] < r["baseline"]["squeeze"]["star"]} for r in per_seed])
-    _claim(claims, "extend keeps y⁺ higher", "y⁺ falls less (or rises more) during DPO after extend",
+    _claim(claims, "extend: y⁺ falls less in DPO", "y⁺ falls less (or rises more) during DPO after extend",
            [{"change": r["extend"]["squeeze"]["chosen"] - r["baseline"]["squeeze"]["chosen"],
              "held": r["extend"]["squeeze"]["chosen"] > r["baseline"]["squeeze"]["chosen"]} for r in per_seed])
     last = lambda r: r["win"][-1]  # noqa: E731
