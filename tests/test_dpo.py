@@ -47,8 +47,9 @@ def test_identical_chosen_and_rejected_is_refused(hard):
         Reference.compute(model, tok, bad)
 
 
-@pytest.mark.parametrize("rejected, match", [(None, "no rejected response"), ("", "empty response"),
-                                             ("   ", "empty response")])
+@pytest.mark.parametrize("rejected, match", [(None, "example 2 .*no rejected response"),
+                                             ("", "example 2 .*the rejected response is empty"),
+                                             ("   ", "example 2 .*the rejected response is empty")])
 def test_missing_or_empty_rejected_is_refused(hard, rejected, match):
     w, tok, model, ex = hard
     with pytest.raises(TinyldError, match=match):
@@ -57,7 +58,7 @@ def test_missing_or_empty_rejected_is_refused(hard, rejected, match):
 
 def test_empty_chosen_is_refused(hard):
     w, tok, model, ex = hard
-    with pytest.raises(TinyldError, match="empty response"):
+    with pytest.raises(TinyldError, match="example 0 .*the chosen response is empty"):
         PreferenceData(tok, [Example(ex[0].prompt, "", ex[0].rejected)], 1)
 
 
@@ -101,8 +102,10 @@ def test_a_reference_loss_without_a_reference_is_refused_but_simpo_runs(hard):
         Trainer(copy.deepcopy(model), data, _dpo_cfg(2), tok)
     hist = Trainer(copy.deepcopy(model), data, _dpo_cfg(2, "simpo"), tok).run()
     assert len(hist) == 2 and all(math.isfinite(r["loss"]) for r in hist)
-    with pytest.raises(TinyldError, match="PrefBatch"):  # SFT data under task dpo
-        Trainer(copy.deepcopy(model), PairData(tok, ex, 4), _dpo_cfg(1, "simpo"), tok).run()
+    with pytest.raises(TinyldError, match="task 'dpo' cannot train on PairData"):  # checked before any work
+        Trainer(copy.deepcopy(model), PairData(tok, ex, 4), _dpo_cfg(1, "simpo"), tok)
+    with pytest.raises(TinyldError, match="task 'sft' cannot train on PreferenceData"):
+        Trainer(copy.deepcopy(model), data, TrainConfig(task="sft", steps=1), tok)
 
 
 # ================================================================================================== the loop
@@ -304,3 +307,98 @@ def test_halves_add_up_and_the_shared_prefix_cancels_when_c_plus_equals_c_minus(
         assert parts["shared"].abs().max() > 1e-3 * whole.abs().max()
     with pytest.raises(TinyldError, match="DPOUpdate"):
         halves(m, "not an update", obs, 1e-3)
+
+
+# ================================================================================================== found by trying bad input
+def test_bad_examples_name_the_example(hard):
+    w, tok, model, ex = hard
+    with pytest.raises(TinyldError, match="example 1: rejected must be a string, got int"):
+        PreferenceData(tok, [ex[0], Example(ex[1].prompt, ex[1].chosen, 5)], 1)
+    with pytest.raises(TinyldError, match="example 1: chosen must be a string, got bytes"):
+        PreferenceData(tok, [ex[0], Example(ex[1].prompt, b"x", "y")], 1)
+    with pytest.raises(TinyldError, match="list of Example objects, got Example"):
+        PreferenceData(tok, ex[0], 1)
+    with pytest.raises(TinyldError, match="tokenizer first"):
+        PreferenceData(None, ex, 1)
+    with pytest.raises(TinyldError, match="example 3 has an empty prompt"):
+        PreferenceData(tok, ex[:3] + [Example("", ex[3].chosen, ex[3].rejected)], 1)
+    long = " ".join(["the old river runs ."] * 40)
+    with pytest.raises(TinyldError, match="example 2 \\(rejected\\) has"):
+        PreferenceData(tok, ex[:2] + [Example(ex[2].prompt, ex[2].chosen, long)], 1, block_size=64)
+    with pytest.raises(TinyldError, match="encode to the same tokens"):
+        PreferenceData(tok, [Example(ex[0].prompt, ex[0].chosen, ex[0].chosen + "  ")], 1)
+    with pytest.raises(TinyldError, match="reference model"):
+        Reference.compute(None, tok, ex)
+    with pytest.raises(TinyldError, match="step"):
+        PreferenceData(tok, ex, 4).batch(-1)
+
+
+def test_a_damaged_reference_is_refused(hard):
+    import dataclasses
+
+    w, tok, model, ex = hard
+    ref = Reference.compute(model, tok, ex)
+    for bad, match in ((dataclasses.replace(ref, chosen=torch.full_like(ref.chosen, float("nan"))), "finite"),
+                       (dataclasses.replace(ref, chosen=-ref.chosen), "≤ 0"),
+                       (dataclasses.replace(ref, chosen=ref.chosen[:5]), "one per pair"),
+                       (dataclasses.replace(ref, rejected=ref.rejected.tolist()), "float tensor")):
+        with pytest.raises(TinyldError, match=match):
+            PreferenceData(tok, ex, 8, reference=bad)
+
+
+def test_numpy_parameters_give_a_resumable_checkpoint_and_resume_keeps_the_loss(hard, tmp_path):
+    np = pytest.importorskip("numpy")
+    w, tok, model, ex = hard
+    data = PreferenceData(tok, ex, 8, reference=Reference.compute(model, tok, ex))
+    cfg = TrainConfig(task="dpo", steps=2, pair_loss={"name": "ipo", "beta": np.float32(0.3)}, out_dir=str(tmp_path),
+                      progress=False)
+    assert cfg.pair_loss == {"name": "ipo", "beta": pytest.approx(0.3), "label_smoothing": 0.0, "gamma": 0.5,
+                             "alpha": 1.0, "lam": 50.0} and type(cfg.pair_loss["beta"]) is float
+    Trainer(copy.deepcopy(model), data, cfg, tok).run()
+    tr = Trainer.resume(tmp_path / "last.pt", data, tok, steps=4, pair_loss={"beta": 0.5})
+    assert tr.pair_loss.name == "ipo" and tr.pair_loss.beta == 0.5  # a partial override changes β, keeps the loss
+    with pytest.raises(TinyldError, match="cannot resume with another one"):
+        Trainer.resume(tmp_path / "last.pt", data, tok, steps=4, pair_loss={"name": "sigmoid"})
+
+
+def test_parameters_a_loss_would_ignore_are_refused():
+    from tinyld.losses import pair_loss
+
+    for name, kw in (("ipo", {"gamma": 3.0}), ("hinge", {"alpha": 0.0}), ("sigmoid", {"lam": 1.0})):
+        with pytest.raises(TinyldError, match="is a parameter of the"):
+            pair_loss(name, **kw)
+    with pytest.raises(TinyldError, match="must be a dict"):
+        TrainConfig(task="dpo", pair_loss={1: 2})
+    assert pair_loss("simpo", gamma=1.0).gamma == 1.0
+
+
+def test_dpo_update_refuses_a_pair_of_identical_responses(hard):
+    w, tok, model, ex = hard
+    c = make_batch(tok, [ex[0].prompt, ex[1].prompt], [ex[0].chosen, ex[1].chosen])
+    r = make_batch(tok, [ex[0].prompt, ex[1].prompt], [ex[0].rejected, ex[1].chosen])
+    with pytest.raises(TinyldError, match="pair 1: the chosen and the rejected response are the same tokens"):
+        DPOUpdate(lm_rows(c), lm_rows(r), torch.tensor([-9.0, -9.0]), torch.tensor([-9.0, -9.0]))
+
+
+@pytest.mark.parametrize("kw, match", [({"peak": torch.tensor([1])}, "shape"),
+                                       ({"targets": torch.tensor([[-100, 6]])}, "not a token id"),
+                                       ({"other": torch.tensor([[-1, 2]])}, "not a token id"),
+                                       ({"targets": torch.tensor([[0.0, 1.0]])}, "integer token ids"),
+                                       ({"logits": torch.full((1, 2, 6), float("nan"))}, "NaN"),
+                                       ({"targets": [[0, 1]]}, "takes tensors")])
+def test_token_mass_refuses_bad_input(kw, match):
+    args = {"logits": torch.zeros(1, 2, 6), "targets": torch.tensor([[-100, 1]]), "other": torch.tensor([[-100, 2]]),
+            **kw}
+    with pytest.raises(TinyldError, match=match):
+        token_mass(args["logits"], args["targets"], args["other"], args.get("peak"))
+
+
+def test_who_moves_takes_numpy_and_tensor_labels():
+    np = pytest.importorskip("numpy")
+    from tinyld.squeeze import who_moves
+
+    z = torch.tensor([2.0, 1.0, 0.0, -3.0], dtype=torch.float64)
+    a, b, c = who_moves(z, 3, 1.0), who_moves(z, np.int64(3), 1.0), who_moves(z, torch.tensor(3), 1.0)
+    assert torch.equal(a["pi_after"], b["pi_after"]) and torch.equal(a["pi_after"], c["pi_after"])
+    with pytest.raises(TinyldError, match="sign"):
+        who_moves(z, 3, 1.0, sign=True)

@@ -286,9 +286,15 @@ def _digest(obj) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _pair_seqs(tok, examples: Sequence[Example], what: str) -> list[tuple[tuple[list[int], int], ...]]:
-    """Encoded (chosen, rejected) of every example; a missing, empty or identical rejected response is an error."""
-    examples = list(examples) if examples is not None else []
+def _pair_seqs(tok, examples: Sequence[Example], what: str,
+               block_size: int | None = None) -> list[tuple[tuple[list[int], int], ...]]:
+    """Encoded (chosen, rejected) of every example. A missing, empty, non-string or too long response, an empty
+    prompt, and a pair whose two responses encode to the same tokens are errors that name the example."""
+    if not callable(getattr(tok, "encode", None)) or not hasattr(tok, "pad_id"):
+        raise TinyldError(f"{what} needs a tinyld tokenizer first (WordTokenizer, GPT2BPE), got {type(tok).__name__}")
+    if isinstance(examples, (Example, str)) or not hasattr(examples, "__iter__"):
+        raise TinyldError(f"{what} takes a list of Example objects, got {type(examples).__name__} (wrap one in [ ])")
+    examples = list(examples)
     if not examples:
         raise TinyldError(f"{what}: no examples; preference data needs at least one (prompt, chosen, rejected)")
     if not all(isinstance(e, Example) for e in examples):
@@ -296,13 +302,28 @@ def _pair_seqs(tok, examples: Sequence[Example], what: str) -> list[tuple[tuple[
     out = []
     for n, e in enumerate(examples):
         if e.rejected is None:
-            raise TinyldError(f"example {n} ({e.prompt[:40]!r}) has no rejected response: preference data needs "
+            raise TinyldError(f"example {n} ({str(e.prompt)[:40]!r}) has no rejected response: preference data needs "
                               "one 'rejected' per prompt")
-        c, r = encode_example(tok, e.prompt, e.chosen), encode_example(tok, e.prompt, e.rejected)
-        if c == r:
-            raise TinyldError(f"example {n} ({e.prompt[:40]!r}): chosen and rejected are the same text "
-                              f"{e.chosen[:40]!r}, so the pair prefers nothing; drop it or fix the rejected answer")
-        out.append((c, r))
+        for key in ("prompt", "chosen", "rejected"):
+            v = getattr(e, key)
+            if not isinstance(v, str):
+                raise TinyldError(f"example {n}: {key} must be a string, got {type(v).__name__} {v!r:.40}")
+            if key != "prompt" and not v.strip():
+                raise TinyldError(f"example {n} ({e.prompt[:40]!r}): the {key} response is empty; every response "
+                                  "needs at least one token before the EOS that is appended")
+        pair = tuple(encode_example(tok, e.prompt, y) for y in (e.chosen, e.rejected))
+        for key, (ids, n_prompt) in zip(("chosen", "rejected"), pair):
+            if n_prompt < 1:
+                raise TinyldError(f"example {n} has an empty prompt: the first response token needs a position to "
+                                  "be predicted from")
+            if block_size is not None and len(ids) - 1 > block_size:
+                raise TinyldError(f"example {n} ({key}) has {len(ids)} tokens: the model reads {len(ids) - 1} of them "
+                                  f"but its context is block_size={block_size}; shorten it or use a larger model")
+        if pair[0] == pair[1]:
+            same = "the same text" if e.chosen == e.rejected else "texts that encode to the same tokens"
+            raise TinyldError(f"example {n} ({e.prompt[:40]!r}): chosen and rejected are {same} "
+                              f"({e.chosen[:40]!r}), so the pair prefers nothing; drop it or fix the rejected answer")
+        out.append(pair)
     return out
 
 
@@ -341,10 +362,15 @@ class Reference:
         from tinyld.losses import sequence_logprob
 
         check_int("Reference batch_size", batch_size, 1)
+        if not isinstance(model, torch.nn.Module) or not hasattr(getattr(model, "config", None), "vocab_size"):
+            raise TinyldError(f"Reference.compute needs the reference model (a tinyld GPT) first, got "
+                              f"{type(model).__name__}")
+        if not hasattr(tok, "vocab_size"):
+            raise TinyldError(f"Reference.compute needs a tinyld tokenizer second, got {type(tok).__name__}")
         if getattr(model.config, "vocab_size", None) != tok.vocab_size:
             raise TinyldError(f"the reference model has vocab_size {model.config.vocab_size} but the tokenizer has "
                               f"{tok.vocab_size}: compute the reference with the tokenizer the model was trained with")
-        pairs = _pair_seqs(tok, examples, "Reference.compute")
+        pairs = _pair_seqs(tok, examples, "Reference.compute", model.config.block_size)
         seqs = [s for pair in pairs for s in pair]  # c0, r0, c1, r1, …
         was = model.training
         model.eval()
@@ -370,8 +396,7 @@ class PreferenceData:
         check_seed("PreferenceData.seed", seed)
         if block_size is not None:
             check_int("PreferenceData.block_size", block_size, 1)
-        self.pairs = _pair_seqs(tok, examples, "PreferenceData")
-        collate([s for p in self.pairs for s in p], tok.pad_id, block_size)  # validate every length once, up front
+        self.pairs = _pair_seqs(tok, examples, "PreferenceData", block_size)  # every length checked, up front
         self.tok, self.block_size, self.seed, self.fp = tok, block_size, seed, fingerprint(tok)
         if reference is not None:
             if not isinstance(reference, Reference):
@@ -384,6 +409,15 @@ class PreferenceData:
             if reference.pairs != _digest(self.pairs):
                 raise TinyldError("the reference log-probs were computed on other pairs (or another order) than "
                                   "these examples: recompute them with Reference.compute on the same examples")
+            for name in ("chosen", "rejected"):
+                t = getattr(reference, name)
+                if not isinstance(t, torch.Tensor) or t.shape != (len(self.pairs),) or not t.is_floating_point():
+                    what = f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                    raise TinyldError(f"reference.{name} must be a float tensor of {len(self.pairs)} log-probs, one "
+                                      f"per pair, got {what}: recompute it with Reference.compute")
+                if not bool(torch.isfinite(t).all()) or bool((t > 1e-4).any()):
+                    raise TinyldError(f"reference.{name} must hold finite log-probabilities (≤ 0), got "
+                                      f"{t.tolist()[:4]}…: recompute it with Reference.compute")
         self.reference = reference
         self.batch_size = min(batch_size, len(self.pairs))
         self.batches_per_epoch = len(self.pairs) // self.batch_size
@@ -396,6 +430,7 @@ class PreferenceData:
 
     def indices(self, step: int) -> list[int]:
         """Which pairs make up the batch of ``step``."""
+        check_int("PreferenceData step", step, 0, 2 ** 62)
         epoch, i = divmod(step, self.batches_per_epoch)
         order = torch.randperm(len(self.pairs), generator=_generator(self.seed, epoch)).tolist()
         return order[i * self.batch_size: (i + 1) * self.batch_size]

@@ -153,6 +153,13 @@ class DPOUpdate:
         if chosen.n_groups != rejected.n_groups:
             raise TinyldError(f"DPO needs as many chosen as rejected responses, got {chosen.n_groups} and "
                               f"{rejected.n_groups}")
+        for b in range(chosen.n_groups):  # a pair that prefers nothing: same input, same response tokens
+            ci, ri = chosen.inputs[b], rejected.inputs[b]
+            same_in = chosen.index is not None and rejected.index is not None and ci.shape == ri.shape and \
+                bool((ci == ri).all())
+            if same_in and torch.equal(chosen.labels[chosen.group == b], rejected.labels[rejected.group == b]):
+                raise TinyldError(f"pair {b}: the chosen and the rejected response are the same tokens, so the pair "
+                                  "prefers nothing (its two halves cancel exactly); drop it or fix the rejected one")
         self.chosen, self.rejected = chosen, rejected
         if beta is not None:
             check_number("DPO beta", beta, 0, strict=True)

@@ -161,6 +161,9 @@ class PairLoss:
         set_("gamma", check_number(f"{self.name} loss: gamma", self.gamma, 0))
         set_("alpha", check_number(f"{self.name} loss: alpha", self.alpha, 0))
         set_("lam", check_number(f"{self.name} loss: lam", self.lam, 0))
+        for key, owner in (("gamma", "simpo"), ("alpha", "rpo"), ("lam", "dpop")):  # a value the loss would ignore
+            if self.name != owner and getattr(self, key) != PairLoss.__dataclass_fields__[key].default:
+                raise TinyldError(f"{key} is a parameter of the {owner!r} loss, not of {self.name!r}: drop it")
 
     @property
     def uses_reference(self) -> bool:
@@ -235,7 +238,7 @@ def pair_loss(name: "str | PairLoss" = "sigmoid", **params) -> PairLoss:
             raise TinyldError("give either a PairLoss or a loss name with parameters, not both")
         return name
     known = {f for f in PairLoss.__dataclass_fields__ if f != "name"}
-    unknown = sorted(set(params) - known)
+    unknown = sorted(map(str, set(params) - known))
     if unknown:
         raise TinyldError(f"unknown preference-loss parameter(s) {unknown}: the parameters are "
                           f"{', '.join(sorted(known))}")

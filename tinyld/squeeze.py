@@ -11,6 +11,7 @@ so that a lesson can draw the picture (bars of π before and after).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -26,17 +27,19 @@ def _check(logits, label: int, eta: float, sign: int) -> torch.Tensor:
     if not bool(torch.isfinite(logits).all()):
         raise TinyldError("logits hold NaN or inf")
     V = logits.numel()
-    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < V:
+    if isinstance(label, torch.Tensor) and label.dim() == 0 and not label.is_floating_point():
+        label = int(label)
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < V:
         raise TinyldError(f"label must be an integer in [0, {V}), got {label!r}")
     check_number("eta", eta, 0, strict=True)
-    if sign not in (-1, 1):
+    if isinstance(sign, bool) or not isinstance(sign, int) or sign not in (-1, 1):
         raise TinyldError(f"sign must be -1 (a negative step, as on y⁻) or +1 (a positive step, as SFT), got {sign!r}")
     return logits
 
 
 def logit_step(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> torch.Tensor:
     """z′ = z + sign·η′·(e_label − π): sign −1 pushes ``label`` down (Δz = η′(π − e_label)), +1 pushes it up."""
-    z = _check(logits, label, eta, sign)
+    z, label = _check(logits, label, eta, sign), int(label)
     pi = F.softmax(z, -1)
     return z + sign * eta * (F.one_hot(torch.tensor(label), z.numel()).to(z.dtype) - pi)
 
@@ -49,7 +52,7 @@ def who_moves(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> d
     (the same rule on the share π_i/(1 − π_label); it rises as π_label falls with the other logits fixed; −1, its
     limit, when π_label = 1). For a positive step ``threshold`` = −log(Z)/η′ and a label i ≠ label rises exactly
     when π_i is *below* it: the small labels gain share, the large ones lose it."""
-    z = _check(logits, label, eta, sign)
+    z, label = _check(logits, label, eta, sign), int(label)
     pi = F.softmax(z, -1)
     dz = sign * eta * (F.one_hot(torch.tensor(label), z.numel()).to(z.dtype) - pi)  # (V,) the step itself, not z′ − z
     if dz.abs().max() < 1:  # log Σ_j π_j exp(Δz_j): log1p form, accurate when the step is small
@@ -69,7 +72,7 @@ def who_moves(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> d
 
 def squeezed_into(logits: torch.Tensor, label: int) -> int:
     """The label that a negative step on ``label`` is guaranteed to raise: the likeliest other one."""
-    z = _check(logits, label, 1.0, -1)
+    z, label = _check(logits, label, 1.0, -1), int(label)
     masked = z.clone()
     masked[label] = -math.inf
     return int(masked.argmax())
@@ -94,9 +97,22 @@ def token_mass(logits: torch.Tensor, targets: torch.Tensor, other: torch.Tensor,
     ``own``, ``other`` and ``rest`` lose."""
     from tinyld.data import IGNORE
 
-    if logits.dim() != 3 or targets.shape != logits.shape[:2] or other.shape != targets.shape:
-        raise TinyldError(f"token_mass needs logits (B, T, V) and targets, other (B, T); got {tuple(logits.shape)}, "
-                          f"{tuple(targets.shape)}, {tuple(other.shape)}")
+    ts = {"targets": targets, "other": other, **({} if peak is None else {"peak": peak})}
+    if not isinstance(logits, torch.Tensor) or not all(isinstance(t, torch.Tensor) for t in ts.values()):
+        raise TinyldError("token_mass takes tensors: logits (B, T, V), targets and other (B, T), peak (B, T) or None")
+    if logits.dim() != 3 or not logits.is_floating_point() or any(t.shape != logits.shape[:2] for t in ts.values()):
+        raise TinyldError("token_mass needs float logits (B, T, V) and targets, other, peak of shape (B, T); got "
+                          + ", ".join(f"{k} {tuple(t.shape)}" for k, t in {"logits": logits, **ts}.items()))
+    V = logits.shape[-1]
+    for k, t in ts.items():
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TinyldError(f"token_mass: {k} must hold integer token ids, got dtype {t.dtype}")
+        ok = (t >= 0) & (t < V) | (t == IGNORE) if k != "peak" else (t >= 0) & (t < V)
+        if not bool(ok.all()):
+            raise TinyldError(f"token_mass: {k} holds {int(t[~ok][0])}, not a token id in [0, {V})"
+                              + (" or −100" if k != "peak" else ""))
+    if not bool(torch.isfinite(logits).all()):
+        raise TinyldError("token_mass: the logits hold NaN or inf (a diverged model?)")
     pi = F.softmax(logits.double(), -1)  # (B, T, V)
     mask = targets != IGNORE  # (B, T)
     own_id = targets.masked_fill(~mask, 0)

@@ -66,11 +66,11 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choice("TrainConfig.task", self.task, TASKS)
-        if not isinstance(self.pair_loss, dict):
+        if not isinstance(self.pair_loss, dict) or not all(isinstance(k, str) for k in self.pair_loss):
             raise TinyldError(f"TrainConfig.pair_loss must be a dict like {{'name': 'sigmoid', 'beta': 0.1}}, got "
                               f"{self.pair_loss!r}")
-        self.pair_loss = {**{"name": "sigmoid"}, **self.pair_loss}
-        pair_loss(**self.pair_loss)  # an unknown name or a bad β fails here
+        # checked, and stored in full with plain floats: a checkpoint then says exactly which loss it trained
+        self.pair_loss = asdict(pair_loss(**{"name": "sigmoid", **self.pair_loss}))
         self.steps = check_int("TrainConfig.steps", self.steps, 0)
         check_choice("TrainConfig.optimizer", self.optimizer, OPTIMIZERS)
         self.lr = check_number("TrainConfig.lr", self.lr, 0, strict=True)
@@ -140,6 +140,10 @@ class Trainer:
                                   "vocabulary; pass the tokenizer that built the data")
         self.model, self.data, self.cfg, self.tokenizer = model, data, cfg, tokenizer
         self.opt = make_optimizer(model, cfg)
+        kind = (data_identity(data) or {}).get("kind")
+        if (cfg.task == "dpo") != (kind == "preference") and kind is not None:
+            raise TinyldError(f"task {cfg.task!r} cannot train on {type(data).__name__}: task 'dpo' takes "
+                              "PreferenceData, 'sft' takes PairData and 'pretrain' a TextStream")
         if cfg.task == "dpo":
             self.pair_loss = pair_loss(**cfg.pair_loss)
             if self.pair_loss.uses_reference and getattr(data, "reference", None) is None:
@@ -384,6 +388,12 @@ class Trainer:
             raise TinyldError(f"{path} holds {old_opt} optimizer state; it cannot resume as "
                               f"{overrides['optimizer']!r}: start a new Trainer from load_model() instead")
         stored = ck["train_config"]
+        if "pair_loss" in overrides and isinstance(overrides["pair_loss"], dict) and isinstance(
+                stored.get("pair_loss"), dict):
+            overrides["pair_loss"] = {**stored["pair_loss"], **overrides["pair_loss"]}  # change β, keep the rest
+            if overrides["pair_loss"].get("name") != stored["pair_loss"].get("name"):
+                raise TinyldError(f"{path} was trained with the {stored['pair_loss'].get('name')!r} loss; it cannot "
+                                  "resume with another one: start a new Trainer from load_model() instead")
         lacking = sorted({f.name for f in fields(TrainConfig)} - set(stored) - ADDED_LATER)
         if lacking:
             raise TinyldError(f"the train_config in {path} lacks {lacking}: resuming would silently use defaults; "

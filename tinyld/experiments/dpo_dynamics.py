@@ -83,7 +83,11 @@ class DPODynamicsConfig:
         self.lr = check_number("dpo-dynamics --lr", self.lr, 0, strict=True)
         from tinyld.losses import pair_loss
 
-        pair_loss(self.loss, beta=check_number("dpo-dynamics --beta", self.beta, 0, strict=True))
+        if not isinstance(self.loss, str):
+            raise TinyldError(f"dpo-dynamics --loss must be a loss name, got {type(self.loss).__name__}")
+        self.beta = float(check_number("dpo-dynamics --beta", self.beta, 0, strict=True))
+        self.lr = float(self.lr)
+        pair_loss(self.loss, beta=self.beta)
         self.batch_size = check_int("dpo-dynamics --batch-size", self.batch_size, 1)
         self.samples = check_int("dpo-dynamics --samples", self.samples, 1, 64)
         self.pretrain_steps = check_int("dpo-dynamics --pretrain-steps", self.pretrain_steps, 1)
@@ -279,8 +283,8 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
         try:
             trainer.run(lambda tr, s: (track(tr.model, s, s == tr.cfg.steps), measure(tr.model, s, s == tr.cfg.steps)))
         except TrainingDiverged as ex_:
-            raise TrainingDiverged(f"DPO ({tc.optimizer}, lr {tc.lr:g}, seed {seed}) diverged: lower --lr "
-                                   f"({ex_})") from None
+            raise TrainingDiverged(f"DPO ({tc.optimizer}, lr {tc.lr:g}, β {tc.pair_loss['beta']:g}, seed {seed}) "
+                                   f"diverged: lower --lr or --beta ({ex_})") from None
     train_s = time.perf_counter() - t0
     return {"seed": seed, "optimizer": tc.optimizer, "lr": tc.lr, "beta": tc.pair_loss["beta"],
             "loss": tc.pair_loss["name"], "on_policy": on_policy, "steps_per_epoch": spe,
