@@ -309,7 +309,7 @@ def test_halves_add_up_and_the_shared_prefix_cancels_when_c_plus_equals_c_minus(
         halves(m, "not an update", obs, 1e-3)
 
 
-# ================================================================================================== found by trying bad input
+# ========================================================================================= found by trying bad input
 def test_bad_examples_name_the_example(hard):
     w, tok, model, ex = hard
     with pytest.raises(TinyldError, match="example 1: rejected must be a string, got int"):
@@ -402,3 +402,53 @@ def test_who_moves_takes_numpy_and_tensor_labels():
     assert torch.equal(a["pi_after"], b["pi_after"]) and torch.equal(a["pi_after"], c["pi_after"])
     with pytest.raises(TinyldError, match="sign"):
         who_moves(z, 3, 1.0, sign=True)
+
+
+# ========================================================================================= the command, end to end
+@pytest.fixture(scope="module")
+def dpo_run(tmp_path_factory):
+    import contextlib
+
+    from tinyld.experiments.dpo_dynamics import run
+
+    tmp = tmp_path_factory.mktemp("dpo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)  # the 5-step base models are cached in ./tinyld_out/cache
+        mp.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
+        cfg = DPODynamicsConfig(experiment="all", seeds=[0, 1], modes=["easy"], sft_epochs=1, dpo_epochs=2,
+                                samples=1, pretrain_steps=5, out=str(tmp / "out"), threads=1)
+        res = run(cfg)
+    return tmp / "out", res
+
+
+def test_the_command_writes_strict_json_claims_and_figures(dpo_run):
+    import json
+
+    out, res = dpo_run
+    text = (out / "dpo_dynamics.json").read_text()
+    back = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert "models" not in text  # model snapshots stay in memory
+    m = back["modes"]["easy"]
+    assert set(m) == {"dynamics", "on_policy", "extend", "conditions"}
+    for r in m["dynamics"]["runs"]:  # the rule of "rejected falls", recomputed from the saved curves
+        ys = r["curves"]["train"]["rejected"]
+        verdict = [c for c in m["dynamics"]["claims"] if c["claim"] == "rejected falls"][0]["per_seed"][r["seed"]]
+        assert verdict["held"] == (ys[-1] < ys[0]) and verdict["change"] == pytest.approx(ys[-1] - ys[0])
+        assert r["measured_steps"][:6] == [0, 1, 2, 3, 4, 5]
+    assert [w["dpo_epochs"] for w in m["extend"]["per_seed"][0]["win"]] == [2]  # 2, 4, 6 capped at the run's 2
+    w = m["extend"]["per_seed"][0]["win"][0]
+    assert w["wins"] + w["ties"] + w["losses"] == w["n"] == len(World(0).test_items())
+    rows = m["conditions"]["rows"]
+    assert [r["condition"] for r in rows][:3] == ["default", "shallow valley", "sgd"] and len(rows) == 6
+    assert rows[1]["pretrain_steps"] == 1 and rows[2]["optimizer"] == "sgd"
+    claims = (out / "claims.txt").read_text()
+    for title in ("off-policy DPO", "on-policy vs off-policy", "extend vs baseline"):
+        title += ", easy world"
+        assert title in claims
+    assert (out / "conditions_easy.txt").exists()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    for name in ("fig4_easy.png", "mass_easy.png", "extend_easy.png"):
+        assert (out / name).stat().st_size > 1000

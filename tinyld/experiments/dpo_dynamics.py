@@ -187,39 +187,44 @@ def repetition(answers: list[str]) -> float:
 
 
 @torch.no_grad()
-def sampled_correct(model, tok, world: World, items, samples: int, seed: int) -> list[list[bool]]:
-    """``samples`` answers per item sampled at temperature 1 (seeded), each judged by the world's oracle."""
-    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+def sample_answers(model, tok, items, samples: int, seed: int) -> list[list[str]]:
+    """``samples`` answers per item, sampled at temperature 1 from one seeded generator. Prompts of the same token
+    length are decoded together (nothing is padded, so each row is an ordinary sample)."""
+    dev = next(model.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(seed)
     max_new = max(len(tok.encode(it.chosen)) for it in items) + 4
-    out = []
+    ids = [tok.encode(it.prompt) for it in items]
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_len.setdefault(len(x), []).append(i)
+    out: list[list[str]] = [[] for _ in items]
     model.eval()
-    for it in items:
-        x = torch.tensor([tok.encode(it.prompt)] * samples, device=next(model.parameters()).device)
-        ys = model.generate(x, max_new, temperature=1.0, eos_id=tok.eos_id, generator=g)[:, x.shape[1]:].tolist()
-        out.append([world.classify(it, tok.decode(y[: y.index(tok.eos_id)] if tok.eos_id in y else y))
-                    == "correct" for y in ys])
+    for n, group in sorted(by_len.items()):
+        x = torch.tensor([ids[i] for i in group for _ in range(samples)], device=dev)  # (b·samples, n)
+        ys = model.generate(x, max_new, temperature=1.0, eos_id=tok.eos_id, generator=g)[:, n:].tolist()
+        for k, y in enumerate(ys):
+            out[group[k // samples]].append(tok.decode(y[: y.index(tok.eos_id)] if tok.eos_id in y else y).strip())
     return out
+
+
+def sampled_correct(model, tok, world: World, items, samples: int, seed: int) -> list[list[bool]]:
+    """``samples`` answers per item (:func:`sample_answers`), each judged by the world's oracle."""
+    return [[world.classify(it, a) == "correct" for a in answers]
+            for it, answers in zip(items, sample_answers(model, tok, items, samples, seed))]
 
 
 def on_policy_pairs(model, tok, world: World, items, samples: int, seed: int) -> list[Example]:
     """Pairs sampled from the policy and ranked by the oracle: y⁻ is a sampled answer that is not correct; y⁺ a
     sampled correct one, or the world's y⁺ when no sample is correct. A prompt whose samples are all correct gives
     no pair this round."""
-    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    max_new = max(len(tok.encode(it.chosen)) for it in items) + 4
     out = []
-    model.eval()
-    with torch.no_grad():
-        for it in items:
-            x = torch.tensor([tok.encode(it.prompt)] * samples, device=next(model.parameters()).device)
-            ys = model.generate(x, max_new, temperature=1.0, eos_id=tok.eos_id, generator=g)[:, x.shape[1]:]
-            answers = [tok.decode(y[: y.index(tok.eos_id)] if tok.eos_id in y else y).strip() for y in ys.tolist()]
-            good = [a for a in answers if a and world.classify(it, a) == "correct"]
-            bad = [a for a in answers if a and world.classify(it, a) != "correct"]
-            if bad:
-                chosen = good[0] if good else it.chosen
-                if chosen.split() != bad[0].split():
-                    out.append(Example(it.prompt, chosen, bad[0], {"on_policy_chosen": bool(good)}))
+    for it, answers in zip(items, sample_answers(model, tok, items, samples, seed)):
+        good = [a for a in answers if a and world.classify(it, a) == "correct"]
+        bad = [a for a in answers if a and world.classify(it, a) != "correct"]
+        if bad:
+            chosen = good[0] if good else it.chosen
+            if chosen.split() != bad[0].split():
+                out.append(Example(it.prompt, chosen, bad[0], {"on_policy_chosen": bool(good)}))
     return out
 
 
