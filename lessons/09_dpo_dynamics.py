@@ -125,12 +125,15 @@ assert torch.allclose(parts["chosen"] + parts["rejected"] + parts["shared"], who
 assert parts["shared"].abs().max() < 1e-3  # DPO: the common prefix cancels
 
 # %% [markdown]
-# Read the table row by row: which half moves each family, and which way? The two halves are of the same order
-# and often of opposite sign, and their sum is small: one step from a = 1/2 barely moves anything, and what the
-# table shows is the *direction* each half pushes. The push on y⁻ keeps its size while y⁻ sinks (each token's
-# push is c·(1 − π), and 1 − π stays near 1), whereas the pull on y⁺ fades as y⁺'s tokens become likely; both
-# halves share the factor c = β(1 − a), which shrinks as the margin grows. Over many steps, the mass the push
-# removes goes somewhere: the mass table above says where.
+# Read the table row by row: which half moves each family, and which way? The numbers are the first-order
+# prediction for one plain-SGD step of size η; read their signs and relative sizes. On our machine, in fast mode
+# (400-step base models) the two halves were of the same order and often of opposite sign, so their sum was small
+# (at this first step the push even raised this prompt's own y⁻ slightly, by +0.005: the curves sum many steps).
+# In full mode (3000-step base models, deeper valleys) the push on y⁻ dominated: it lowered y⁻ by about 5.6, the
+# fluent unrelated sentence by 4.3 and random words by 16.6 in these units, against pulls of +0.3 to +1.9. The push
+# keeps its size while y⁻ sinks (each token's push is c·(1 − π), and 1 − π stays near 1), whereas the pull on y⁺
+# fades as y⁺'s tokens become likely; both halves share the factor c = β(1 − a), which shrinks as the margin grows.
+# Over many steps, the mass the push removes goes somewhere: the mass table above says where.
 #
 # ## What held in every run we made
 # The rules, fixed before the runs: *falls* = ends below its start; *falls fastest* = the largest drop of the 13
