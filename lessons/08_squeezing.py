@@ -271,10 +271,11 @@ if plt is not None:
 
 # %% [markdown]
 # Read the curve from right to left. While y⁻ is the model's own answer the threshold is below zero and nobody
-# falls (for these step sizes; a large enough step lowers small labels even then, exercise 3). As z_{y⁻} sinks the threshold climbs across the share lines, one label after another starts to fall, and
-# only the top share stays above it (statement 2). In this peaked π most shares are small and crowd just above
-# zero, so the labels start to fall within a narrow band of π(y⁻) (printed above), soon after the threshold
-# crosses zero. A larger η′ raises the threshold and moves that band to the right.
+# falls (for these step sizes; a large enough step lowers small labels even then, exercise 3). As z_{y⁻} sinks
+# the threshold climbs across the share lines, one label after another starts to fall, and only the top share
+# stays above it (statement 2). In this peaked π most shares are small and crowd just above zero, so the labels
+# start to fall within a narrow band of π(y⁻) (printed above), soon after the threshold crosses zero. A larger η′
+# raises the threshold and moves that band to the right.
 #
 # **The push does not fade** (statement 4). On the left the curve goes flat instead of back to zero. The push on
 # z_{y⁻} is η′(1 − π(y⁻)), which tends to η′, not 0, as π(y⁻) → 0, and the step on the others tends to

@@ -54,7 +54,8 @@ print(claims_table(res["claims"], f"extend vs baseline, {MODE} world"))
 for r in res["per_seed"]:
     for x in r["win"]:
         print(f"seed {r['seed']}, {x['dpo_epochs']} DPO epochs: extend wins {x['wins']}, loses {x['losses']}, ties "
-              f"{x['ties']} of {x['n']};  correct: extend {x['extend_correct']:.2f}, baseline {x['baseline_correct']:.2f}")
+              f"{x['ties']} of {x['n']};  correct: extend {x['extend_correct']:.2f}, "
+              f"baseline {x['baseline_correct']:.2f}")
 last = [r["win"][-1] for r in res["per_seed"]]
 diff = [x["extend_correct"] - x["baseline_correct"] for x in last]
 print(f"after {last[0]['dpo_epochs']} DPO epochs: correct(extend) − correct(baseline) = {statistics.fmean(diff):+.3f} "
@@ -71,8 +72,9 @@ print(f"after {last[0]['dpo_epochs']} DPO epochs: correct(extend) − correct(ba
 # %%
 for r in res["per_seed"]:
     b, e = r["baseline"], r["extend"]
-    print(f"seed {r['seed']}: log π(y⁻) after SFT {b['sft_rejected'][-1]:.1f} (baseline) vs {e['sft_rejected'][-1]:.1f} "
-          f"(extend); during DPO y* {b['squeeze']['star']:+.1f} vs {e['squeeze']['star']:+.1f}, y⁺ "
+    print(f"seed {r['seed']}: log π(y⁻) after SFT {b['sft_rejected'][-1]:.1f} (baseline) vs "
+          f"{e['sft_rejected'][-1]:.1f} (extend); during DPO y* {b['squeeze']['star']:+.1f} vs "
+          f"{e['squeeze']['star']:+.1f}, y⁺ "
           f"{b['squeeze']['chosen']:+.1f} vs {e['squeeze']['chosen']:+.1f} nats")
 claims = {c["claim"]: c for c in res["claims"]}
 held = claims["extend: y⁻ higher after SFT"]["held"]
