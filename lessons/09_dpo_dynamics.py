@@ -78,6 +78,29 @@ print(claims_table(list(claims.values()), f"claims, {MODE} world"))
 # others shrink.
 
 # %%
+# By hand once, at one position: the first position where y⁺ and y⁻ of the first training pair differ, under the
+# SFT model of seed 0 (before DPO). π is one softmax; the four numbers are entries of it.
+import torch  # noqa: E402
+
+from tinyld.data import make_batch  # noqa: E402
+from tinyld.squeeze import token_mass  # noqa: E402
+
+m0, tok0, world0, _ = sft_models[0]
+it = world0.train_items()[0]
+b = make_batch(tok0, [it.prompt, it.prompt], [it.chosen, it.rejected], m0.config.block_size)
+with torch.no_grad():
+    z = m0.eval()(b.idx)  # (2, T, V): the chosen sequence, then the rejected one
+t = b.targets  # (2, T)
+pos = int(((t[0] != t[1]) & b.mask[0] & b.mask[1]).nonzero()[0])  # first position where the two tokens differ
+pi = torch.softmax(z[0, pos].double(), -1)  # (V,) at that position of y⁺
+own, other, top = int(t[0, pos]), int(t[1, pos]), int(pi.argmax())
+by_hand = [pi[own].item(), pi[other].item(), pi[top].item() if top not in (own, other) else 0.0]
+by_hand.append(1 - sum(by_hand))
+lib = token_mass(z[:1], t[:1], t[1:])[0, pos].tolist()
+print(f"position {pos} of y⁺: own {tok0.decode([own])!r}, other {tok0.decode([other])!r}, argmax "
+      f"{tok0.decode([top])!r}; by hand {[round(x, 4) for x in by_hand]}, token_mass {[round(x, 4) for x in lib]}")
+assert max(abs(a - c) for a, c in zip(by_hand, lib)) < 1e-9
+
 print("figure:", mass_figure(runs, f"{OUT}/09_mass_{MODE}.png", f"where the mass goes during DPO, {MODE} world"))
 for half in ("chosen", "rejected"):
     first = {k: sum(r["mass"][0][half][k] for r in runs) / len(runs) for k in runs[0]["mass"][0][half]}

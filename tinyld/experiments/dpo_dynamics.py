@@ -33,7 +33,8 @@ import torch
 
 from tinyld.data import Example, PairData, PreferenceData, Reference
 from tinyld.evaluate import greedy_answers, valley_depth
-from tinyld.experiments.sft_dynamics import _plain_json, _summary, figure, regime
+from tinyld.experiments.sft_dynamics import _plain_json, _summary, add_claim, figure, regime
+from tinyld.experiments.sft_dynamics import claims_table as sft_claims_table
 from tinyld.probes import ProbeSet, Tracker
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
                             num_threads, pick_device, versions, write_text_atomic, writable_dir)
@@ -307,16 +308,6 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _verdict(per: list[dict]) -> tuple[int, str]:
-    n = sum(m["held"] for m in per)
-    return n, "held" if n == len(per) else ("not held" if n == 0 else f"mixed ({n}/{len(per)})")
-
-
-def _claim(out: list, key: str, paper: str, per: list[dict]) -> None:
-    n, v = _verdict(per)
-    out.append({"claim": key, "paper": paper, "per_seed": per, "held": n, "of": len(per), "verdict": v})
-
-
 def judge_dpo(runs: list[dict]) -> list[dict]:
     """The paper's off-policy DPO claims, per seed, on the training prompts' mean curves. *Falls* = ends below its
     start; *falls fastest* = the largest drop of every tracked family; *bump* = its highest point comes after the
@@ -326,36 +317,36 @@ def judge_dpo(runs: list[dict]) -> list[dict]:
     out = []
     c = lambda r, f: r["curves"]["train"][f]  # noqa: E731
     fams = [f for f in FALLERS if f in runs[0]["curves"]["train"]]
-    _claim(out, "rejected falls", "y_u⁻ falls", [{"change": c(r, "rejected")[-1] - c(r, "rejected")[0],
-                                                  "held": c(r, "rejected")[-1] < c(r, "rejected")[0]} for r in runs])
+    add_claim(out, "rejected falls", "y_u⁻ falls", [{"change": c(r, "rejected")[-1] - c(r, "rejected")[0],
+                                                     "held": c(r, "rejected")[-1] < c(r, "rejected")[0]} for r in runs])
 
     def fastest(r):
         drops = {f: c(r, f)[0] - c(r, f)[-1] for f in fams}
         top = max(drops, key=drops.get)
         return {"change": -drops["rejected"], "largest": top, "held": top == "rejected"}
-    _claim(out, "rejected falls fastest", "y_u⁻ falls fastest of all families", [fastest(r) for r in runs])
+    add_claim(out, "rejected falls fastest", "y_u⁻ falls fastest of all families", [fastest(r) for r in runs])
 
     def bump(r):
         ys = c(r, "chosen")
         k = max(range(len(ys)), key=ys.__getitem__)
         return {"change": ys[-1] - ys[0], "peak": ys[k] - ys[0], "peak_epoch": r["measured_steps"][k] /
                 r["steps_per_epoch"], "held": 0 < k < len(ys) - 1}
-    _claim(out, "chosen bumps, then declines", "y_u⁺ rises briefly, then declines", [bump(r) for r in runs])
-    _claim(out, "chosen ends below its start", "y_u⁺ falls (squeezing reaches the chosen answer)",
-           [{"change": c(r, "chosen")[-1] - c(r, "chosen")[0], "held": c(r, "chosen")[-1] < c(r, "chosen")[0]}
-            for r in runs])
-    _claim(out, "most families fall", "almost every response loses probability",
-           [{"falling": sum(c(r, f)[-1] < c(r, f)[0] for f in fams), "of": len(fams),
-             "held": sum(c(r, f)[-1] < c(r, f)[0] for f in fams) > len(fams) / 2} for r in runs])
+    add_claim(out, "chosen bumps, then declines", "y_u⁺ rises briefly, then declines", [bump(r) for r in runs])
+    add_claim(out, "chosen ends below its start", "y_u⁺ falls (squeezing reaches the chosen answer)",
+              [{"change": c(r, "chosen")[-1] - c(r, "chosen")[0], "held": c(r, "chosen")[-1] < c(r, "chosen")[0]}
+               for r in runs])
+    add_claim(out, "most families fall", "almost every response loses probability",
+              [{"falling": sum(c(r, f)[-1] < c(r, f)[0] for f in fams), "of": len(fams),
+                "held": sum(c(r, f)[-1] < c(r, f)[0] for f in fams) > len(fams) / 2} for r in runs])
     if "star" in runs[0]["curves"]["train"]:
-        _claim(out, "star rises", "y* (teacher-forced argmax) rises", [
+        add_claim(out, "star rises", "y* (teacher-forced argmax) rises", [
             {"change": c(r, "star")[-1] - c(r, "star")[0], "held": c(r, "star")[-1] > c(r, "star")[0]} for r in runs])
-    _claim(out, "mass squeezed into the argmax", "the mass goes to the argmax token, at y⁺ and y⁻ positions", [
+    add_claim(out, "mass squeezed into the argmax", "the mass goes to the argmax token, at y⁺ and y⁻ positions", [
         {"argmax_gain_rejected": r["mass"][-1]["rejected"]["argmax"] - r["mass"][0]["rejected"]["argmax"],
          "argmax_gain_chosen": r["mass"][-1]["chosen"]["argmax"] - r["mass"][0]["chosen"]["argmax"],
          "held": r["mass"][-1]["rejected"]["argmax"] > r["mass"][0]["rejected"]["argmax"]
          and r["mass"][-1]["chosen"]["argmax"] > r["mass"][0]["chosen"]["argmax"]} for r in runs])
-    _claim(out, "repetition grows", "long DPO makes greedy answers repeat themselves (the repeater)", [
+    add_claim(out, "repetition grows", "long DPO makes greedy answers repeat themselves (the repeater)", [
         {"change": r["repetition"][-1] - r["repetition"][0], "held": r["repetition"][-1] > r["repetition"][0]}
         for r in runs])
     return out
@@ -376,10 +367,8 @@ def _fmt(m: dict) -> str:
 
 
 def claims_table(claims: list[dict], title: str) -> str:
-    lines = [title, f"  {'claim':34s} {'verdict':13s} per seed"]
-    for cl in claims:
-        lines.append(f"  {cl['claim']:34s} {cl['verdict']:13s} " + " | ".join(_fmt(m) for m in cl["per_seed"]))
-    return "\n".join(lines)
+    """The claims with this experiment's per-seed measurements (:func:`sft_dynamics.claims_table`'s layout)."""
+    return sft_claims_table(claims, title, fmt=_fmt, width=34, unit="")
 
 
 def squeeze_summary(r: dict) -> dict:
@@ -469,21 +458,21 @@ def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
               f"{sb['chosen']:+.1f} vs {se['chosen']:+.1f} · win/tie/loss of extend " +
               ", ".join(f"ep{x['dpo_epochs']} {x['wins']}/{x['ties']}/{x['losses']}" for x in win), flush=True)
     claims = []
-    _claim(claims, "extend: y⁻ higher after SFT", "after extend's SFT, log π(y⁻) is higher than after the baseline's "
-           "(y⁻ is lifted out of its valley)",
-           [{"change": r["extend"]["sft_rejected"][-1] - r["baseline"]["sft_rejected"][-1],
-             "held": r["extend"]["sft_rejected"][-1] > r["baseline"]["sft_rejected"][-1]} for r in per_seed])
-    _claim(claims, "extend squeezes less (y*)", "y* rises less during DPO after extend",
-           [{"change": r["extend"]["squeeze"]["star"] - r["baseline"]["squeeze"]["star"],
-             "held": r["extend"]["squeeze"]["star"] < r["baseline"]["squeeze"]["star"]} for r in per_seed])
-    _claim(claims, "extend: y⁺ falls less in DPO", "y⁺ falls less (or rises more) during DPO after extend",
-           [{"change": r["extend"]["squeeze"]["chosen"] - r["baseline"]["squeeze"]["chosen"],
-             "held": r["extend"]["squeeze"]["chosen"] > r["baseline"]["squeeze"]["chosen"]} for r in per_seed])
+    add_claim(claims, "extend: y⁻ higher after SFT",
+              "after extend's SFT, log π(y⁻) is higher than after the baseline's (y⁻ is lifted out of its valley)",
+              [{"change": r["extend"]["sft_rejected"][-1] - r["baseline"]["sft_rejected"][-1],
+                "held": r["extend"]["sft_rejected"][-1] > r["baseline"]["sft_rejected"][-1]} for r in per_seed])
+    add_claim(claims, "extend squeezes less (y*)", "y* rises less during DPO after extend",
+              [{"change": r["extend"]["squeeze"]["star"] - r["baseline"]["squeeze"]["star"],
+                "held": r["extend"]["squeeze"]["star"] < r["baseline"]["squeeze"]["star"]} for r in per_seed])
+    add_claim(claims, "extend: y⁺ falls less in DPO", "y⁺ falls less (or rises more) during DPO after extend",
+              [{"change": r["extend"]["squeeze"]["chosen"] - r["baseline"]["squeeze"]["chosen"],
+                "held": r["extend"]["squeeze"]["chosen"] > r["baseline"]["squeeze"]["chosen"]} for r in per_seed])
     last = lambda r: r["win"][-1]  # noqa: E731
-    _claim(claims, f"extend wins (after {per_seed[0]['win'][-1]['dpo_epochs']} DPO epochs)",
-           "extend's sampled answers win more often than they lose (paper: 0.65–0.69 win rate)",
-           [{"wins": last(r)["wins"], "ties": last(r)["ties"], "losses": last(r)["losses"],
-             "held": last(r)["wins"] > last(r)["losses"]} for r in per_seed])
+    add_claim(claims, f"extend wins (after {per_seed[0]['win'][-1]['dpo_epochs']} DPO epochs)",
+              "extend's sampled answers win more often than they lose (paper: 0.65–0.69 win rate)",
+              [{"wins": last(r)["wins"], "ties": last(r)["ties"], "losses": last(r)["losses"],
+                "held": last(r)["wins"] > last(r)["losses"]} for r in per_seed])
     res = {"claims": claims, "per_seed": per_seed}
     try:
         from tinyld.plots import condition_lines
@@ -527,15 +516,15 @@ def run_on_policy(cfg: DPODynamicsConfig, mode: str, out: Path, off: dict | None
               f"{rec['off']['falling']} / on {rec['on']['falling']} · on-policy pairs per round "
               f"{on_run['pairs_per_round']}", flush=True)
     claims = []
-    _claim(claims, "on-policy: y* rises less", "sampling y⁻ from the policy squeezes less: y* rises less",
-           [{"change": r["on"]["star"] - r["off"]["star"], "held": r["on"]["star"] < r["off"]["star"]}
-            for r in per_seed])
-    _claim(claims, "on-policy: fewer families fall", "fewer responses lose probability",
-           [{"change": r["on"]["falling"] - r["off"]["falling"], "held": r["on"]["falling"] < r["off"]["falling"]}
-            for r in per_seed])
-    _claim(claims, "on-policy: less argmax gain at y⁻", "less mass is squeezed into the argmax at y⁻ positions",
-           [{"change": r["on"]["argmax_gain_rejected"] - r["off"]["argmax_gain_rejected"],
-             "held": r["on"]["argmax_gain_rejected"] < r["off"]["argmax_gain_rejected"]} for r in per_seed])
+    add_claim(claims, "on-policy: y* rises less", "sampling y⁻ from the policy squeezes less: y* rises less",
+              [{"change": r["on"]["star"] - r["off"]["star"], "held": r["on"]["star"] < r["off"]["star"]}
+               for r in per_seed])
+    add_claim(claims, "on-policy: fewer families fall", "fewer responses lose probability",
+              [{"change": r["on"]["falling"] - r["off"]["falling"], "held": r["on"]["falling"] < r["off"]["falling"]}
+               for r in per_seed])
+    add_claim(claims, "on-policy: less argmax gain at y⁻", "less mass is squeezed into the argmax at y⁻ positions",
+              [{"change": r["on"]["argmax_gain_rejected"] - r["off"]["argmax_gain_rejected"],
+                "held": r["on"]["argmax_gain_rejected"] < r["off"]["argmax_gain_rejected"]} for r in per_seed])
     return {"claims": claims, "per_seed": per_seed}
 
 

@@ -324,10 +324,7 @@ def judge(runs: list[dict]) -> list[dict]:
     out = []
 
     def claim(key, paper, measure):
-        per = [measure(r) for r in runs]
-        n = sum(m["held"] for m in per)
-        verdict = "held" if n == len(per) else ("not held" if n == 0 else f"mixed ({n}/{len(per)})")
-        out.append({"claim": key, "paper": paper, "per_seed": per, "held": n, "of": len(per), "verdict": verdict})
+        add_claim(out, key, paper, [measure(r) for r in runs])
 
     def change(fam):
         def m(r):
@@ -378,10 +375,21 @@ def _fmt(m: dict) -> str:
     return f"{m['change']:+.1f}"
 
 
-def claims_table(claims: list[dict], title: str) -> str:
-    lines = [title, f"  {'claim':40s} {'verdict':13s} per seed (nats, summed over the response)"]
+def add_claim(out: list, key: str, paper: str, per: list[dict]) -> None:
+    """Append one claim, measured per seed (each with a ``held`` flag), with its verdict: held · not held ·
+    mixed (n/seeds)."""
+    n = sum(m["held"] for m in per)
+    verdict = "held" if n == len(per) else ("not held" if n == 0 else f"mixed ({n}/{len(per)})")
+    out.append({"claim": key, "paper": paper, "per_seed": per, "held": n, "of": len(per), "verdict": verdict})
+
+
+def claims_table(claims: list[dict], title: str, fmt=None, width: int = 40,
+                 unit: str = " (nats, summed over the response)") -> str:
+    """One line per claim: its verdict, then each seed's measurement written by ``fmt`` (default: this module's)."""
+    fmt = fmt or _fmt
+    lines = [title, f"  {'claim':{width}s} {'verdict':13s} per seed{unit}"]
     for c in claims:
-        lines.append(f"  {c['claim']:40s} {c['verdict']:13s} " + " | ".join(_fmt(m) for m in c["per_seed"]))
+        lines.append(f"  {c['claim']:{width}s} {c['verdict']:13s} " + " | ".join(fmt(m) for m in c["per_seed"]))
     return "\n".join(lines)
 
 
