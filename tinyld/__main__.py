@@ -107,6 +107,16 @@ def cmd_dpo_dynamics(args) -> int:
     return 0
 
 
+def cmd_forecast(args) -> int:
+    from tinyld.demo import fast_mode
+    from tinyld.experiments.forecasting import ForecastConfig, run
+
+    kw = {f.name: getattr(args, f.name) for f in fields(ForecastConfig) if getattr(args, f.name, None) is not None}
+    kw["fast"] = args.fast or fast_mode()
+    run(ForecastConfig(**kw))
+    return 0
+
+
 def cmd_golden(args) -> int:
     from pathlib import Path
 
@@ -194,6 +204,20 @@ def main(argv=None) -> int:
     q.add_argument("--threads", type=int, help="CPU threads (default 2)")
     q.add_argument("--fast", action="store_true", help="2 SFT + 4 DPO epochs on a 400-step base model (also "
                    "TINYLD_FAST=1)")
+    f = sub.add_parser("forecast", help="pre-memorization accuracy on a reasoning task, and CHES for DPO pairs")
+    f.add_argument("--experiment", help="sweep | perturb | curate | ches | all (default)")
+    f.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
+    f.add_argument("--lrs", type=float, nargs="+", help="sweep: AdamW learning rates (default 1e-3 3e-3 1e-2)")
+    f.add_argument("--epochs", type=int, nargs="+", help="sweep: epochs per run (default 3 10)")
+    f.add_argument("--data", type=int, nargs="+", help="sweep: training questions per run (default 32 256)")
+    f.add_argument("--samples", type=int, help="solutions sampled per question and checkpoint (default 5)")
+    f.add_argument("--temperature", type=float, help="sampling temperature (default 0.8)")
+    f.add_argument("--tau", type=float, help="memorized: perplexity < exp(e^tau) (default -2.3)")
+    f.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="arithmetic base model (default 1500)")
+    f.add_argument("--out", help="output folder (default tinyld_out/forecast)")
+    f.add_argument("--device", help="auto | cpu (default) | cuda | mps")
+    f.add_argument("--threads", type=int, help="CPU threads (default 2)")
+    f.add_argument("--fast", action="store_true", help="a small sweep on 400-step base models (also TINYLD_FAST=1)")
     g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
     b = sub.add_parser("bench", help="benchmarks that print JSON")
@@ -214,7 +238,7 @@ def main(argv=None) -> int:
 
     try:
         return {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics,
-                "dpo-dynamics": cmd_dpo_dynamics, "golden": cmd_golden,
+                "dpo-dynamics": cmd_dpo_dynamics, "forecast": cmd_forecast, "golden": cmd_golden,
                 "bench": cmd_bench}[args.cmd](args)
     except TinyldError as err:  # a user mistake: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)

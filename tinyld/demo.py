@@ -67,17 +67,20 @@ def pretrain(world: World, tok, cfg: DemoConfig, device, out: Path | None = None
     return model.eval(), hist
 
 
-def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tinyld_out/cache"):
-    """(world, tokenizer, pretrained tiny GPT) for lessons; cached as a checkpoint so a second call is instant."""
+def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tinyld_out/cache", task: str = "world"):
+    """(world, tokenizer, pretrained tiny GPT) for lessons; cached as a checkpoint so a second call is instant.
+    ``task`` is ``world`` (people and facts) or ``arithmetic`` (the word problems of :mod:`tinyld.reasoning`)."""
+    from tinyld.reasoning import Arithmetic
     from tinyld.train import load_model, save_checkpoint
 
     check_seed("seed", seed)
     check_int("steps", steps, 1)
-    world = World(seed)
+    check_choice("pretrained task", task, ("world", "arithmetic"))
+    world = World(seed) if task == "world" else Arithmetic(seed)
     tok = world.tokenizer()
     threads = DemoConfig().threads
     # The key names everything the weights depend on: a cache made by other code or threads is never reused.
-    key = f"world-{seed}-tiny-{steps}-t{threads}-torch{torch.__version__.split('+')[0]}-code{_code_digest()}"
+    key = f"{task}-{seed}-tiny-{steps}-t{threads}-torch{torch.__version__.split('+')[0]}-code{_code_digest()}"
     path = Path(cache) / f"{key}.pt" if cache else None
     if cache is not None and not isinstance(cache, (str, os.PathLike)):
         raise TinyldError(f"cache must be a folder path or None, got {type(cache).__name__}")
@@ -101,7 +104,8 @@ def _code_digest() -> str:
 
     here = Path(__file__).parent
     h = hashlib.sha1()
-    for name in ("model.py", "data.py", "losses.py", "train.py", "world.py", "tokenizers.py", "demo.py"):
+    for name in ("model.py", "data.py", "losses.py", "train.py", "world.py", "tokenizers.py", "demo.py",
+                 "reasoning.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:8]
 

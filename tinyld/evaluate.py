@@ -13,7 +13,7 @@ import torch
 
 from tinyld.data import collate, make_batch
 from tinyld.losses import sequence_logprob, token_logprobs
-from tinyld.runtime import TinyldError, check_int, check_seed, first_nonfinite
+from tinyld.runtime import TinyldError, check_int, check_number, check_seed, first_nonfinite
 
 
 def _healthy(model) -> None:
@@ -106,3 +106,30 @@ def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 12)
                 row = row[: row.index(tok.eos_id)]
             answers[i] = tok.decode(row).strip()
     return answers
+
+
+@torch.no_grad()
+def sampled_answers(model, tok, prompts: Sequence[str], samples: int, seed: int, temperature: float = 1.0,
+                    max_new_tokens: int = 12) -> list[list[str]]:
+    """``samples`` continuations of each prompt, sampled at ``temperature`` from one generator seeded with
+    ``seed``, each up to EOS. Prompts of the same token length are decoded together (nothing is padded, so each
+    row is an ordinary sample)."""
+    check_int("samples", samples, 1)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    check_number("temperature", temperature, 0, strict=True)
+    prompts = _texts("prompts", prompts)
+    _healthy(model)
+    model.eval()
+    dev = _device(model)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    ids = [tok.encode(p) for p in prompts]
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_len.setdefault(len(x), []).append(i)
+    out: list[list[str]] = [[] for _ in prompts]
+    for n, group in sorted(by_len.items()):
+        x = torch.tensor([ids[i] for i in group for _ in range(samples)], device=dev)  # (b·samples, n)
+        ys = model.generate(x, max_new_tokens, temperature=temperature, eos_id=tok.eos_id, generator=g)
+        for k, y in enumerate(ys[:, n:].tolist()):
+            out[group[k // samples]].append(tok.decode(y[: y.index(tok.eos_id)] if tok.eos_id in y else y).strip())
+    return out

@@ -147,3 +147,24 @@ def condition_lines(series: dict[str, dict[str, tuple[Sequence[float], Sequence[
     axes[0][-1].legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def fit_panels(panels: dict[str, tuple[Sequence[float], Sequence[float], dict]], path, title: str = "",
+               ylabel: str = "", groups: Sequence[str] | None = None) -> Path:
+    """One scatter per panel with its least-squares line: ``panels`` maps an x label to (x, y, fit), fit with
+    ``slope``, ``intercept`` and ``r2``; ``groups`` (one label per point) colours the points."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), sharey=True)
+    axes = axes if len(panels) > 1 else [axes]
+    for ax, (xlabel, (x, y, fit)) in zip(axes, panels.items()):
+        labels = list(groups) if groups is not None else [""] * len(x)
+        for g in dict.fromkeys(labels):
+            sel = [i for i, lab in enumerate(labels) if lab == g]
+            ax.scatter([x[i] for i in sel], [y[i] for i in sel], s=10, alpha=0.6, label=g or None)
+        lo, hi = min(x), max(x)
+        ax.plot([lo, hi], [fit["intercept"] + fit["slope"] * lo, fit["intercept"] + fit["slope"] * hi], "k-", lw=1)
+        ax.set(title=f"R² = {fit['r2']:.2f}", xlabel=xlabel, ylabel=ylabel)
+        if groups is not None:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from tinyld.data import Example, PairData, PreferenceData, Reference
-from tinyld.evaluate import greedy_answers, valley_depth
+from tinyld.evaluate import greedy_answers, sampled_answers, valley_depth
 from tinyld.experiments.sft_dynamics import _plain_json, _summary, add_claim, figure, regime
 from tinyld.experiments.sft_dynamics import claims_table as sft_claims_table
 from tinyld.probes import ProbeSet, Tracker
@@ -187,25 +187,10 @@ def repetition(answers: list[str]) -> float:
     return statistics.fmean(rates) if rates else 0.0
 
 
-@torch.no_grad()
 def sample_answers(model, tok, items, samples: int, seed: int) -> list[list[str]]:
-    """``samples`` answers per item, sampled at temperature 1 from one seeded generator. Prompts of the same token
-    length are decoded together (nothing is padded, so each row is an ordinary sample)."""
-    dev = next(model.parameters()).device
-    g = torch.Generator(device=dev).manual_seed(seed)
+    """``samples`` answers per item, sampled at temperature 1 (:func:`tinyld.evaluate.sampled_answers`)."""
     max_new = max(len(tok.encode(it.chosen)) for it in items) + 4
-    ids = [tok.encode(it.prompt) for it in items]
-    by_len: dict[int, list[int]] = {}
-    for i, x in enumerate(ids):
-        by_len.setdefault(len(x), []).append(i)
-    out: list[list[str]] = [[] for _ in items]
-    model.eval()
-    for n, group in sorted(by_len.items()):
-        x = torch.tensor([ids[i] for i in group for _ in range(samples)], device=dev)  # (b·samples, n)
-        ys = model.generate(x, max_new, temperature=1.0, eos_id=tok.eos_id, generator=g)[:, n:].tolist()
-        for k, y in enumerate(ys):
-            out[group[k // samples]].append(tok.decode(y[: y.index(tok.eos_id)] if tok.eos_id in y else y).strip())
-    return out
+    return sampled_answers(model, tok, [it.prompt for it in items], samples, seed, 1.0, max_new)
 
 
 def sampled_correct(model, tok, world: World, items, samples: int, seed: int) -> list[list[bool]]:
