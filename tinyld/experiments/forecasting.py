@@ -78,7 +78,8 @@ class ForecastConfig:
     ches_lr: float = 1e-3  # ches: AdamW on one pair alone
     ches_steps: int = 5
     ches_beta: float = 0.1
-    pretrain_steps: int = 1500  # arithmetic base model (world base model for ches: 3000)
+    pretrain_steps: int = 1500  # the arithmetic base model
+    ches_pretrain_steps: int = 3000  # the fact world's base model (ches)
     out: str = "tinyld_out/forecast"
     device: str = "cpu"
     threads: int = 2
@@ -100,7 +101,7 @@ class ForecastConfig:
         self.samples = check_int("forecast --samples", self.samples, 1, 64)
         self.temperature = float(check_number("forecast --temperature", self.temperature, 0, strict=True))
         for k in ("measured", "curate_start", "curate_add", "curate_rounds", "curate_epochs", "ches_steps",
-                  "pretrain_steps"):
+                  "pretrain_steps", "ches_pretrain_steps"):
             setattr(self, k, check_int(f"forecast --{k.replace('_', '-')}", getattr(self, k), 1))
         for k in ("curate_lr", "ches_lr", "ches_beta"):
             setattr(self, k, float(check_number(f"forecast --{k.replace('_', '-')}", getattr(self, k), 0,
@@ -113,6 +114,7 @@ class ForecastConfig:
             raise TinyldError(f"ForecastConfig.fast must be True or False, got {self.fast!r}")
         if self.fast:
             self.pretrain_steps = min(self.pretrain_steps, 400)
+            self.ches_pretrain_steps = min(self.ches_pretrain_steps, 400)
             self.epochs = sorted({min(e, 4) for e in self.epochs[:2]})
             self.data = [min(d, 32) for d in self.data[:1]]
             self.lrs, self.measured = self.lrs[-2:], min(self.measured, 32)
@@ -450,7 +452,7 @@ def ches_seed(cfg: ForecastConfig, seed: int) -> dict:
     from tinyld.experiments.dpo_dynamics import DPODynamicsConfig, base, sft, sft_steps
 
     dcfg = DPODynamicsConfig(seeds=[seed], modes=["easy"], device=cfg.device,
-                             pretrain_steps=400 if cfg.fast else 3000, fast=cfg.fast)
+                             pretrain_steps=cfg.ches_pretrain_steps, fast=cfg.fast)
     model, tok, world = base(dcfg, seed, "easy")
     items = world.train_items()
     model = sft(dcfg, seed, model, tok, [it.example() for it in items], sft_steps(dcfg, len(items)))
