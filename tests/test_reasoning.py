@@ -28,6 +28,7 @@ def test_grader_on_hand_made_answers():
            "3 plus 4 is 7 . 7 minus 2 is 5 . the answer is five .",
            "the answer is 5 . 3 plus 4 is 7 .",  # the answer must come last
            "the answer is 5",  # unfinished sentence
+           "the answer is 5 . and then some",  # words after the final sentence
            "so ana has 5 coins and more .", "", "the answer is 5 5 ."]
     assert [Arithmetic.grade(P, t) for t in good] == [True] * len(good)
     assert [Arithmetic.grade(P, t) for t in bad] == [False] * len(bad)

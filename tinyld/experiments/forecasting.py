@@ -443,7 +443,22 @@ def auc(score: list[float], positive: list[bool]) -> float | None:
     neg = [s for s, p in zip(score, positive) if not p]
     if not pos or not neg:
         return None
-    return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+    return sum((a > b) + 1.0 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+
+
+def dpo_change(cfg: ForecastConfig, model, tok, pairs: list[Example], seed: int) -> list[float]:
+    """For each pair alone: the change of log π(y⁺|x) after ``cfg.ches_steps`` DPO steps (sigmoid loss, β
+    ``cfg.ches_beta``, AdamW lr ``cfg.ches_lr``, no clipping) from ``model``, which is also the reference."""
+    before = response_logprobs(model, tok, [e.prompt for e in pairs], [e.chosen for e in pairs]).tolist()
+    tc = TrainConfig(task="dpo", steps=cfg.ches_steps, lr=cfg.ches_lr, grad_clip=0.0, seed=seed, progress=False,
+                     log_every=cfg.ches_steps, pair_loss={"name": "sigmoid", "beta": cfg.ches_beta})
+    change = []
+    for ex, b in zip(pairs, before):
+        m = copy.deepcopy(model)
+        Trainer(m, PreferenceData(tok, [ex], 1, m.config.block_size, seed, Reference.compute(model, tok, [ex])),
+                tc, tok).run()
+        change.append(response_logprobs(m, tok, [ex.prompt], [ex.chosen]).item() - b)
+    return change
 
 
 def ches_seed(cfg: ForecastConfig, seed: int) -> dict:
@@ -462,17 +477,7 @@ def ches_seed(cfg: ForecastConfig, seed: int) -> dict:
     score_sum = ches(model, tok, prompts, chosen, rejected).tolist()
     score_norm = ches(model, tok, prompts, chosen, rejected, normalize=True).tolist()
     dist = [edit_distance(tok.encode(c), tok.encode(r)) for c, r in zip(chosen, rejected)]
-    before = response_logprobs(model, tok, prompts, chosen)
-    state = copy.deepcopy(model.state_dict())
-    tc = TrainConfig(task="dpo", steps=cfg.ches_steps, lr=cfg.ches_lr, grad_clip=0.0, seed=seed, progress=False,
-                     log_every=cfg.ches_steps, pair_loss={"name": "sigmoid", "beta": cfg.ches_beta})
-    change = []
-    for (_, ex), b in zip(pairs, before.tolist()):
-        ref = Reference.compute(model, tok, [ex])
-        m = copy.deepcopy(model)
-        m.load_state_dict(state)
-        Trainer(m, PreferenceData(tok, [ex], 1, m.config.block_size, seed, ref), tc, tok).run()
-        change.append(response_logprobs(m, tok, [ex.prompt], [ex.chosen]).item() - b)
+    change = dpo_change(cfg, model, tok, [e for _, e in pairs], seed)
     falls = [c < 0 for c in change]
     res = {"seed": seed, "pairs": [{"kind": k, "ches": s1, "ches_norm": s2, "edit": d, "change": c}
                                    for (k, _), s1, s2, d, c in zip(pairs, score_sum, score_norm, dist, change)],
