@@ -213,6 +213,8 @@ def main(argv=None) -> int:
     f.add_argument("--samples", type=int, help="solutions sampled per question and checkpoint (default 5)")
     f.add_argument("--temperature", type=float, help="sampling temperature (default 0.8)")
     f.add_argument("--tau", type=float, help="memorized: perplexity < exp(e^tau) (default -2.3)")
+    f.add_argument("--curate-lr", dest="curate_lr", type=float, help="curate: AdamW learning rate (default 1e-2)")
+    f.add_argument("--curate-epochs", dest="curate_epochs", type=int, help="curate: epochs per run (default 10)")
     f.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="arithmetic base model (default 1500)")
     f.add_argument("--out", help="output folder (default tinyld_out/forecast)")
     f.add_argument("--device", help="auto | cpu (default) | cuda | mps")
