@@ -18,8 +18,9 @@
 # questions with a hot learning rate. We compute PM by hand for one example and watch it against train and test
 # accuracy.
 #
-# Fast mode (`TINYLD_FAST=1`) uses a 400-step base model and short runs. Full mode uses the 1500-step base model
-# of `python -m tinyld forecast`.
+# Fast mode (`TINYLD_FAST=1`) is a smoke test: a 200-step base model that has learned little, short runs, 2
+# samples per question and 20 test questions. Full mode uses the 1500-step base model of
+# `python -m tinyld forecast`, 5 samples and all 40 test questions; its numbers are the ones worth reading.
 
 # %%
 import os
@@ -37,12 +38,13 @@ from tinyld.reasoning import N_FORMS, Arithmetic
 # ---- knobs -------------------------------------------------------------------------------------------
 FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")
 OUT = os.environ.get("TINYLD_OUT", "tinyld_out/lessons")
-PRETRAIN_STEPS = 400 if FAST else 1500
+PRETRAIN_STEPS = 200 if FAST else 1500
+N_TEST = 20 if FAST else 40  # test questions
 TAU = -2.3  # memorized ⇔ perplexity < exp(e^τ): the published GSM8k value
-cfg = ForecastConfig(samples=3 if FAST else 5, temperature=0.8, measured=16 if FAST else 64)
+cfg = ForecastConfig(samples=2 if FAST else 5, temperature=0.8, measured=16 if FAST else 64)
 RUNS = {  # name: (training questions, AdamW lr, epochs)
-    "many questions": (64, 3e-3, 2) if FAST else (256, 3e-3, 10),
-    "few questions, hot": (16, 1e-2, 8) if FAST else (32, 1e-2, 10),
+    "many questions": (32, 3e-3, 2) if FAST else (256, 3e-3, 10),
+    "few questions, hot": (16, 1e-2, 6) if FAST else (32, 1e-2, 10),
 }
 
 # %% [markdown]
@@ -67,7 +69,7 @@ assert all(world.grade(p, p.solution(f)) for f in range(N_FORMS)) and not world.
 
 # %%
 _, tok, base = pretrained(seed=0, steps=PRETRAIN_STEPS, task="arithmetic")
-test = world.test_problems()
+test = world.test_problems()[:N_TEST]
 print(f"base model, test accuracy of {cfg.samples} samples at T=0.8 per question: "
       f"{accuracy(cfg, base, tok, world, test, seed=1).mean().item():.2f}")
 
@@ -97,7 +99,7 @@ assert abs(by_hand - lib) < 1e-4 * lib
 #
 # ## Two finetuning runs, a checkpoint every epoch
 # At the end of every epoch, `finetune` samples solutions to each measured training question at T=0.8 (5 each;
-# 3 in fast mode), grades them, and measures each reference solution's perplexity and the test accuracy.
+# 2 in fast mode), grades them, and measures each reference solution's perplexity and the test accuracy.
 
 # %%
 results = {}
@@ -157,8 +159,12 @@ except ImportError as e:
     print(f"(no figure: {e})")
 
 # %% [markdown]
-# The hot run on few questions is where the two numbers part: train accuracy can rise while its solutions are
-# being copied, and PM stops counting an example from the checkpoint at which it is memorized.
+# In full mode the hot run on few questions is the copying regime: its train accuracy climbs to about 0.3 while
+# test accuracy stays where the base model was (about 0.1). PM stops counting an example from the checkpoint at
+# which it is memorized. But at the published τ only a few of this model's examples ever get there: sixteen
+# forms keep a perplexity near 1.15 even for a model that knows the arithmetic. So PM stays close to train
+# accuracy. The README's sweep (12 configurations, 3 seeds) found the same; exercise 1 shows what a looser
+# threshold does.
 #
 # ## Exercises
 # 1. Change `TAU` to −1.7 (the MATH value, perplexity 1.20) and to −3.0. Which examples count as memorized now,

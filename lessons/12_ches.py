@@ -69,7 +69,7 @@ def grad(response):
 
 
 g_plus, g_minus = grad(pair.chosen), grad(pair.rejected)
-BETA, ETA = 0.1, 1e-3
+BETA, ETA = 0.1, 1e-4  # a small step: the prediction is first order in η
 predicted = ETA * BETA / 2 * (g_plus @ g_plus - g_plus @ g_minus).item()
 with torch.no_grad():
     ref_c, ref_r = logp(m64, pair.chosen), logp(m64, pair.rejected)
