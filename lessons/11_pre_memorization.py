@@ -4,8 +4,8 @@
 # Finetune a model on worked solutions and its train accuracy climbs to 1. That says little about test accuracy:
 # a model can reach it by copying the training solutions. Kang et al. (lessons/NOTES.md §7) proposed a training
 # metric that tracks test accuracy much better. Count an example as *memorized* at a checkpoint when the
-# teacher-forced perplexity of its reference solution falls below exp(e^τ). Then take the sampled accuracy on the
-# example only from checkpoints before that point:
+# teacher-forced perplexity of its reference solution falls below exp(e^τ). An example's score at checkpoint t is
+# the best sampled accuracy it reached at checkpoints where it was *not* memorized, capped by its accuracy now:
 #
 #     PM_t(i) = min( max_{k ≤ t} acc_k(i)·[i not memorized at k],  acc_t(i) )
 #
@@ -38,6 +38,7 @@ from tinyld.reasoning import N_FORMS, Arithmetic
 # ---- knobs -------------------------------------------------------------------------------------------
 FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")
 OUT = os.environ.get("TINYLD_OUT", "tinyld_out/lessons")
+SEED = 0  # the world and its base model: change both together
 PRETRAIN_STEPS = 200 if FAST else 1500
 N_TEST = 20 if FAST else 40  # test questions
 TAU = -2.3  # memorized ⇔ perplexity < exp(e^τ): the published GSM8k value
@@ -53,13 +54,13 @@ RUNS = {  # name: (training questions, AdamW lr, epochs)
 # and each step and the last sentence have two phrasings. The world's grader reads only the final answer.
 
 # %%
-world = Arithmetic(seed=0)
+world = Arithmetic(seed=SEED)
 p = world.pool()[0]
 print(p.prompt())
 for form in (0, 6, 9, 15):
     print(f"  form {form:2d}: {p.solution(form)}")
 print(f"{N_FORMS} forms, all graded correct:", all(world.grade(p, p.solution(f)) for f in range(N_FORMS)))
-wrong = p.solution(0).replace(f"is {p.answer} .", f"is {p.answer + 1} .")
+wrong = " ".join(p.steps(0)[:2] + [f"the answer is {p.answer + 1} ."])  # right steps, wrong final answer
 print("a wrong final answer:", wrong, "→", world.grade(p, wrong))
 assert all(world.grade(p, p.solution(f)) for f in range(N_FORMS)) and not world.grade(p, wrong)
 
@@ -68,7 +69,7 @@ assert all(world.grade(p, p.solution(f)) for f in range(N_FORMS)) and not world.
 # *other* number triples. Training and test questions use triples it never saw, so partial skill is all it has.
 
 # %%
-_, tok, base = pretrained(seed=0, steps=PRETRAIN_STEPS, task="arithmetic")
+_, tok, base = pretrained(seed=SEED, steps=PRETRAIN_STEPS, task="arithmetic")
 test = world.test_problems()[:N_TEST]
 print(f"base model, test accuracy of {cfg.samples} samples at T=0.8 per question: "
       f"{accuracy(cfg, base, tok, world, test, seed=1).mean().item():.2f}")
@@ -93,8 +94,9 @@ assert abs(by_hand - lib) < 1e-4 * lib
 
 # %% [markdown]
 # A model that has learned the arithmetic but not which form a question was written in still pays for the
-# choice of form. Sixteen equally likely forms cost ln 16 = 2.77 nats. Spread over the ~20 tokens of a solution
-# that is 0.14 nats a token, a perplexity near 1.15. So a perplexity below ~1.1 means the model has learned the
+# choice of form. Each training example's form was drawn at random from 16, so such a model gives the reference
+# form about 1/16: a cost of ln 16 = 2.77 nats. Spread over the 16–19 tokens of a solution (EOS included) that is
+# about 0.16 nats a token, a perplexity near 1.17. So a perplexity below ~1.1 means the model has learned the
 # form of *this* question's reference solution, which it can only get by copying.
 #
 # ## Two finetuning runs, a checkpoint every epoch
@@ -159,19 +161,21 @@ except ImportError as e:
     print(f"(no figure: {e})")
 
 # %% [markdown]
-# In full mode the hot run on few questions is the copying regime: its train accuracy climbs to about 0.3 while
-# test accuracy stays where the base model was (about 0.1). PM stops counting an example from the checkpoint at
-# which it is memorized. But at the published τ only a few of this model's examples ever get there: sixteen
-# forms keep a perplexity near 1.15 even for a model that knows the arithmetic. So PM stays close to train
+# In full mode the hot run on few questions is where train accuracy runs ahead of test accuracy: it climbs to
+# about 0.3 while test accuracy stays where the base model was (about 0.1). Once an example is memorized, its
+# best score stops growing (and is still capped by its accuracy now). But at the published τ only a few of this
+# model's examples ever get there: sixteen forms keep a perplexity near 1.17 even for a model that knows the
+# arithmetic. So PM stays close to train
 # accuracy. The README's sweep (12 configurations, 3 seeds) found the same; exercise 1 shows what a looser
 # threshold does.
 #
 # ## Exercises
 # 1. Change `TAU` to −1.7 (the MATH value, perplexity 1.20) and to −3.0. Which examples count as memorized now,
 #    and how does R² change? (The forecast command prints R² for a whole range of τ.)
-# 2. Add a third run to `RUNS` with 128 questions and lr 1e-3. Where do its points fall?
+# 2. Add a third run to `RUNS`: `"middle": (128, 1e-3, 10)` (questions, lr, epochs). Where do its points fall?
 # 3. Grade the samples by the *reference form* instead: count a sample correct only if it equals the reference
-#    solution word for word. How does that "trace accuracy" compare with PM?
+#    solution word for word. (`tinyld.evaluate.sampled_answers(model, tok, prompts, 5, seed, 0.8, 26)` gives the
+#    samples; `world.train_examples(problems)` the references.) How does that "trace accuracy" compare with PM?
 
 # %%
 print("lesson 11 OK")

@@ -156,9 +156,20 @@ def test_perturbation_judge_by_hand():
 def test_bad_config_is_refused():
     for kw, msg in [({"experiment": "nope"}, "experiment"), ({"seeds": [0, 0]}, "repeats"),
                     ({"data": [0]}, "data"), ({"lrs": [-1.0]}, "lrs"), ({"seeds": 3}, "list"),
-                    ({"temperature": 0}, "temperature"), ({"epochs": []}, "epochs")]:
+                    ({"temperature": 0}, "temperature"), ({"epochs": []}, "epochs"),
+                    ({"temperature": 1e-300}, "temperature"), ({"lrs": [1e300]}, "lrs"), ({"taus": 5}, "taus"),
+                    ({"lrs": b"ab"}, "lrs"), ({"epochs": [10 ** 9]}, "epochs"), ({"taus": [-2.0, -2.0]}, "repeats")]:
         with pytest.raises(TinyldError, match=msg):
             ForecastConfig(**kw)
+
+
+def test_sizes_beyond_the_pool_are_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pool = min(len(Arithmetic(s).pool()) for s in (0, 1))
+    for kw, msg in [({"data": [pool + 1]}, "pool has"), ({"experiment": "curate", "curate_add": pool}, "curation")]:
+        with pytest.raises(TinyldError, match=msg):
+            run(ForecastConfig(seeds=[0, 1], out=str(tmp_path / "out"), **kw))
+    assert not list((tmp_path / "tinyld_out" / "cache").glob("*.pt"))  # nothing was pretrained
 
 
 def test_cli_bad_input_is_one_line(capsys, tmp_path):

@@ -44,13 +44,14 @@ from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_i
 from tinyld.train import TrainConfig, Trainer
 
 EXPERIMENTS = ("sweep", "perturb", "curate", "ches", "all")
-MAX_NEW = 26  # tokens sampled per solution: the longest written form is 22 tokens and EOS
+MAX_NEW = 26  # tokens sampled per solution: the longest written form is 18 tokens and EOS
 
 
-def _numbers(name: str, xs, kind, lo=None) -> list:
-    if isinstance(xs, (int, float, str)) or not xs:
+def _numbers(name: str, xs, kind, lo: float = 0, hi: float = 10, empty: bool = False) -> list:
+    """A list of distinct integers ≥ 1 (``kind`` int, at most ``hi``) or finite floats in (lo, hi]."""
+    if not isinstance(xs, (list, tuple)) or (not xs and not empty):
         raise TinyldError(f"forecast {name} must be a non-empty list, got {xs!r}")
-    out = [check_int(name, x, lo or 1) if kind is int else float(check_number(name, x, 0, strict=True))
+    out = [check_int(name, x, 1, int(hi)) if kind is int else float(check_number(name, x, lo, hi, strict=True))
            for x in xs]
     if len(set(out)) != len(out):
         raise TinyldError(f"forecast {name} repeats a value: {out}")
@@ -83,7 +84,7 @@ class ForecastConfig:
     out: str = "tinyld_out/forecast"
     device: str = "cpu"
     threads: int = 2
-    fast: bool = False  # 2 seeds of a small sweep on 400-step base models: for lessons, the numbers mean less
+    fast: bool = False  # a small sweep and short curation on 400-step base models: the numbers mean less
 
     def __post_init__(self):
         check_choice("forecast --experiment", self.experiment, EXPERIMENTS)
@@ -93,18 +94,18 @@ class ForecastConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise TinyldError(f"forecast --seeds repeats a seed: {self.seeds}")
         self.lrs = _numbers("--lrs", self.lrs, float)
-        self.epochs = _numbers("--epochs", self.epochs, int)
-        self.data = _numbers("--data", self.data, int)
-        self.taus = [float(check_number("--taus", t, -20, 5)) for t in (self.taus or [])]
+        self.epochs = _numbers("--epochs", self.epochs, int, hi=1000)
+        self.data = _numbers("--data", self.data, int, hi=10_000)
+        self.taus = _numbers("taus", self.taus, float, lo=-20, hi=5, empty=True)
         self.tau = float(check_number("--tau", self.tau, -20, 5))
         self.batch_size = check_int("forecast --batch-size", self.batch_size, 1)
         self.samples = check_int("forecast --samples", self.samples, 1, 64)
-        self.temperature = float(check_number("forecast --temperature", self.temperature, 0, strict=True))
+        self.temperature = float(check_number("forecast --temperature", self.temperature, 0.01, 100))
         for k in ("measured", "curate_start", "curate_add", "curate_rounds", "curate_epochs", "ches_steps",
                   "pretrain_steps", "ches_pretrain_steps"):
-            setattr(self, k, check_int(f"forecast --{k.replace('_', '-')}", getattr(self, k), 1))
+            setattr(self, k, check_int(f"forecast --{k.replace('_', '-')}", getattr(self, k), 1, 1_000_000))
         for k in ("curate_lr", "ches_lr", "ches_beta"):
-            setattr(self, k, float(check_number(f"forecast --{k.replace('_', '-')}", getattr(self, k), 0,
+            setattr(self, k, float(check_number(f"forecast --{k.replace('_', '-')}", getattr(self, k), 0, 10,
                                                 strict=True)))
         self.threads = check_int("forecast --threads", self.threads, 1, 256)
         check_choice("forecast --device", self.device, ("auto", "cpu", "cuda", "mps"))
@@ -447,11 +448,13 @@ def auc(score: list[float], positive: list[bool]) -> float | None:
     return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
 
 
-def dpo_change(cfg: ForecastConfig, model, tok, pairs: list[Example], seed: int) -> list[float]:
+def dpo_change(cfg: ForecastConfig, model, tok, pairs: list[Example], seed: int,
+               optimizer: str = "adamw") -> list[float]:
     """For each pair alone: the change of log π(y⁺|x) after ``cfg.ches_steps`` DPO steps (sigmoid loss, β
-    ``cfg.ches_beta``, AdamW lr ``cfg.ches_lr``, no clipping) from ``model``, which is also the reference."""
+    ``cfg.ches_beta``, lr ``cfg.ches_lr``, no clipping) from ``model``, which is also the reference."""
     before = response_logprobs(model, tok, [e.prompt for e in pairs], [e.chosen for e in pairs]).tolist()
-    tc = TrainConfig(task="dpo", steps=cfg.ches_steps, lr=cfg.ches_lr, grad_clip=0.0, seed=seed, progress=False,
+    tc = TrainConfig(task="dpo", steps=cfg.ches_steps, optimizer=optimizer, lr=cfg.ches_lr, grad_clip=0.0, seed=seed,
+                     progress=False,
                      log_every=cfg.ches_steps, pair_loss={"name": "sigmoid", "beta": cfg.ches_beta})
     change = []
     for ex, b in zip(pairs, before):
@@ -582,8 +585,24 @@ def run(cfg: ForecastConfig) -> dict:
     if not isinstance(cfg, ForecastConfig):
         raise TinyldError(f"run takes a ForecastConfig, got {type(cfg).__name__}")
     out = writable_dir(cfg.out, "forecast output folder")
+    check_inputs(cfg)
     with num_threads(cfg.threads):
         return _run(cfg, out)
+
+
+def check_inputs(cfg: ForecastConfig) -> None:
+    """What can be refused before any work: the device, the model cache folder, and data sizes against every
+    seed's question pool."""
+    pick_device(cfg.device)
+    writable_dir("tinyld_out/cache", "model cache folder (./tinyld_out/cache)")
+    want = set(EXPERIMENTS[:-1]) if cfg.experiment == "all" else {cfg.experiment}
+    pool = min(len(Arithmetic(s).pool()) for s in cfg.seeds)
+    if want & {"sweep", "perturb"} and max(cfg.data) > pool:
+        raise TinyldError(f"forecast --data asks for {max(cfg.data)} training questions; the pool has {pool}")
+    need = cfg.curate_start + cfg.curate_rounds * cfg.curate_add
+    if "curate" in want and need > pool:
+        raise TinyldError(f"forecast curation needs {need} questions ({cfg.curate_start} + {cfg.curate_rounds} × "
+                          f"{cfg.curate_add}); the pool has {pool}")
 
 
 def _run(cfg: ForecastConfig, out: Path) -> dict:
