@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -33,11 +32,11 @@ import torch
 
 from tinyld.data import Example, PairData, PreferenceData, Reference
 from tinyld.evaluate import greedy_answers, sampled_answers, valley_depth
-from tinyld.experiments.sft_dynamics import _plain_json, _summary, add_claim, figure, regime
+from tinyld.experiments.sft_dynamics import _plain_json, _summary, add_claim, check_shared, figure, regime
 from tinyld.experiments.sft_dynamics import claims_table as sft_claims_table
 from tinyld.probes import ProbeSet, Tracker
-from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
-                            num_threads, pick_device, versions, write_text_atomic, writable_dir)
+from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, num_threads,
+                            pick_device, versions, write_text_atomic, writable_dir)
 from tinyld.squeeze import MASS_CLASSES, token_mass
 from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
 from tinyld.world import MODES, World
@@ -68,11 +67,7 @@ class DPODynamicsConfig:
 
     def __post_init__(self):
         check_choice("dpo-dynamics --experiment", self.experiment, EXPERIMENTS)
-        if isinstance(self.seeds, int) or not self.seeds or not all(isinstance(s, int) for s in self.seeds):
-            raise TinyldError(f"dpo-dynamics --seeds must be a list of integers, got {self.seeds!r}")
-        self.seeds = [check_seed("dpo-dynamics --seeds", s) for s in self.seeds]
-        if len(set(self.seeds)) != len(self.seeds):
-            raise TinyldError(f"dpo-dynamics --seeds repeats a seed: {self.seeds}")
+        check_shared(self, "dpo-dynamics")
         if isinstance(self.modes, str) or not isinstance(self.modes, (list, tuple)) or not self.modes:
             raise TinyldError(f"dpo-dynamics --modes must be a non-empty list of {' / '.join(MODES)}")
         self.modes = [check_choice("dpo-dynamics --modes", m, MODES) for m in self.modes]
@@ -92,10 +87,6 @@ class DPODynamicsConfig:
         self.batch_size = check_int("dpo-dynamics --batch-size", self.batch_size, 1)
         self.samples = check_int("dpo-dynamics --samples", self.samples, 1, 64)
         self.pretrain_steps = check_int("dpo-dynamics --pretrain-steps", self.pretrain_steps, 1)
-        self.threads = check_int("dpo-dynamics --threads", self.threads, 1, 256)
-        check_choice("dpo-dynamics --device", self.device, ("auto", "cpu", "cuda", "mps"))
-        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
-            raise TinyldError(f"dpo-dynamics --out must be a folder path, got {self.out!r}")
         if not isinstance(self.fast, bool):
             raise TinyldError(f"DPODynamicsConfig.fast must be True or False, got {self.fast!r}")
         if self.fast:

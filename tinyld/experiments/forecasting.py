@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import statistics
 import time
@@ -36,11 +35,11 @@ import torch
 
 from tinyld.data import Example, PairData, PreferenceData, Reference
 from tinyld.evaluate import response_logprobs, sampled_answers
-from tinyld.experiments.sft_dynamics import _plain_json, add_claim, claims_table
+from tinyld.experiments.sft_dynamics import _plain_json, add_claim, check_shared, claims_table
 from tinyld.forecast import ches, memorized, pre_memorization_accuracy, solution_perplexity
 from tinyld.reasoning import Arithmetic, Problem
-from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
-                            num_threads, pick_device, versions, write_text_atomic, writable_dir)
+from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, num_threads,
+                            pick_device, versions, write_text_atomic, writable_dir)
 from tinyld.train import TrainConfig, Trainer
 
 EXPERIMENTS = ("sweep", "perturb", "curate", "ches", "all")
@@ -88,11 +87,7 @@ class ForecastConfig:
 
     def __post_init__(self):
         check_choice("forecast --experiment", self.experiment, EXPERIMENTS)
-        if isinstance(self.seeds, int) or not self.seeds or not all(isinstance(s, int) for s in self.seeds):
-            raise TinyldError(f"forecast --seeds must be a list of integers, got {self.seeds!r}")
-        self.seeds = [check_seed("forecast --seeds", s) for s in self.seeds]
-        if len(set(self.seeds)) != len(self.seeds):
-            raise TinyldError(f"forecast --seeds repeats a seed: {self.seeds}")
+        check_shared(self, "forecast")
         self.lrs = _numbers("--lrs", self.lrs, float)
         self.epochs = _numbers("--epochs", self.epochs, int, hi=1000)
         self.data = _numbers("--data", self.data, int, hi=10_000)
@@ -107,10 +102,6 @@ class ForecastConfig:
         for k in ("curate_lr", "ches_lr", "ches_beta"):
             setattr(self, k, float(check_number(f"forecast --{k.replace('_', '-')}", getattr(self, k), 0, 10,
                                                 strict=True)))
-        self.threads = check_int("forecast --threads", self.threads, 1, 256)
-        check_choice("forecast --device", self.device, ("auto", "cpu", "cuda", "mps"))
-        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
-            raise TinyldError(f"forecast --out must be a folder path, got {self.out!r}")
         if not isinstance(self.fast, bool):
             raise TinyldError(f"ForecastConfig.fast must be True or False, got {self.fast!r}")
         if self.fast:

@@ -65,11 +65,7 @@ class SFTDynamicsConfig:
     fast: bool = False  # fewer epochs and a shallower base model: ≤ 60 s, the numbers then mean less
 
     def __post_init__(self):
-        if isinstance(self.seeds, int) or not all(isinstance(s, int) for s in self.seeds) or not self.seeds:
-            raise TinyldError(f"sft-dynamics --seeds must be a list of integers, got {self.seeds!r}")
-        self.seeds = [check_seed("sft-dynamics --seeds", s) for s in self.seeds]
-        if len(set(self.seeds)) != len(self.seeds):
-            raise TinyldError(f"sft-dynamics --seeds repeats a seed: {self.seeds}")
+        check_shared(self, "sft-dynamics")
         if isinstance(self.modes, str) or not isinstance(self.modes, (list, tuple)) or not self.modes:
             raise TinyldError(f"sft-dynamics --modes must be a non-empty list of {' / '.join(MODES)}, got "
                               f"{self.modes!r}")
@@ -88,10 +84,6 @@ class SFTDynamicsConfig:
         self.pretrain_steps = check_int("sft-dynamics --pretrain-steps", self.pretrain_steps, 1)
         self.attr_lr = check_number("sft-dynamics --attr-lr", self.attr_lr, 0, strict=True)
         self.attr_prompts = check_int("sft-dynamics --attr-prompts", self.attr_prompts, 1)
-        self.threads = check_int("sft-dynamics --threads", self.threads, 1, 256)
-        check_choice("sft-dynamics --device", self.device, ("auto", "cpu", "cuda", "mps"))
-        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
-            raise TinyldError(f"sft-dynamics --out must be a folder path, got {self.out!r}")
         if (self.probes is None) != (self.model is None):
             raise TinyldError("sft-dynamics: --probes FILE and --model M go together (your own probes need a "
                               "model and the GPT-2 BPE; the world's probes use the world's pretrained model)")
@@ -103,6 +95,20 @@ class SFTDynamicsConfig:
 # one SFT run with the tracker
 # --------------------------------------------------------------------------------------------------------------
 
+
+
+def check_shared(cfg, command: str) -> None:
+    """Check (and normalise) the fields every experiment config has: distinct seeds, threads, device, out."""
+    if isinstance(cfg.seeds, int) or not isinstance(cfg.seeds, (list, tuple)) or not cfg.seeds \
+            or not all(isinstance(s, int) for s in cfg.seeds):
+        raise TinyldError(f"{command} --seeds must be a list of integers, got {cfg.seeds!r}")
+    cfg.seeds = [check_seed(f"{command} --seeds", s) for s in cfg.seeds]
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise TinyldError(f"{command} --seeds repeats a seed: {cfg.seeds}")
+    cfg.threads = check_int(f"{command} --threads", cfg.threads, 1, 256)
+    check_choice(f"{command} --device", cfg.device, ("auto", "cpu", "cuda", "mps"))
+    if not isinstance(cfg.out, (str, os.PathLike)) or not str(cfg.out).strip():
+        raise TinyldError(f"{command} --out must be a folder path, got {cfg.out!r}")
 
 def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
     """(model, tokenizer, probes with y_init, world or None) for one seed and world mode."""
