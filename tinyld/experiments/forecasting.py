@@ -610,8 +610,11 @@ def _run(cfg: ForecastConfig, out: Path) -> dict:
         print(f"  R² of test accuracy on PM train accuracy (τ = {cfg.tau:g}): {j['r2_pm']['mean']:.2f} ± "
               f"{j['r2_pm']['sd']:.2f}; on plain train accuracy: {j['r2_train']['mean']:.2f} ± "
               f"{j['r2_train']['sd']:.2f}")
+        print("  R² on PM train accuracy against τ (mean over seeds): " + ", ".join(
+            f"{t} → {v['mean']:.2f}" for t, v in j["r2_by_tau"].items()))
+        other = j["calibrated"]["r2_other_seeds"]["mean"]
         print(f"  τ calibrated on seed {j['calibrated']['on_seed']}: {j['calibrated']['tau']:g}; R² on the other "
-              f"seeds {j['calibrated']['r2_other_seeds']['mean']}")
+              f"seeds {'—' if other is None else f'{other:.2f}'}")
         texts.append(claims_table(j["claims"], "dataset level (R² per seed: PM vs train acc)", _fmt, 52, ""))
         print(texts[-1])
         if "perturb" in want:
