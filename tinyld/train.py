@@ -104,6 +104,29 @@ class TrainConfig:
         return self.lr
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised (e.g. under torchrun)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(batch, rank: int, world: int):
+    """This rank's contiguous part of a global batch: B/world sequences, or for DPO B/world pairs (their chosen and
+    their rejected rows). Every rank's loss is a mean over equally many sequences or pairs, so averaging the
+    gradients over ranks (DDP does) gives the gradient of the global batch."""
+    if world == 1:
+        return batch
+    if isinstance(batch, PrefBatch):
+        B, n = batch.n_pairs, batch.n_pairs // world
+        rows = slice(rank * n, (rank + 1) * n)
+        idx, tg = ([torch.cat([t[:B][rows], t[B:][rows]]) for t in (batch.seqs.idx, batch.seqs.targets)])
+        return PrefBatch(Batch(idx, tg, batch.seqs.tok), batch.ref_c[rows], batch.ref_r[rows], batch.index[rows])
+    n = batch.idx.shape[0] // world
+    return Batch(batch.idx[rank * n:(rank + 1) * n], batch.targets[rank * n:(rank + 1) * n], batch.tok)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
@@ -139,6 +162,16 @@ class Trainer:
                                   f"({fingerprint(tokenizer)}): a checkpoint would pair the model with the wrong "
                                   "vocabulary; pass the tokenizer that built the data")
         self.model, self.data, self.cfg, self.tokenizer = model, data, cfg, tokenizer
+        self.rank, self.world = dist_info()
+        self.net = model  # what the forward pass runs: the model, or under torchrun its DDP wrapper
+        if self.world > 1:
+            size = getattr(data, "batch_size", None)
+            if not isinstance(size, int) or size % self.world:
+                raise TinyldError(f"{self.world} processes share each step's batch, so the batch size must be a "
+                                  f"multiple of {self.world}, got {size}")
+            dev = next(model.parameters()).device
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None)  # rank 0's weights, on every rank
         self.opt = make_optimizer(model, cfg)
         kind = (data_identity(data) or {}).get("kind")
         if (cfg.task == "dpo") != (kind == "preference") and kind is not None:
@@ -166,25 +199,29 @@ class Trainer:
         """One update at ``self.step``; returns ``{"step", "loss", "lr", "grad_norm"}`` (loss before the update)."""
         cfg, model = self.cfg, self.model
         model.train()
-        batch = self.data.batch(self.step)
+        batch = self.data.batch(self.step)  # the global batch; each rank keeps its shard
         want = PrefBatch if cfg.task == "dpo" else Batch
         if not isinstance(batch, want):
             raise TinyldError(f"data.batch({self.step}) returned a {type(batch).__name__}, not a tinyld "
                               f"{want.__name__}" + (" (task 'dpo' trains on PreferenceData)" if cfg.task == "dpo" else
                                                     ""))
-        batch = batch.to(self.device)
+        batch = shard(batch, self.rank, self.world).to(self.device)
         lr = cfg.lr_at(self.step)
         fast = getattr(model.config, "fast", False) and self.device.type == "cuda"
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
         seqs = batch.seqs if cfg.task == "dpo" else batch
         with ctx:
-            logits = model(seqs.idx)  # (B, T, V); for DPO (2B, T, V): the chosen rows, then the rejected ones
+            logits = self.net(seqs.idx)  # (B, T, V); for DPO (2B, T, V): the chosen rows, then the rejected ones
         if cfg.task == "dpo":
             loss = self._pair_loss(logits, batch)
         else:
             loss = self.loss_fn(logits, batch.targets)  # bf16 logits are upcast inside (losses.token_logprobs)
-        if not torch.isfinite(loss):
-            self._diverged("the loss", loss.item(), before=True)
+        seen = loss.detach().clone()
+        if self.world > 1:  # the global batch's loss, the same number on every rank
+            torch.distributed.all_reduce(seen)
+            seen /= self.world
+        if not torch.isfinite(seen):
+            self._diverged("the loss", seen.item(), before=True)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -199,7 +236,7 @@ class Trainer:
         bad = first_nonfinite(model)
         if bad:
             self._diverged(f"parameter {bad!r}", "NaN or inf", before=False)
-        rec = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
+        rec = {"step": self.step, "loss": seen.item(), "lr": lr, "grad_norm": grad_norm.item()}
         self.step += 1
         self._between_steps = True
         return rec
@@ -233,7 +270,8 @@ class Trainer:
         cfg = self.cfg
         if callback is not None and not callable(callback):
             raise TinyldError(f"callback must be a function (trainer, step), got {type(callback).__name__}")
-        out = writable_dir(cfg.out_dir, "TrainConfig.out_dir") if cfg.out_dir else None
+        writes = cfg.out_dir and self.rank == 0  # under torchrun only rank 0 logs and saves
+        out = writable_dir(cfg.out_dir, "TrainConfig.out_dir") if writes else None
         if out and (out / "last.pt").is_dir():
             raise TinyldError(f"{out / 'last.pt'} is a folder: the checkpoint goes there; remove or rename it")
         with _OutDirLock(out), self._defer_interrupts():
@@ -246,7 +284,7 @@ class Trainer:
             if out:
                 self._log(out, {"event": "start", "step": self.step, "train_config": asdict(cfg),
                                 "model_config": self.model.config.to_dict(), "versions": versions()})
-            show = cfg.progress and cfg.steps - self.step >= 200
+            show = cfg.progress and cfg.steps - self.step >= 200 and self.rank == 0
             t0, first = time.perf_counter(), self.step
             try:
                 while self.step < cfg.steps:
