@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun (gloo on this CPU): two processes that each take half of every global
 batch reach the same weights as one process that takes all of it, for pretraining, SFT and DPO; a run interrupted
 and resumed under torchrun (with two processes, or with one) matches an uninterrupted one."""
+import json
 import os
 import shutil
 import subprocess
@@ -16,9 +17,18 @@ STEPS = 4
 
 
 def launch(out: Path, steps: int, procs: int, resume: bool = False) -> None:
-    cmd = [sys.executable, str(WORKER), str(out), str(steps)] + (["--resume"] if resume else [])
-    if procs > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] + cmd[1:]
+    """Train under torchrun with ``procs`` processes, or (one process) here, without a launcher."""
+    if procs == 1:
+        sys.path.insert(0, str(WORKER.parent))
+        try:
+            from ddp_worker import train_all
+        finally:
+            sys.path.remove(str(WORKER.parent))
+        with torch.random.fork_rng():
+            train_all(str(out), steps, resume)
+        return
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", str(WORKER),
+           str(out), str(steps)] + (["--resume"] if resume else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -68,3 +78,18 @@ def test_resumed_under_torchrun_matches_uninterrupted(runs, task):
 def test_only_rank_0_logs(runs):
     lines = (runs / "two" / "sft" / "log.jsonl").read_text().splitlines()
     assert sum('"step"' in line and '"loss"' in line for line in lines) == STEPS  # one record per step, not two
+
+
+def test_the_demo_runs_under_torchrun(tmp_path):
+    """`torchrun -m tinyld demo`: one copy of the output, one demo.json, training that learns."""
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tinyld",
+           "demo", "--fast", "--threads", "1", "--out", str(tmp_path / "out")]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    assert r.stdout.count("wrote ") == 1  # rank 1 prints nothing
+    losses = [h["loss"] for h in json.loads((tmp_path / "out" / "demo.json").read_text())["pretrain"]["losses"]]
+    assert losses[-1] < losses[0] - 1  # the two processes trained one model together

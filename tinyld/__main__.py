@@ -238,6 +238,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from tinyld.runtime import TinyldError
 
+    if args.cmd in ("demo", "sft-dynamics", "dpo-dynamics", "forecast"):  # under torchrun: data-parallel training
+        from tinyld.train import init_distributed
+
+        init_distributed()
+
     try:
         return {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics,
                 "dpo-dynamics": cmd_dpo_dynamics, "forecast": cmd_forecast, "golden": cmd_golden,

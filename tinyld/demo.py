@@ -94,7 +94,13 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
     with num_threads(threads):  # the demo's thread count, so that both train the same model
         model, _ = pretrain(world, tok, cfg, torch.device("cpu"))
     if path:
-        save_checkpoint(path, model, tok, step=steps)
+        from tinyld.train import dist_info
+
+        rank, n = dist_info()
+        if rank == 0:
+            save_checkpoint(path, model, tok, step=steps)
+        if n > 1:  # under torchrun: no rank may look for the file before it is there
+            torch.distributed.barrier()
     return world, tok, model
 
 
@@ -196,7 +202,10 @@ def _run_demo(cfg: DemoConfig, out: Path, dev) -> dict:
     result = {"config": asdict(cfg), "versions": versions(), "params": model.num_params(),
               "pretrain": {"losses": hist, **base}, "sft": {"losses": sft_hist, **after},
               "runtime_s": round(time.perf_counter() - t0, 1)}
-    (out / "demo.json").write_text(json.dumps(result, indent=1))
+    from tinyld.train import dist_info
+
+    if dist_info()[0] == 0:  # under torchrun every rank holds the same result; one writes it
+        (out / "demo.json").write_text(json.dumps(result, indent=1))
     print(f"\nwrote {out / 'demo.json'} · checkpoints in {out}/pretrain, {out}/sft · {result['runtime_s']} s")
     return result
 

@@ -112,6 +112,23 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def init_distributed() -> tuple[int, int]:
+    """Under torchrun (WORLD_SIZE > 1): start the process group once (NCCL when CUDA is available, gloo
+    otherwise), put each rank on its own GPU, and silence the printing of every rank but 0. Returns
+    (rank, world size); (0, 1) without torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        cuda = torch.cuda.is_available()
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world = dist_info()
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")  # the same lines would print N times
+    return rank, world
+
+
 def shard(batch, rank: int, world: int):
     """This rank's contiguous part of a global batch: B/world sequences, or for DPO B/world pairs (their chosen and
     their rejected rows). Every rank's loss is a mean over equally many sequences or pairs, so averaging the
