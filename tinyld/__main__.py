@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from tinyld.runtime import TinyldError
 
-    if args.cmd in ("demo", "sft-dynamics", "dpo-dynamics", "forecast"):  # under torchrun: data-parallel training
+    if args.cmd == "demo":  # under torchrun: data-parallel training (the experiments do not take part yet)
         from tinyld.train import init_distributed
 
         init_distributed()

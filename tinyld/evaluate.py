@@ -90,22 +90,7 @@ def greedy_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 12)
     """The model's greedy continuation of each prompt, up to EOS. Prompts of the same token length are decoded
     together (the model is causal and nothing is padded, so the answers are those of one-by-one decoding)."""
     check_int("max_new_tokens", max_new_tokens, 1)
-    prompts = _texts("prompts", prompts)
-    _healthy(model)
-    model.eval()
-    ids = [tok.encode(p) for p in prompts]
-    answers: list[str] = [""] * len(prompts)
-    by_len: dict[int, list[int]] = {}
-    for i, x in enumerate(ids):
-        by_len.setdefault(len(x), []).append(i)
-    for n, group in by_len.items():
-        x = torch.tensor([ids[i] for i in group], device=_device(model))  # (b, n)
-        out = model.generate(x, max_new_tokens, eos_id=tok.eos_id)[:, n:].tolist()  # (b, ≤ max_new_tokens)
-        for i, row in zip(group, out):
-            if tok.eos_id in row:
-                row = row[: row.index(tok.eos_id)]
-            answers[i] = tok.decode(row).strip()
-    return answers
+    return [c[0] for c in _continuations(model, tok, _texts("prompts", prompts), 1, max_new_tokens, 0.0, None)]
 
 
 @torch.no_grad()
@@ -118,18 +103,25 @@ def sampled_answers(model, tok, prompts: Sequence[str], samples: int, seed: int,
     check_int("max_new_tokens", max_new_tokens, 1)
     check_number("temperature", temperature, 0, strict=True)
     prompts = _texts("prompts", prompts)
+    g = torch.Generator(device=_device(model)).manual_seed(seed)
+    return _continuations(model, tok, prompts, samples, max_new_tokens, temperature, g)
+
+
+def _continuations(model, tok, prompts: list[str], copies: int, max_new_tokens: int, temperature: float,
+                   generator) -> list[list[str]]:
+    """``copies`` continuations of each prompt (temperature 0: greedy), cut at EOS. Prompts of one token length
+    form one batch, in increasing length, so a seeded generator gives the same samples on every call."""
     _healthy(model)
     model.eval()
     dev = _device(model)
-    g = torch.Generator(device=dev).manual_seed(seed)
     ids = [tok.encode(p) for p in prompts]
     by_len: dict[int, list[int]] = {}
     for i, x in enumerate(ids):
         by_len.setdefault(len(x), []).append(i)
     out: list[list[str]] = [[] for _ in prompts]
     for n, group in sorted(by_len.items()):
-        x = torch.tensor([ids[i] for i in group for _ in range(samples)], device=dev)  # (b·samples, n)
-        ys = model.generate(x, max_new_tokens, temperature=temperature, eos_id=tok.eos_id, generator=g)
-        for k, y in enumerate(ys[:, n:].tolist()):
-            out[group[k // samples]].append(tok.decode(y[: y.index(tok.eos_id)] if tok.eos_id in y else y).strip())
+        x = torch.tensor([ids[i] for i in group for _ in range(copies)], device=dev)  # (b·copies, n)
+        ys = model.generate(x, max_new_tokens, temperature=temperature, eos_id=tok.eos_id, generator=generator)
+        for k, y in enumerate(ys[:, n:].tolist()):  # (b·copies, ≤ max_new_tokens)
+            out[group[k // copies]].append(tok.decode(y[: y.index(tok.eos_id)] if tok.eos_id in y else y).strip())
     return out

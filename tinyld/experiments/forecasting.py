@@ -186,11 +186,16 @@ def finetune(cfg: ForecastConfig, seed: int, model, tok, world: Arithmetic, trai
     return model.eval(), points
 
 
+def pm_table(points: list[dict], tau: float) -> torch.Tensor:
+    """PM_t(i) for every checkpoint t and measured example i of one run: (T, N)."""
+    acc = torch.tensor([p["acc"] for p in points], dtype=torch.float64)  # (T, N)
+    mem = memorized(torch.tensor([p["ppl"] for p in points], dtype=torch.float64), tau)  # (T, N) bool
+    return pre_memorization_accuracy(acc, mem)
+
+
 def pm_curve(points: list[dict], tau: float) -> list[float]:
-    """Dataset pre-memorization accuracy at every checkpoint of one run."""
-    acc = torch.tensor([p["acc"] for p in points], dtype=torch.float64)
-    mem = memorized(torch.tensor([p["ppl"] for p in points], dtype=torch.float64), tau)
-    return pre_memorization_accuracy(acc, mem).mean(1).tolist()
+    """Dataset pre-memorization accuracy at every checkpoint of one run: the mean over examples of PM_t(i)."""
+    return pm_table(points, tau).mean(1).tolist()
 
 
 def ols(x: list[float], y: list[float]) -> dict:
@@ -211,13 +216,6 @@ def _spread(xs: list[float]) -> dict:
     if not xs:
         return {"mean": None, "sd": None}
     return {"mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0}
-
-
-def _pm_final(run: dict, tau: float) -> torch.Tensor:
-    """PM per measured example at a run's last checkpoint (N,)."""
-    acc = torch.tensor([p["acc"] for p in run["points"]], dtype=torch.float64)
-    mem = memorized(torch.tensor([p["ppl"] for p in run["points"]], dtype=torch.float64), tau)
-    return pre_memorization_accuracy(acc, mem)[-1]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -285,9 +283,13 @@ def judge_sweep(cfg: ForecastConfig, seeds: list[dict]) -> dict:
         per_seed.append({"seed": s["seed"], "pm": ols(p["pm"], p["test"]), "train": ols(p["train"], p["test"]),
                          "test_range": [min(p["test"]), max(p["test"])],
                          "train_range": [min(p["train"]), max(p["train"])]})
-    by_tau = {t: [ols(points_of(s, t)["pm"], points_of(s, t)["test"])["r2"] for s in seeds] for t in cfg.taus}
+    def r2(s: dict, tau: float) -> float:
+        p = points_of(s, tau)
+        return ols(p["pm"], p["test"])["r2"]
+
+    by_tau = {t: [r2(s, t) for s in seeds] for t in cfg.taus}
     calibrated = max(cfg.taus, key=lambda t: by_tau[t][0]) if cfg.taus else cfg.tau
-    held_out = [ols(points_of(s, calibrated)["pm"], points_of(s, calibrated)["test"])["r2"] for s in seeds[1:]]
+    held_out = [r2(s, calibrated) for s in seeds[1:]]
     claims: list[dict] = []
     add_claim(claims, "R² of test acc on PM train acc ≥ 0.9", "R² ≥ 0.9 across models, data and configurations",
               [{"seed": m["seed"], "held": m["pm"]["r2"] >= 0.9, "r2": m["pm"]["r2"]} for m in per_seed])
@@ -310,7 +312,7 @@ def judge_perturb(cfg: ForecastConfig, seeds: list[dict]) -> dict:
     for s in seeds:
         groups = {k: {"high": [], "low": []} for k in ("reworded", "opening")}
         for r in s["runs"]:
-            pm = _pm_final(r, cfg.tau).tolist()
+            pm = pm_table(r["points"], cfg.tau)[-1].tolist()  # PM per example at the run's end
             acc = r["points"][-1]["acc"]
             for kind, g in groups.items():
                 for i, (a, p) in enumerate(zip(acc, pm)):
@@ -378,7 +380,7 @@ def curate_seed(cfg: ForecastConfig, seed: int) -> dict:
                                      measure)
             arm["test_acc"].append(accuracy(cfg, model, tok, world, test, seed + 1).mean().item())
             arm["size"].append(len(arm["data"]))
-            arm["model"], arm["pm"] = model, (_pm_final({"points": points}, cfg.tau).tolist() if points else None)
+            arm["model"], arm["pm"] = model, (pm_table(points, cfg.tau)[-1].tolist() if points else None)
         print(f"  seed {seed} · round {rnd}: test acc i.i.d. {arms['iid']['test_acc'][-1]:.2f}, curated "
               f"{arms['curated']['test_acc'][-1]:.2f} ({len(arms['iid']['data'])} questions)", flush=True)
         if rnd == cfg.curate_rounds:
@@ -388,8 +390,9 @@ def curate_seed(cfg: ForecastConfig, seed: int) -> dict:
                 pick = rng.sample(range(len(arm["rest"])), cfg.curate_add)
             else:
                 pick = like_low_pm(arm["model"], tok, arm["data"], arm["pm"], arm["rest"], cfg.curate_add)
+            chosen = set(pick)
             arm["data"] = arm["data"] + [arm["rest"][i] for i in pick]
-            arm["rest"] = [p for i, p in enumerate(arm["rest"]) if i not in set(pick)]
+            arm["rest"] = [p for i, p in enumerate(arm["rest"]) if i not in chosen]
     out = {"seed": seed}
     for name, arm in arms.items():
         added = arm["size"][-1] - arm["size"][0]
