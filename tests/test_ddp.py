@@ -93,3 +93,40 @@ def test_the_demo_runs_under_torchrun(tmp_path):
     assert r.stdout.count("wrote ") == 1  # rank 1 prints nothing
     losses = [h["loss"] for h in json.loads((tmp_path / "out" / "demo.json").read_text())["pretrain"]["losses"]]
     assert losses[-1] < losses[0] - 1  # the two processes trained one model together
+
+
+def test_an_experiment_runs_under_torchrun(tmp_path, monkeypatch):
+    """`torchrun -m tinyld sft-dynamics`: the two processes share every SFT batch, rank 0 alone prints and writes, and
+    the probe curves are those of one process (float32, summation order aside: within 1e-3 nats)."""
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, run
+
+    args = ["--seeds", "0", "--modes", "easy", "--epochs", "2", "--pretrain-steps", "20", "--no-attribution",
+            "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tinyld",
+           "sft-dynamics", *args, "--out", "two"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    assert r.stdout.count("wrote ") == 1 and r.stdout.count("seed 0:") == 1  # rank 1 prints nothing
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["claims.txt", "fig3_easy.png", "sft_dynamics.json",
+                                                                     "track_easy_seed0.csv"]
+    monkeypatch.chdir(tmp_path)  # the same cached base model (rank 0 saved it)
+    one = run(SFTDynamicsConfig(seeds=[0], modes=["easy"], epochs=2, pretrain_steps=20, attribution=False,
+                                threads=1, out=str(tmp_path / "one")))
+    two = json.loads((tmp_path / "two" / "sft_dynamics.json").read_text())
+    c1, c2 = (x["modes"]["easy"]["runs"][0]["curves"]["train"] for x in (one, two))
+    assert c1.keys() == c2.keys()
+    gap = max(abs(a - b) for f in c1 for a, b in zip(c1[f], c2[f]))
+    moved = max(abs(c1[f][-1] - c1[f][0]) for f in c1)
+    assert gap < 1e-3 < moved, (gap, moved)  # the same curves, and the run did move them
+
+
+def test_forecast_refuses_torchrun(monkeypatch, capsys):
+    from tinyld.__main__ import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["forecast", "--fast"]) == 2
+    assert "forecast does not run under torchrun" in capsys.readouterr().err

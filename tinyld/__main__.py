@@ -4,14 +4,16 @@
     python -m tinyld demo                pretrain + SFT a tiny GPT on the synthetic world (the main job)
     python -m tinyld sft-dynamics        what SFT does to every other answer: probes, claims, attribution
     python -m tinyld dpo-dynamics        what DPO does: squeezing, extend, on- vs off-policy, conditions
+    python -m tinyld forecast            pre-memorization accuracy and CHES on a reasoning task
     python -m tinyld golden [--write F]  first training losses on a fixed seed (the test fixture)
-    python -m tinyld bench step          time of one training step (JSON)
+    python -m tinyld bench step          tokens/s of one training step, plain and fast path (JSON)
     python -m tinyld bench decompose     predicted full-vocab Δ log π vs one training step (JSON)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 
@@ -172,7 +174,10 @@ def main(argv=None) -> int:
     s.add_argument("--batch-size", dest="batch_size", type=int, help="prompts per step (default 8)")
     s.add_argument("--grad-clip", dest="grad_clip", type=float, help="gradient-norm clipping (default 0: none)")
     s.add_argument("--every", type=int, help="steps between measurements (default: once per epoch)")
-    s.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="base model pretraining (default 3000)")
+    s.add_argument("--pretrain-steps", dest="pretrain_steps", type=int,
+                   help="base model pretraining (default 3000; gpt2: 1000)")
+    s.add_argument("--preset", help="base model: tiny (default) or gpt2 (GPT-2 small and BPE, pretrained on the world)")
+    s.add_argument("--hf", metavar="FOLDER", help="start the gpt2 base model from a local Hugging Face GPT-2 folder")
     s.add_argument("--no-attribution", dest="attribution", action="store_false", default=None,
                    help="skip the SGD attribution run")
     s.add_argument("--attr-lr", dest="attr_lr", type=float, help="SGD lr of the attribution run (default 1e-4)")
@@ -182,7 +187,7 @@ def main(argv=None) -> int:
     s.add_argument("--probes", metavar="FILE", help="your own probe JSONL (GPT-2 BPE; needs --model)")
     s.add_argument("--model", help="with --probes: a Hugging Face GPT-2 folder or a preset (random init)")
     s.add_argument("--out", help="output folder (default tinyld_out/sft_dynamics)")
-    s.add_argument("--device", help="auto | cpu (default) | cuda | mps")
+    s.add_argument("--device", help="auto | cpu | cuda | mps (default: cpu for tiny, auto for gpt2)")
     s.add_argument("--threads", type=int, help="CPU threads (default 2)")
     s.add_argument("--fast", action="store_true", help="8 epochs on a 400-step base model, ≤ 60 s (also TINYLD_FAST=1)")
     q = sub.add_parser("dpo-dynamics", help="what DPO does to every answer (paper Fig. 4), squeezing, extend, "
@@ -198,9 +203,12 @@ def main(argv=None) -> int:
     q.add_argument("--beta", type=float, help="β (default 0.1)")
     q.add_argument("--batch-size", dest="batch_size", type=int, help="pairs per step (default 8)")
     q.add_argument("--samples", type=int, help="answers sampled per prompt: on-policy pairs, win rate (default 4)")
-    q.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="base model pretraining (default 3000)")
+    q.add_argument("--pretrain-steps", dest="pretrain_steps", type=int,
+                   help="base model pretraining (default 3000; gpt2: 1000)")
+    q.add_argument("--preset", help="base model: tiny (default) or gpt2 (GPT-2 small and BPE, pretrained on the world)")
+    q.add_argument("--hf", metavar="FOLDER", help="start the gpt2 base model from a local Hugging Face GPT-2 folder")
     q.add_argument("--out", help="output folder (default tinyld_out/dpo_dynamics)")
-    q.add_argument("--device", help="auto | cpu (default) | cuda | mps")
+    q.add_argument("--device", help="auto | cpu | cuda | mps (default: cpu for tiny, auto for gpt2)")
     q.add_argument("--threads", type=int, help="CPU threads (default 2)")
     q.add_argument("--fast", action="store_true", help="2 SFT + 4 DPO epochs on a 400-step base model (also "
                    "TINYLD_FAST=1)")
@@ -224,13 +232,14 @@ def main(argv=None) -> int:
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
     b = sub.add_parser("bench", help="benchmarks that print JSON")
     b.add_argument("what", choices=["step", "decompose"],
-                   help="step: one AdamW training step · decompose: predicted full-vocab Δ log π vs a step")
+                   help="step: one training step, plain vs fast path · decompose: predicted full-vocab Δ log π vs a step")
     b.add_argument("--preset", default="tiny", help="model preset (default tiny)")
     b.add_argument("--vocab", type=int, default=128, help="vocabulary for tiny/mini (default 128)")
     b.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
     b.add_argument("--seq", type=int, default=64, help="sequence length T (default 64)")
     b.add_argument("--repeat", type=int, default=5, help="timed repeats, median reported (default 5)")
-    b.add_argument("--warmup", type=int, default=1, help="untimed repeats first (default 1)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed repeats first (default 2; the fast path compiles "
+                   "in them on a GPU)")
     b.add_argument("--device", default="cpu", help="auto | cpu (default) | cuda | mps")
     b.add_argument("--eta", type=float, default=None,
                    help="SGD step for the prediction-error figure (default: the largest predicted |Δ log π(y|x)| "
@@ -238,12 +247,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from tinyld.runtime import TinyldError
 
-    if args.cmd == "demo":  # under torchrun: data-parallel training (the experiments do not take part yet)
-        from tinyld.train import init_distributed
-
-        init_distributed()
-
     try:
+        if args.cmd in ("demo", "sft-dynamics", "dpo-dynamics", "forecast"):  # under torchrun: data-parallel
+            from tinyld.train import init_distributed
+
+            if args.cmd == "forecast" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise TinyldError("forecast does not run under torchrun (CHES trains on one pair at a time, which "
+                                  "processes cannot share): run it with python -m tinyld forecast")
+            init_distributed()
         return {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics,
                 "dpo-dynamics": cmd_dpo_dynamics, "forecast": cmd_forecast, "golden": cmd_golden,
                 "bench": cmd_bench}[args.cmd](args)

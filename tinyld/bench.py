@@ -1,4 +1,5 @@
-"""Benchmarks that print JSON (``python -m tinyld bench step|decompose``). Timings are medians of repeats."""
+"""Benchmarks that print JSON (``python -m tinyld bench step|decompose``). Timings are medians of repeats, and
+every result names the device it was measured on."""
 from __future__ import annotations
 
 import resource
@@ -27,15 +28,25 @@ def _check_args(preset, vocab, batch, seq, repeat, warmup, eta=None) -> None:
         check_number("bench --eta", eta, 0, strict=True)
 
 
-def _setup(preset: str, vocab: int, batch: int, seq: int, device: str, dtype=torch.float32):
+def _setup(preset: str, vocab: int, batch: int, seq: int, device: str, dtype=torch.float32, fast: bool = False):
     dev = pick_device(device)
     torch.manual_seed(0)
-    cfg = GPTConfig.preset(preset, **({} if preset == "gpt2" else {"vocab_size": vocab}))
+    cfg = GPTConfig.preset(preset, fast=fast, **({} if preset == "gpt2" else {"vocab_size": vocab}))
     if seq > cfg.block_size:
         cfg = GPTConfig.from_dict({**cfg.to_dict(), "block_size": seq})
     model = GPT(cfg).to(dev.device, dtype)
     x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=dev.device)
     return dev, model, Batch(x[:, :-1], x[:, 1:])  # every position scored: "the same tokens" for both
+
+
+class _Fixed:
+    """A data source that serves the same batch at every step."""
+
+    def __init__(self, batch: Batch):
+        self.b, self.batch_size = batch, batch.idx.shape[0]
+
+    def batch(self, step: int) -> Batch:
+        return self.b
 
 
 def _time(fn, repeat: int, warmup: int, device: torch.device) -> float:
@@ -59,19 +70,39 @@ def _peak_mb(device: torch.device) -> float:
 
 
 def bench_step(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=10, warmup=2) -> dict:
-    """One AdamW training step (forward + backward + update) with the summed-log-prob loss."""
+    """One training step of the Trainer (forward, backward, clipping, AdamW; next-token loss on every position),
+    on the plain path and on the fast path, with tokens per second for each.
+
+    Plain: float32, attention written out. Fast (``GPTConfig.fast``): fused attention everywhere; on a GPU also bf16
+    autocast and ``torch.compile`` (compiled during the warm-up steps). The result names the device it ran on."""
+    from tinyld.train import Trainer
+
     _check_args(preset, vocab, batch, seq, repeat, warmup)
-    dev, model, b = _setup(preset, vocab, batch, seq, device)
-    opt = make_optimizer(model, TrainConfig(optimizer="adamw"))
+    res = {"bench": "step", "preset": preset, "batch": batch, "seq": seq, "tokens_per_step": batch * seq}
+    for path in ("plain", "fast"):
+        dev, model, b = _setup(preset, vocab, batch, seq, device, fast=path == "fast")
+        tc = TrainConfig(task="pretrain", optimizer="adamw", lr=1e-4, grad_clip=1.0, progress=False)
+        trainer = Trainer(model, _Fixed(b), tc, compile=path == "fast")
+        s = _time(trainer.train_step, repeat, warmup, dev.device)
+        cuda = dev.device.type == "cuda"
+        res[path] = {"ms_per_step": round(s * 1e3, 2), "tokens_per_s": round(batch * seq / s, 1),
+                     "fused_attention": path == "fast", "bf16_autocast": trainer.fast, "compiled": trainer.fast}
+        res.update(params=model.num_params(), device=str(dev.device), device_name=_device_name(dev.device),
+                   threads=torch.get_num_threads())
+        del trainer, model
+        if cuda:
+            torch.cuda.empty_cache()
+    res["speedup"] = round(res["fast"]["tokens_per_s"] / res["plain"]["tokens_per_s"], 2)
+    first = ("bench", "preset", "params", "device", "device_name", "threads")
+    return {**{k: res[k] for k in first}, **{k: v for k, v in res.items() if k not in first}}
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        sft_loss(model(b.idx), b.targets).backward()
-        opt.step()
 
-    s = _time(step, repeat, warmup, dev.device)
-    return {"bench": "step", "preset": preset, "params": model.num_params(), "batch": batch, "seq": seq,
-            "device": str(dev.device), "threads": torch.get_num_threads(), "ms_per_step": round(s * 1e3, 2)}
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=5, warmup=1,
@@ -107,7 +138,8 @@ def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", rep
     eta = eta or step_size_for(model, update, rows, 0.1)
     rep = one_step(model, update, rows, eta, keep_full=False)
     return {"bench": "decompose", "preset": preset, "params": model.num_params(), "vocab": model.config.vocab_size,
-            "batch": batch, "seq": seq, "device": str(dev.device), "threads": torch.get_num_threads(),
+            "batch": batch, "seq": seq, "device": str(dev.device), "device_name": _device_name(dev.device),
+            "threads": torch.get_num_threads(),
             "step_ms": round(t_step * 1e3, 2), "predict_full_vocab_ms": round(t_dec * 1e3, 2),
             "ratio": round(t_dec / t_step, 3), "peak_mb_step": round(peak_step, 1),
             "peak_mb_predict": round(peak_dec, 1), "eta": eta, "rel_err_tokens": rep.err_tokens,

@@ -67,20 +67,49 @@ def pretrain(world: World, tok, cfg: DemoConfig, device, out: Path | None = None
     return model.eval(), hist
 
 
-def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tinyld_out/cache", task: str = "world"):
-    """(world, tokenizer, pretrained tiny GPT) for lessons; cached as a checkpoint so a second call is instant.
-    ``task`` is ``world`` (people and facts) or ``arithmetic`` (the word problems of :mod:`tinyld.reasoning`)."""
+# GPT-2 size on the world's text (GPT-2 BPE, ~4.7k tokens): nanoGPT's GPT-2 settings with short windows. The text
+# is tiny, so a thousand steps are hundreds of passes over it: the model becomes confident and its valleys deep.
+GPT2_RECIPE = dict(steps=1000, lr=3e-4, warmup_steps=50, schedule="cosine", weight_decay=0.1, grad_clip=1.0,
+                   batch_size=8, block_size=256)
+
+
+def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tinyld_out/cache", task: str = "world",
+               preset: str = "tiny", hf: str | Path | None = None, device: str = "cpu"):
+    """(world, tokenizer, pretrained GPT) for lessons and experiments; cached as a checkpoint so a second call is
+    instant. ``task`` is ``world`` (people and facts) or ``arithmetic`` (the word problems of
+    :mod:`tinyld.reasoning`).
+
+    ``preset="gpt2"`` pretrains GPT-2 small (124M, GPT-2 BPE) on the world's text with :data:`GPT2_RECIPE` (AdamW,
+    ``steps`` updates) on ``device``, with the fast path on a GPU; ``hf`` starts that recipe from a local Hugging
+    Face GPT-2 folder (:meth:`GPT.from_hf`) instead of a random init. The model returned is on the CPU, plain path."""
     from tinyld.reasoning import Arithmetic
     from tinyld.train import load_model, save_checkpoint
 
     check_seed("seed", seed)
     check_int("steps", steps, 1)
     check_choice("pretrained task", task, ("world", "arithmetic"))
+    check_choice("pretrained preset", preset, ("tiny", "gpt2"))
+    if hf is not None:
+        if not isinstance(hf, (str, os.PathLike)) or not Path(hf).is_dir():
+            raise TinyldError(f"--hf {hf!r} is not a folder: give a local Hugging Face GPT-2 folder (config.json + "
+                              "model.safetensors or pytorch_model.bin)")
+        preset = "gpt2"
+    if preset == "gpt2" and task != "world":
+        raise TinyldError("the gpt2 preset is pretrained on the world's text only (task='world')")
     world = World(seed) if task == "world" else Arithmetic(seed)
-    tok = world.tokenizer()
-    threads = DemoConfig().threads
+    dev = pick_device(device).device
+    if preset == "gpt2":
+        from tinyld.tokenizers import GPT2BPE
+
+        tok = GPT2BPE()
+        shape = GPTConfig.preset("gpt2").to_dict()
+        origin = "random" if hf is None else _hf_digest(Path(hf))
+        key = f"{task}-{seed}-gpt2-{origin}-{steps}-{dev.type}-shape{_digest(json.dumps(shape, sort_keys=True))}"
+    else:
+        tok = world.tokenizer()
+        key = f"{task}-{seed}-tiny-{steps}-t{DemoConfig().threads}"
     # The key names everything the weights depend on: a cache made by other code or threads is never reused.
-    key = f"{task}-{seed}-tiny-{steps}-t{threads}-torch{torch.__version__.split('+')[0]}-code{_code_digest()}"
+    key += f"-torch{torch.__version__.split('+')[0]}-code{_code_digest()}"
     path = Path(cache) / f"{key}.pt" if cache else None
     if cache is not None and not isinstance(cache, (str, os.PathLike)):
         raise TinyldError(f"cache must be a folder path or None, got {type(cache).__name__}")
@@ -90,9 +119,12 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
             return world, tok, model.eval()
         except TinyldError as e:  # derived data: rebuild it
             print(f"[tinyld] the cached model {path} is unreadable ({e}); pretraining it again")
-    cfg = DemoConfig(seed=seed, pretrain_steps=steps)
-    with num_threads(threads):  # the demo's thread count, so that both train the same model
-        model, _ = pretrain(world, tok, cfg, torch.device("cpu"))
+    if preset == "gpt2":
+        model = _pretrain_gpt2(world, tok, seed, steps, hf, dev)
+    else:
+        cfg = DemoConfig(seed=seed, pretrain_steps=steps)
+        with num_threads(cfg.threads):  # the demo's thread count, so that both train the same model
+            model, _ = pretrain(world, tok, cfg, torch.device("cpu"))
     if path:
         from tinyld.train import dist_info
 
@@ -102,6 +134,48 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
         if n > 1:  # under torchrun: no rank may look for the file before it is there
             torch.distributed.barrier()
     return world, tok, model
+
+
+def _pretrain_gpt2(world: World, tok, seed: int, steps: int, hf, device: torch.device) -> GPT:
+    """GPT-2 small on the world's text with GPT2_RECIPE; on a GPU with fused attention, bf16 and torch.compile."""
+    torch.manual_seed(seed)
+    model = GPT.from_hf(hf) if hf is not None else GPT(GPTConfig.preset("gpt2"))
+    if model.config.vocab_size != tok.vocab_size:
+        raise TinyldError(f"the model in {hf} has vocab_size {model.config.vocab_size}, the GPT-2 BPE has "
+                          f"{tok.vocab_size}: give a GPT-2 folder")
+    r = GPT2_RECIPE
+    block = min(r["block_size"], model.config.block_size)
+    model = model.to(device).use_fast(True)
+    data = TextStream(tok, world.pretrain_docs(), block, r["batch_size"], seed=seed)
+    tc = TrainConfig(task="pretrain", steps=steps, lr=r["lr"], warmup_steps=r["warmup_steps"],
+                     schedule=r["schedule"], weight_decay=r["weight_decay"], grad_clip=r["grad_clip"], seed=seed,
+                     log_every=max(1, steps // 10))
+    print(f"[tinyld] pretraining GPT-2 small ({'from ' + str(hf) if hf else 'random init'}) on the world's text: "
+          f"{steps} steps of {r['batch_size']}×{block} tokens, AdamW lr {r['lr']:g}, on {device}")
+    t = time.perf_counter()
+    try:
+        hist = Trainer(model, data, tc, tok, compile=True).run()
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"GPT-2 pretraining diverged: {e}") from None
+    print(f"[tinyld] loss {hist[0]['loss']:.3f} → {hist[-1]['loss']:.4f} in {time.perf_counter() - t:.1f} s")
+    return model.use_fast(False).cpu().eval()
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _hf_digest(folder: Path) -> str:
+    """Which Hugging Face folder: its config and the size and time of its weights files."""
+    parts = [(folder / "config.json").read_text(encoding="utf-8") if (folder / "config.json").is_file() else ""]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        f = folder / name
+        if f.is_file():
+            st = f.stat()
+            parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+    return "hf" + _digest("|".join(parts))
 
 
 def _code_digest() -> str:

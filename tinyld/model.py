@@ -167,6 +167,17 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
+    def use_fast(self, on: bool = True) -> "GPT":
+        """Switch the fast path (fused SDPA attention; bf16 autocast when a Trainer runs it on a GPU) on or off in
+        place, e.g. for a model loaded from a checkpoint. The weights are untouched. Returns the model."""
+        if not isinstance(on, bool):
+            raise TinyldError(f"use_fast takes True or False, got {on!r}")
+        self.config.fast = on
+        for m in self.modules():
+            if isinstance(m, CausalSelfAttention):
+                m.fast = on
+        return self
+
     def num_params(self) -> int:
         """Parameter count P, a tied embedding/head counted once (as GPT-2's 124,439,808)."""
         return sum(p.numel() for p in self.parameters())
@@ -189,7 +200,7 @@ class GPT(nn.Module):
                 f"truncate to the last {self.config.block_size} tokens or use a config with a larger block_size")
         if T == 0:
             raise TinyldError("empty sequence (T=0): give the model at least one token")
-        if _is_wrapped(idx):  # inside vmap over inputs: values cannot be inspected
+        if torch.compiler.is_compiling() or _is_wrapped(idx):  # compiled, or inside vmap: values not inspected
             return
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= self.config.vocab_size:

@@ -156,7 +156,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 class Trainer:
     """Owns a model, a data source (``.batch(step)``), an optimizer and the step counter."""
 
-    def __init__(self, model: GPT, data, cfg: TrainConfig, tokenizer=None):
+    def __init__(self, model: GPT, data, cfg: TrainConfig, tokenizer=None, compile: bool = False):
         if not isinstance(model, torch.nn.Module) or not hasattr(getattr(model, "config", None), "to_dict"):
             raise TinyldError(f"Trainer needs a tinyld GPT (a model with a GPTConfig), got {type(model).__name__}")
         if not callable(getattr(data, "batch", None)):
@@ -180,15 +180,20 @@ class Trainer:
                                   "vocabulary; pass the tokenizer that built the data")
         self.model, self.data, self.cfg, self.tokenizer = model, data, cfg, tokenizer
         self.rank, self.world = dist_info()
-        self.net = model  # what the forward pass runs: the model, or under torchrun its DDP wrapper
+        if not isinstance(compile, bool):
+            raise TinyldError(f"Trainer(compile=...) takes True or False, got {compile!r}")
+        dev = next(model.parameters()).device
+        # The fast path on a GPU: fused attention (the model's own switch), bf16 autocast (train_step) and, for long
+        # runs of one shape, torch.compile (its first step compiles: tens of seconds at GPT-2 size).
+        self.fast = getattr(model.config, "fast", False) and dev.type == "cuda"
+        self.net = torch.compile(model) if compile and self.fast else model  # what the forward pass runs
         if self.world > 1:
             size = getattr(data, "batch_size", None)
             if not isinstance(size, int) or size % self.world:
                 raise TinyldError(f"{self.world} processes share each step's batch, so the batch size must be a "
                                   f"multiple of {self.world}, got {size}")
-            dev = next(model.parameters()).device
             self.net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None)  # rank 0's weights, on every rank
+                self.net, device_ids=[dev.index] if dev.type == "cuda" else None)  # rank 0's weights, on every rank
         self.opt = make_optimizer(model, cfg)
         kind = (data_identity(data) or {}).get("kind")
         if (cfg.task == "dpo") != (kind == "preference") and kind is not None:
@@ -224,8 +229,7 @@ class Trainer:
                                                     ""))
         batch = shard(batch, self.rank, self.world).to(self.device)
         lr = cfg.lr_at(self.step)
-        fast = getattr(model.config, "fast", False) and self.device.type == "cuda"
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.fast else contextlib.nullcontext()
         seqs = batch.seqs if cfg.task == "dpo" else batch
         with ctx:
             logits = self.net(seqs.idx)  # (B, T, V); for DPO (2B, T, V): the chosen rows, then the rejected ones

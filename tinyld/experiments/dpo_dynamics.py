@@ -32,11 +32,12 @@ import torch
 
 from tinyld.data import Example, PairData, PreferenceData, Reference
 from tinyld.evaluate import greedy_answers, sampled_answers, valley_depth
-from tinyld.experiments.sft_dynamics import _plain_json, _summary, add_claim, check_shared, figure, regime
+from tinyld.experiments.sft_dynamics import (_plain_json, _summary, add_claim, base_model, check_base_model,
+                                             check_shared, figure, output_dir, regime)
 from tinyld.experiments.sft_dynamics import claims_table as sft_claims_table
 from tinyld.probes import ProbeSet, Tracker
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, num_threads,
-                            pick_device, versions, write_text_atomic, writable_dir)
+                            pick_device, versions, write_text_atomic)
 from tinyld.squeeze import MASS_CLASSES, token_mass
 from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
 from tinyld.world import MODES, World
@@ -59,14 +60,17 @@ class DPODynamicsConfig:
     beta: float = 0.1
     batch_size: int = 8  # pairs per step (40 training prompts: 5 steps per epoch)
     samples: int = 4  # on-policy: answers sampled per prompt · win rate: answers per held-out prompt
-    pretrain_steps: int = 3000
+    pretrain_steps: int | None = None  # of the base model (cached): 3000 tiny, 1000 gpt2
+    preset: str = "tiny"  # the base model: tiny (the world's words) or gpt2 (GPT-2 small and BPE, GPT2_RECIPE)
+    hf: str | None = None  # a local Hugging Face GPT-2 folder to start the gpt2 pretraining from (GPT.from_hf)
     out: str = "tinyld_out/dpo_dynamics"
-    device: str = "cpu"
+    device: str | None = None  # None: cpu for tiny, auto for gpt2
     threads: int = 2
     fast: bool = False  # 400-step base models, 2 SFT and 4 DPO epochs: for lessons, the numbers mean less
 
     def __post_init__(self):
         check_choice("dpo-dynamics --experiment", self.experiment, EXPERIMENTS)
+        check_base_model(self, "dpo-dynamics")
         check_shared(self, "dpo-dynamics")
         if isinstance(self.modes, str) or not isinstance(self.modes, (list, tuple)) or not self.modes:
             raise TinyldError(f"dpo-dynamics --modes must be a non-empty list of {' / '.join(MODES)}")
@@ -86,7 +90,6 @@ class DPODynamicsConfig:
         pair_loss(self.loss, beta=self.beta)
         self.batch_size = check_int("dpo-dynamics --batch-size", self.batch_size, 1)
         self.samples = check_int("dpo-dynamics --samples", self.samples, 1, 64)
-        self.pretrain_steps = check_int("dpo-dynamics --pretrain-steps", self.pretrain_steps, 1)
         if not isinstance(self.fast, bool):
             raise TinyldError(f"DPODynamicsConfig.fast must be True or False, got {self.fast!r}")
         if self.fast:
@@ -107,10 +110,8 @@ class DPODynamicsConfig:
 
 def base(cfg: DPODynamicsConfig, seed: int, mode: str, pretrain_steps: int | None = None):
     """(model, tokenizer, world) for one seed and world mode: the cached pretrained world model."""
-    from tinyld.demo import pretrained
-
-    _, tok, model = pretrained(seed, steps=pretrain_steps or cfg.pretrain_steps)
-    return model.to(pick_device(cfg.device).device).eval(), tok, World(seed, mode=mode)
+    tok, model = base_model(cfg, seed, pretrain_steps)
+    return model, tok, World(seed, mode=mode)
 
 
 def sft(cfg: DPODynamicsConfig, seed: int, model, tok, examples: list[Example], steps: int, tracker=None,
@@ -568,7 +569,7 @@ def run(cfg: DPODynamicsConfig) -> dict:
     if not isinstance(cfg, DPODynamicsConfig):
         raise TinyldError(f"run takes a DPODynamicsConfig, got {type(cfg).__name__}")
     pick_device(cfg.device)
-    out = writable_dir(cfg.out, "dpo-dynamics output folder")
+    out = output_dir(cfg.out, "dpo-dynamics output folder")
     with num_threads(cfg.threads):
         return _run(cfg, out)
 

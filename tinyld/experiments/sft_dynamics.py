@@ -52,7 +52,9 @@ class SFTDynamicsConfig:
     batch_size: int = 8  # prompts per step (40 training prompts: 5 steps per epoch)
     grad_clip: float = 0.0  # global gradient-norm clipping of the SFT runs (0: none, as the first-order picture)
     every: int = 0  # steps between measurements (0: once per epoch)
-    pretrain_steps: int = 3000  # of the base model (tinyld.demo.pretrained, cached)
+    pretrain_steps: int | None = None  # of the base model (tinyld.demo.pretrained, cached): 3000 tiny, 1000 gpt2
+    preset: str = "tiny"  # the base model: tiny (the world's words) or gpt2 (GPT-2 small and BPE, GPT2_RECIPE)
+    hf: str | None = None  # a local Hugging Face GPT-2 folder to start the gpt2 pretraining from (GPT.from_hf)
     attribution: bool = True  # the SGD attribution run (first mode; in fast mode first seed only)
     attr_lr: float = 1e-4  # its plain-SGD learning rate (no clipping, no momentum): small, so first order holds
     attr_prompts: int = 4  # training prompts u whose y_{j≠u}⁺ is attributed
@@ -60,11 +62,12 @@ class SFTDynamicsConfig:
     probes: str | None = None  # a probe JSONL (then --model): your own data with the GPT-2 BPE
     model: str | None = None  # with --probes: a Hugging Face GPT-2 folder, or a preset name (random init)
     out: str = "tinyld_out/sft_dynamics"
-    device: str = "cpu"  # auto | cpu | cuda | mps (the world's tiny models are quickest on the CPU)
+    device: str | None = None  # auto | cpu | cuda | mps (None: cpu for tiny, where it is quickest; auto for gpt2)
     threads: int = 2  # CPU threads (pinned: the figures in the README were made with 2)
     fast: bool = False  # fewer epochs and a shallower base model: ≤ 60 s, the numbers then mean less
 
     def __post_init__(self):
+        check_base_model(self, "sft-dynamics")
         check_shared(self, "sft-dynamics")
         if isinstance(self.modes, str) or not isinstance(self.modes, (list, tuple)) or not self.modes:
             raise TinyldError(f"sft-dynamics --modes must be a non-empty list of {' / '.join(MODES)}, got "
@@ -81,9 +84,11 @@ class SFTDynamicsConfig:
         self.batch_size = check_int("sft-dynamics --batch-size", self.batch_size, 1)
         self.grad_clip = check_number("sft-dynamics --grad-clip", self.grad_clip, 0)
         self.every = check_int("sft-dynamics --every", self.every, 0)
-        self.pretrain_steps = check_int("sft-dynamics --pretrain-steps", self.pretrain_steps, 1)
         self.attr_lr = check_number("sft-dynamics --attr-lr", self.attr_lr, 0, strict=True)
         self.attr_prompts = check_int("sft-dynamics --attr-prompts", self.attr_prompts, 1)
+        if self.probes is not None and (self.preset != "tiny" or self.hf is not None):
+            raise TinyldError("sft-dynamics: your own --probes take their model from --model (a Hugging Face GPT-2 "
+                              "folder or a preset); --preset and --hf choose the world's base model")
         if (self.probes is None) != (self.model is None):
             raise TinyldError("sft-dynamics: --probes FILE and --model M go together (your own probes need a "
                               "model and the GPT-2 BPE; the world's probes use the world's pretrained model)")
@@ -110,14 +115,59 @@ def check_shared(cfg, command: str) -> None:
     if not isinstance(cfg.out, (str, os.PathLike)) or not str(cfg.out).strip():
         raise TinyldError(f"{command} --out must be a folder path, got {cfg.out!r}")
 
+def check_base_model(cfg, command: str) -> None:
+    """Resolve and check the base-model fields the world experiments share: preset, hf, pretrain_steps, device."""
+    from tinyld.demo import GPT2_RECIPE
+
+    if cfg.hf is not None:
+        if not isinstance(cfg.hf, (str, os.PathLike)) or not Path(cfg.hf).is_dir():
+            raise TinyldError(f"{command} --hf {cfg.hf!r} is not a folder: give a local Hugging Face GPT-2 folder "
+                              "(config.json + model.safetensors or pytorch_model.bin)")
+        cfg.hf = str(cfg.hf)
+        if cfg.preset == "tiny":
+            cfg.preset = "gpt2"  # a GPT-2 checkpoint is GPT-2 small with the GPT-2 BPE
+    check_choice(f"{command} --preset", cfg.preset, ("tiny", "gpt2"))
+    if cfg.pretrain_steps is None:
+        cfg.pretrain_steps = GPT2_RECIPE["steps"] if cfg.preset == "gpt2" else 3000
+    cfg.pretrain_steps = check_int(f"{command} --pretrain-steps", cfg.pretrain_steps, 1)
+    if cfg.device is None:
+        cfg.device = "auto" if cfg.preset == "gpt2" else "cpu"
+
+
+def base_model(cfg, seed: int, steps: int | None = None):
+    """(tokenizer, model on cfg.device) for one seed: the cached pretrained world model of ``cfg.preset``. A GPT-2
+    on a GPU trains on the fast path (fused attention, bf16 autocast)."""
+    from tinyld.demo import pretrained
+
+    dev = pick_device(cfg.device).device
+    _, tok, model = pretrained(seed, steps=steps or cfg.pretrain_steps, preset=cfg.preset, hf=cfg.hf,
+                               device=cfg.device)
+    model = model.to(dev).eval()
+    return tok, model.use_fast(cfg.preset == "gpt2" and dev.type == "cuda")
+
+
+def output_dir(path, what: str) -> Path:
+    """The experiment's output folder. Under torchrun every rank runs the experiment (each trains on its share of
+    every batch and measures the same weights); only rank 0's files are kept, the others write to a temporary
+    folder removed at exit."""
+    from tinyld.train import dist_info
+
+    if dist_info()[0] == 0:
+        return writable_dir(path, what)
+    import atexit
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="tinyld-rank")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return Path(tmp)
+
+
 def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
     """(model, tokenizer, probes with y_init, world or None) for one seed and world mode."""
     if cfg.probes is not None:
         return _user_setup(cfg, seed)
-    from tinyld.demo import pretrained
-
-    _, tok, model = pretrained(seed, steps=cfg.pretrain_steps)
-    model = model.to(pick_device(cfg.device).device)
+    tok, model = base_model(cfg, seed)
     world = World(seed, mode=mode)
     return model, tok, ProbeSet.from_world(world).with_init(model, tok), world
 
@@ -244,7 +294,7 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
     ``r2``, ``final_rel_err`` and the two curves are about the y_{j≠u}⁺ columns: summed predictions vs actual."""
     from tinyld.dynamics import SFTUpdate, contributions, lm_rows
 
-    model = copy.deepcopy(model)
+    model = copy.deepcopy(model).use_fast(False)  # float32 steps: the first-order comparison is exact to rounding
     train = probes.split("train")
     examples = probes.examples("train")
     data = PairData(tok, examples, cfg.batch_size, model.config.block_size, seed)
@@ -253,7 +303,8 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
     fam = "other_chosen" if "other_chosen" in probes.families else "chosen"
     obs_p = [p.prompt for p in us for _ in (fam, "chosen")]
     obs_y = [p.responses[f] for p in us for f in (fam, "chosen")]
-    obs = make_batch(tok, obs_p, obs_y, model.config.block_size)
+    dev = next(model.parameters()).device
+    obs = make_batch(tok, obs_p, obs_y, model.config.block_size).to(dev)
     rows = lm_rows(obs)
     n_ex, n_obs = len(examples), len(obs_y)
     pred = torch.zeros(n_ex, n_obs, dtype=torch.float64)  # Σ_t predicted Δ log π(obs) due to example j
@@ -262,8 +313,8 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
     pred_curves = [pred_total.clone()]
 
     def before(step):  # the prediction at θ_step for the batch about to be applied
-        b = data.batch(step)
-        c = contributions(model, SFTUpdate(lm_rows(b)), rows, cfg.attr_lr).double()  # (B, n_obs)
+        b = data.batch(step).to(dev)
+        c = contributions(model, SFTUpdate(lm_rows(b)), rows, cfg.attr_lr).double().cpu()  # (B, n_obs)
         for r, j in enumerate(data.indices(step)):
             pred[j] += c[r]
         pred_total.add_(c.sum(0))
@@ -411,7 +462,7 @@ def run(cfg: SFTDynamicsConfig) -> dict:
     pick_device(cfg.device)  # an unavailable device fails now, not after the first seed
     if cfg.probes is not None:
         ProbeSet.load(cfg.probes)  # a bad probe file fails now, with its line
-    out = writable_dir(cfg.out, "sft-dynamics output folder")
+    out = output_dir(cfg.out, "sft-dynamics output folder")
     for name in ("sft_dynamics.json", "claims.txt", "conditions.txt"):
         if (out / name).is_dir():
             raise TinyldError(f"{out / name} is a folder: the experiment writes a file there; remove or rename it")
