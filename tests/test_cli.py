@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tinyld.__main__ import main
 from tinyld.demo import DemoConfig, run_demo
 
@@ -35,3 +37,15 @@ def test_bench_decompose_prints_json(capsys):
     assert main(["bench", "decompose", "--repeat", "1", "--warmup", "0", "--batch", "2", "--seq", "16"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["ratio"] > 0 and res["rel_err_tokens"] < 0.1 and res["step_ms"] > 0
+
+
+def test_bench_step_reports_both_paths_and_the_device(capsys):
+    assert main(["bench", "step", "--repeat", "2", "--warmup", "1", "--batch", "2", "--seq", "16"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["device"] == "cpu" and res["device_name"] and res["tokens_per_step"] == 32
+    plain, fast = res["plain"], res["fast"]
+    assert (plain["fused_attention"], fast["fused_attention"]) == (False, True)
+    assert not fast["bf16_autocast"] and not fast["compiled"]  # autocast and compile are for GPUs only
+    for p in (plain, fast):
+        assert p["tokens_per_s"] == pytest.approx(32 / (p["ms_per_step"] / 1e3), rel=0.01)
+    assert res["speedup"] == pytest.approx(fast["tokens_per_s"] / plain["tokens_per_s"], abs=0.01)

@@ -232,7 +232,8 @@ def main(argv=None) -> int:
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
     b = sub.add_parser("bench", help="benchmarks that print JSON")
     b.add_argument("what", choices=["step", "decompose"],
-                   help="step: one training step, plain vs fast path · decompose: predicted full-vocab Δ log π vs a step")
+                   help="step: one training step, plain vs fast path · decompose: predicted full-vocab Δ log π vs a "
+                        "step")
     b.add_argument("--preset", default="tiny", help="model preset (default tiny)")
     b.add_argument("--vocab", type=int, default=128, help="vocabulary for tiny/mini (default 128)")
     b.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
