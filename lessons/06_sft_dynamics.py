@@ -12,16 +12,17 @@
 # - **non-human** text (shuffled words, random words) falls;
 # - y*, the teacher-forced argmax along y⁺, rises.
 #
-# Here you watch Fig. 3 appear for your own tiny model, over three seeds, and read the claims table: for each claim,
-# what was measured per seed and whether it held. The rules are fixed and simple. *Rises* and *falls* compare the last
-# measurement with the first; *rises, then falls* means the highest point lies strictly inside the run and above both
-# ends (a plateau with a tiny final dip passes, so read the drop beside the verdict). Each curve is then explained with
-# A, K and G (lessons/NOTES.md §1). The world has two modes. In **easy** mode an answer is one fact sentence that the
-# pretrained model mostly knows already. In **hard** mode every answer also carries a random story sentence, so there is
-# content no model can predict, as in the paper's long answers. The contrast is the first lesson.
+# Here you watch Fig. 3 appear for your own tiny model, over three seeds (two in fast mode), and read the claims
+# table: for each claim, what was measured per seed and whether it held. The rules are fixed and simple. *Rises* and
+# *falls* compare the last measurement with the first; *rises, then falls* means the highest point lies strictly
+# inside the run and above both ends (a plateau with a tiny final dip passes, so read the drop beside the verdict).
+# Each curve is then explained with A, K and G (lessons/NOTES.md §1). The world has two modes. In **easy** mode an
+# answer is one fact sentence that the pretrained model mostly knows already. In **hard** mode every answer also
+# carries a random story sentence, so there is content no model can predict, as in the paper's long answers. The
+# contrast is the first lesson.
 #
-# Fast mode (`TINYLD_FAST=1`) uses 400-step base models and 8 epochs; full mode 3000-step models and 20 epochs, as
-# `python -m tinyld sft-dynamics` does. The asserts check only what held in both.
+# Fast mode (`TINYLD_FAST=1`) uses two seeds with 400-step base models and 8 epochs; full mode 3000-step models and 20
+# epochs, as `python -m tinyld sft-dynamics` does. The asserts check only what held in both.
 
 # %%
 import os
@@ -31,7 +32,7 @@ from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, claims_table, fig
 # ---- knobs -------------------------------------------------------------------------------------------
 FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")
 OUT = os.environ.get("TINYLD_OUT", "tinyld_out/lessons")
-SEEDS = [0, 1, 2]
+SEEDS = [0, 1] if FAST else [0, 1, 2]  # fast mode: two seeds, to keep the test suite short
 cfg = SFTDynamicsConfig(seeds=SEEDS, epochs=20, pretrain_steps=3000, fast=FAST, attribution=False)
 print(f"SFT with {cfg.optimizer}, lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs, base models pretrained "
       f"for {cfg.pretrain_steps} steps, seeds {SEEDS}")
@@ -151,12 +152,12 @@ for mode in ("hard", "easy"):
 
 # %%
 for mode in ("hard", "easy"):
-    assert claims[mode]["chosen rises"]["held"] == 3, mode
-assert claims["easy"]["rejected rises then falls"]["held"] == 3  # the bell of y_u⁻ in easy mode
-assert claims["hard"]["other_chosen rises"]["held"] == 3  # y_{j≠u}⁺ rises in hard mode …
-assert claims["hard"]["other_chosen ends above test_chosen"]["held"] == 3  # … more than y_test⁺
-assert claims["easy"]["urnd_chosen falls"]["held"] == 3  # shuffled y⁺ falls in easy mode
-assert claims["easy"]["star rises"]["held"] == 3  # y* rises in easy mode (in hard mode it dips first)
+    assert claims[mode]["chosen rises"]["held"] == len(SEEDS), mode
+assert claims["easy"]["rejected rises then falls"]["held"] == len(SEEDS)  # the bell of y_u⁻ in easy mode
+assert claims["hard"]["other_chosen rises"]["held"] == len(SEEDS)  # y_{j≠u}⁺ rises in hard mode …
+assert claims["hard"]["other_chosen ends above test_chosen"]["held"] == len(SEEDS)  # … more than y_test⁺
+assert claims["easy"]["urnd_chosen falls"]["held"] == len(SEEDS)  # shuffled y⁺ falls in easy mode
+assert claims["easy"]["star rises"]["held"] == len(SEEDS)  # y* rises in easy mode (in hard mode it dips first)
 start = [x["logp_chosen"] for x in regimes["hard"]]
 assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 10  # hard mode starts far lower
 

@@ -269,9 +269,10 @@ def test_gpt2_preset_one_step_and_routes(gpt2_64):
     torch.testing.assert_close(Kr[:, 0], KG[sel_o[:, 0], sel_o[:, 1]], rtol=1e-9, atol=1e-12)
     # A properties and the one-step η² check on the full 50257-token vocabulary
     up = SFTUpdate(ru)
-    errs = [(lambda r: (r.pred - r.actual).norm().item())(one_step(m, up, ro, eta)) for eta in (2e-5, 1e-5)]
+    reps = [one_step(m, up, ro, eta) for eta in (2e-5, 1e-5)]
+    errs = [(r.pred - r.actual).norm().item() for r in reps]
     assert 3.3 < errs[0] / errs[1] < 4.7, errs
-    d = predict(m, ro, up, 1e-5)
+    d = reps[1].pred  # (N_o, V) the full-vocabulary prediction at η = 1e-5 (predict's result, kept by one_step)
     pi = m(ro.inputs)[ro.index].softmax(-1)
     assert (pi * d).sum(-1).abs().max() < 1e-12
 
