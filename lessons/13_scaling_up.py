@@ -12,9 +12,10 @@
 #    What does it cost next to a training step, and is it still right?
 #
 # Fast mode (`TINYLD_FAST=1`) measures step 3 on the `mini` preset; full mode on GPT-2 small with 256 tokens
-# (about a minute on a 2-core CPU). The README's "More than one GPU" section has the same figures measured on a GPU.
+# (about a minute on a 2-core CPU). The README's "More than one GPU" section has similar figures measured on a GPU.
 
 # %%
+import copy
 import os
 
 import torch
@@ -28,7 +29,7 @@ from tinyld.train import shard
 
 FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")
 world, tok, base = pretrained(0, steps=400 if FAST else 3000)
-model = base.double()  # float64: the equalities below hold to rounding
+model = copy.deepcopy(base).double()  # a float64 copy: the equalities below hold to rounding
 data = PairData(tok, [it.example("train") for it in world.train_items()], 8, model.config.block_size, seed=0)
 batch = data.batch(0)  # the global batch: 8 prompts with their responses
 print(f"global batch: {batch.idx.shape[0]} sequences of {batch.idx.shape[1]} tokens")
@@ -61,7 +62,7 @@ assert err < 1e-12
 # Now a loss that looks just as reasonable: the mean over *response tokens* of the whole batch,
 # L' = Σ_tokens ℓ_t / (number of response tokens). Each rank divides by the tokens *it* holds. If the two halves
 # hold different numbers of response tokens, the average of the two per-rank means weights the tokens of the
-# shorter half more, and the "global" step is not the global gradient any more.
+# half with fewer response tokens more, and the "global" step is not the global gradient any more.
 
 # %%
 def token_mean(logits, targets):
@@ -79,14 +80,15 @@ assert counts[0] != counts[1] and err_t > 1e-3
 
 # %% [markdown]
 # That is why tinyld's SFT and DPO losses are means over sequences (or pairs) with sums inside each sequence, and
-# why the global batch must divide by N. Pretraining windows all have `block_size` tokens, so there a token mean is
-# safe. `tests/test_ddp.py` runs the real thing: two gloo processes under torchrun reach one process's weights
-# within 1e-9.
+# why the global batch must be divisible by N (every rank then holds equally many sequences). Pretraining windows
+# all have `block_size` tokens, so there a token mean is safe. `tests/test_ddp.py` runs the real thing: two gloo
+# processes under torchrun reach one process's weights within 1e-9.
 #
 # ## 2. The fast path: the same function, and almost the same gradient
 # `model.use_fast()` switches attention to the fused `scaled_dot_product_attention`. It computes the same
 # masked softmax, so in float64 the logits agree to rounding. On a GPU the Trainer also runs the forward pass in
-# bf16 (8 bits of mantissa: about 3 significant digits). Autocast works on the CPU too, so we can see its effect.
+# bf16 (8 significant bits, 7 of them stored: 2–3 decimal digits). Autocast works on the CPU too, so we can see
+# its effect.
 
 # %%
 fast = GPT(GPTConfig.from_dict(model.config.to_dict())).double()
@@ -97,7 +99,7 @@ with torch.no_grad():
 print(f"fused vs explicit attention, float64: largest logit difference {gap:.1e}")
 assert gap < 1e-10
 
-m32 = base.float()
+m32 = copy.deepcopy(base).float()
 g32 = torch.autograd.grad(sft_loss(m32(batch.idx), batch.targets), list(m32.parameters()))
 with torch.autocast("cpu", dtype=torch.bfloat16):
     logits16 = m32(batch.idx)
@@ -121,13 +123,14 @@ print(f"{res['device']} ({res['threads']} threads), tiny, 8 × 64 tokens: plain 
 assert res["plain"]["tokens_per_s"] > 0 and res["fast"]["fused_attention"] and not res["fast"]["compiled"]
 
 # %% [markdown]
-# On a GPU the fast path adds bf16 and `torch.compile`, and the gain grows with the model: the README reports
-# the H100 figures for GPT-2 small.
+# On a GPU the fast path adds bf16 and `torch.compile`, and the gain grows with the model and the sequence length:
+# the README reports H100 figures for GPT-2 small.
 #
 # ## 3. The decomposition at GPT-2 size
-# `bench_decompose` times one training step and the engine's predicted Δ log π for every token of the vocabulary
-# at every position of the same batch (one backward, one JVP, the softmax Jacobian A), then takes a real SGD step
-# small enough that the largest predicted |Δ log π(y|x)| is 0.1 nats and compares.
+# `bench_decompose` times one plain float32 AdamW training step and the engine's predicted Δ log π for every token
+# of the vocabulary at every position of the same batch (one backward, one JVP, the softmax Jacobian A), then takes
+# a real SGD step small enough that the largest predicted |Δ log π(y|x)| is 0.1 nats and compares. It uses a
+# randomly initialised model and random tokens: a measurement of cost and of first order, not of a trained model.
 
 # %%
 preset, seq = ("mini", 128) if FAST else ("gpt2", 256)
@@ -139,17 +142,20 @@ print(f"  relative error of the prediction: tokens {dec['rel_err_tokens']:.2%}, 
 assert dec["rel_err_tokens"] < 0.05
 
 # %% [markdown]
-# A few training steps' worth of compute buys the change of every token's probability, and first order holds at
-# this step size. The world experiments run at this size with `--preset gpt2` (GPT-2 small pretrained on the
-# world's text), on one GPU or, under torchrun, on several.
+# At GPT-2 size the prediction costs a few plain float32 training steps (about 1.5 on this CPU, about 3 on a GPU);
+# at `mini` size fixed overheads dominate and the ratio is larger. Either way it buys the change of every token's
+# probability, and first order holds at this step size. The world experiments run at this size with
+# `--preset gpt2` (GPT-2 small pretrained on the world's text), on one GPU or, under torchrun, on several.
 #
 # ## Exercises
-# 1. Run `torchrun --standalone --nproc_per_node=2 -m tinyld demo --fast --threads 1` and compare its losses in
-#    `tinyld_out/demo.json` with `python -m tinyld demo --fast`. How close are they, and why not bit-equal?
+# 1. Run `torchrun --standalone --nproc_per_node=2 -m tinyld demo --fast --threads 1 --out two` and
+#    `python -m tinyld demo --fast --threads 1 --out one`, and compare the losses in `two/demo.json` and
+#    `one/demo.json`. How close are they, and why not bit-equal?
 # 2. In section 1, give rank 1 the first half as well (`shard(batch, 0, 2)` for both). The two ranks then agree
 #    with each other. Which check fails, and what would training under torchrun silently do?
 # 3. Make the token-mean loss safe for data parallelism: have each rank divide its token sum by (global number of
-#    response tokens) / N, where the global count comes from an all-reduce, and check the average again.
+#    response tokens) / N, where the global count comes from an all-reduce (here: `sum(counts)`), and check the
+#    average again.
 
 # %%
 print("lesson 13 OK")
