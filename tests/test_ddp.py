@@ -130,3 +130,18 @@ def test_forecast_refuses_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["forecast", "--fast"]) == 2
     assert "forecast does not run under torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # the other ranks stay quiet: one line in all
+    assert main(["forecast", "--fast"]) == 2 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("value, says", [("abc", "not a whole number"), ("0", "at least 1"),
+                                         ("2", "not a torchrun launch")])
+def test_a_bad_world_size_is_one_clear_line(monkeypatch, capsys, value, says):
+    from tinyld.__main__ import main
+
+    for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", value)
+    assert main(["demo", "--fast", "--out", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err

@@ -11,7 +11,7 @@ from tinyld.model import GPT, GPTConfig
 from tinyld.runtime import TinyldError
 from tinyld.tokenizers import GPT2BPE
 
-SMALL = dict(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=50257)
+SMALL = dict(n_layer=1, n_head=2, n_embd=16, block_size=128, vocab_size=50257)
 
 
 @pytest.fixture
@@ -41,18 +41,26 @@ def test_pretrained_gpt2_uses_bpe_recipe_and_cache(small_gpt2, tmp_path):
 
 def test_pretrained_from_hf_folder_starts_from_its_weights(tmp_path):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=16, n_layer=2, n_head=2)
+    cfg = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_embd=16, n_layer=2, n_head=2)
     torch.manual_seed(1)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "hf")
     start = GPT.from_hf(tmp_path / "hf")
     _, _, m = pretrained(0, steps=1, cache=tmp_path / "cache", hf=tmp_path / "hf")
-    assert m.config.n_layer == 2 and m.config.block_size == 64  # the folder's shape, not the preset's
+    assert m.config.n_layer == 2 and m.config.block_size == 128  # the folder's shape, not the preset's
     (ck,) = list((tmp_path / "cache").glob("*.pt"))
     assert "-hf" in ck.name
     # one AdamW step at the first warm-up lr (3e-4 / 50) from the folder's weights: every weight moved by about it
     lr0 = GPT2_RECIPE["lr"] / GPT2_RECIPE["warmup_steps"]
     d = max((m.state_dict()[k] - v).abs().max().item() for k, v in start.state_dict().items())
     assert 0.5 * lr0 < d < 2 * lr0, d
+    with pytest.raises(TinyldError, match="not 'tiny'"):
+        pretrained(0, steps=1, cache=None, hf=tmp_path / "hf", preset="tiny")
+    cfg.n_positions = 64  # too short for the world's prompts: refused before any pretraining
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "short")
+    with pytest.raises(TinyldError, match="context of 64 tokens"):
+        pretrained(0, steps=1000, cache=None, hf=tmp_path / "short")
+    with pytest.raises(TinyldError, match="cache must be a folder path"):
+        pretrained(0, steps=1, cache=123)
 
 
 def test_experiments_build_their_gpt2_base_models(small_gpt2, tmp_path, monkeypatch):
@@ -91,6 +99,9 @@ def test_base_model_flags_are_checked():
         DPODynamicsConfig(hf="/no/such/folder")
     with pytest.raises(TinyldError, match="--probes take their model from --model"):
         SFTDynamicsConfig(preset="gpt2", probes="p.jsonl", model="gpt2")
+    with pytest.raises(TinyldError, match="goes with --preset gpt2"):
+        SFTDynamicsConfig(preset="tiny", hf=".")
+    assert SFTDynamicsConfig().preset == "tiny" and DPODynamicsConfig(hf=".").preset == "gpt2"
 
 
 def test_use_fast_switches_attention_in_place():

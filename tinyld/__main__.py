@@ -250,9 +250,11 @@ def main(argv=None) -> int:
 
     try:
         if args.cmd in ("demo", "sft-dynamics", "dpo-dynamics", "forecast"):  # under torchrun: data-parallel
-            from tinyld.train import init_distributed
+            from tinyld.train import init_distributed, launched_processes
 
-            if args.cmd == "forecast" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if args.cmd == "forecast" and launched_processes() > 1:
+                if os.environ.get("RANK", "0") != "0":
+                    return 2  # rank 0 says why, once
                 raise TinyldError("forecast does not run under torchrun (CHES trains on one pair at a time, which "
                                   "processes cannot share): run it with python -m tinyld forecast")
             init_distributed()

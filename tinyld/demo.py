@@ -74,7 +74,7 @@ GPT2_RECIPE = dict(steps=1000, lr=3e-4, warmup_steps=50, schedule="cosine", weig
 
 
 def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tinyld_out/cache", task: str = "world",
-               preset: str = "tiny", hf: str | Path | None = None, device: str = "cpu"):
+               preset: str | None = None, hf: str | Path | None = None, device: str = "cpu"):
     """(world, tokenizer, pretrained GPT) for lessons and experiments; cached as a checkpoint so a second call is
     instant. ``task`` is ``world`` (people and facts) or ``arithmetic`` (the word problems of
     :mod:`tinyld.reasoning`).
@@ -88,12 +88,17 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
     check_seed("seed", seed)
     check_int("steps", steps, 1)
     check_choice("pretrained task", task, ("world", "arithmetic"))
-    check_choice("pretrained preset", preset, ("tiny", "gpt2"))
+    if cache is not None and not isinstance(cache, (str, os.PathLike)):
+        raise TinyldError(f"cache must be a folder path or None, got {type(cache).__name__}")
     if hf is not None:
-        if not isinstance(hf, (str, os.PathLike)) or not Path(hf).is_dir():
-            raise TinyldError(f"--hf {hf!r} is not a folder: give a local Hugging Face GPT-2 folder (config.json + "
+        if not isinstance(hf, (str, os.PathLike)) or not str(hf).strip() or not Path(hf).is_dir():
+            raise TinyldError(f"hf={hf!r} is not a folder: give a local Hugging Face GPT-2 folder (config.json + "
                               "model.safetensors or pytorch_model.bin)")
-        preset = "gpt2"
+        if preset == "tiny":
+            raise TinyldError("a Hugging Face GPT-2 folder is GPT-2 with the GPT-2 BPE: use preset 'gpt2' (or none) "
+                              "with hf, not 'tiny'")
+    preset = preset if preset is not None else ("gpt2" if hf is not None else "tiny")
+    check_choice("pretrained preset", preset, ("tiny", "gpt2"))
     if preset == "gpt2" and task != "world":
         raise TinyldError("the gpt2 preset is pretrained on the world's text only (task='world')")
     world = World(seed) if task == "world" else Arithmetic(seed)
@@ -111,8 +116,6 @@ def pretrained(seed: int = 0, steps: int = 3000, cache: str | Path | None = "tin
     # The key names everything the weights depend on: a cache made by other code or threads is never reused.
     key += f"-torch{torch.__version__.split('+')[0]}-code{_code_digest()}"
     path = Path(cache) / f"{key}.pt" if cache else None
-    if cache is not None and not isinstance(cache, (str, os.PathLike)):
-        raise TinyldError(f"cache must be a folder path or None, got {type(cache).__name__}")
     if path and path.is_file():
         try:
             model, _, _ = load_model(path)
@@ -144,6 +147,10 @@ def _pretrain_gpt2(world: World, tok, seed: int, steps: int, hf, device: torch.d
         raise TinyldError(f"the model in {hf} has vocab_size {model.config.vocab_size}, the GPT-2 BPE has "
                           f"{tok.vocab_size}: give a GPT-2 folder")
     r = GPT2_RECIPE
+    if model.config.block_size < 128:  # the hard world's prompt + answer is up to about 60 BPE tokens
+        where = f"the model in {hf}" if hf is not None else "the gpt2 preset"
+        raise TinyldError(f"{where} has a context of {model.config.block_size} tokens (n_positions); the world's "
+                          "prompts and answers need at least 128")
     block = min(r["block_size"], model.config.block_size)
     model = model.to(device).use_fast(True)
     data = TextStream(tok, world.pretrain_docs(), block, r["batch_size"], seed=seed)

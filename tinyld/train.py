@@ -112,13 +112,29 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def launched_processes() -> int:
+    """How many processes torchrun launched (WORLD_SIZE), 1 without torchrun."""
+    raw = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    try:
+        n = int(raw)
+    except ValueError:
+        raise TinyldError(f"WORLD_SIZE={raw!r} is not a whole number: unset it, or let torchrun set it") from None
+    if n < 1:
+        raise TinyldError(f"WORLD_SIZE={n} must be at least 1: unset it, or let torchrun set it")
+    return n
+
+
 def init_distributed() -> tuple[int, int]:
     """Under torchrun (WORLD_SIZE > 1): start the process group once (NCCL when CUDA is available, gloo
     otherwise), put each rank on its own GPU, and silence the printing of every rank but 0. Returns
     (rank, world size); (0, 1) without torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+    if launched_processes() <= 1 or not torch.distributed.is_available():
         return 0, 1
     if not torch.distributed.is_initialized():
+        missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise TinyldError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(missing)} not: this is "
+                              "not a torchrun launch. Start with torchrun --nproc_per_node=N, or unset WORLD_SIZE")
         cuda = torch.cuda.is_available()
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
         if cuda:

@@ -61,7 +61,7 @@ class DPODynamicsConfig:
     batch_size: int = 8  # pairs per step (40 training prompts: 5 steps per epoch)
     samples: int = 4  # on-policy: answers sampled per prompt · win rate: answers per held-out prompt
     pretrain_steps: int | None = None  # of the base model (cached): 3000 tiny, 1000 gpt2
-    preset: str = "tiny"  # the base model: tiny (the world's words) or gpt2 (GPT-2 small and BPE, GPT2_RECIPE)
+    preset: str | None = None  # the base model: tiny (default; the world's words) or gpt2 (GPT-2 small, BPE)
     hf: str | None = None  # a local Hugging Face GPT-2 folder to start the gpt2 pretraining from (GPT.from_hf)
     out: str = "tinyld_out/dpo_dynamics"
     device: str | None = None  # None: cpu for tiny, auto for gpt2

@@ -53,7 +53,7 @@ class SFTDynamicsConfig:
     grad_clip: float = 0.0  # global gradient-norm clipping of the SFT runs (0: none, as the first-order picture)
     every: int = 0  # steps between measurements (0: once per epoch)
     pretrain_steps: int | None = None  # of the base model (tinyld.demo.pretrained, cached): 3000 tiny, 1000 gpt2
-    preset: str = "tiny"  # the base model: tiny (the world's words) or gpt2 (GPT-2 small and BPE, GPT2_RECIPE)
+    preset: str | None = None  # the base model: tiny (default; the world's words) or gpt2 (GPT-2 small, BPE)
     hf: str | None = None  # a local Hugging Face GPT-2 folder to start the gpt2 pretraining from (GPT.from_hf)
     attribution: bool = True  # the SGD attribution run (first mode; in fast mode first seed only)
     attr_lr: float = 1e-4  # its plain-SGD learning rate (no clipping, no momentum): small, so first order holds
@@ -86,7 +86,7 @@ class SFTDynamicsConfig:
         self.every = check_int("sft-dynamics --every", self.every, 0)
         self.attr_lr = check_number("sft-dynamics --attr-lr", self.attr_lr, 0, strict=True)
         self.attr_prompts = check_int("sft-dynamics --attr-prompts", self.attr_prompts, 1)
-        if self.probes is not None and (self.preset != "tiny" or self.hf is not None):
+        if self.probes is not None and (self.preset not in (None, "tiny") or self.hf is not None):
             raise TinyldError("sft-dynamics: your own --probes take their model from --model (a Hugging Face GPT-2 "
                               "folder or a preset); --preset and --hf choose the world's base model")
         if (self.probes is None) != (self.model is None):
@@ -120,12 +120,15 @@ def check_base_model(cfg, command: str) -> None:
     from tinyld.demo import GPT2_RECIPE
 
     if cfg.hf is not None:
-        if not isinstance(cfg.hf, (str, os.PathLike)) or not Path(cfg.hf).is_dir():
+        if not isinstance(cfg.hf, (str, os.PathLike)) or not str(cfg.hf).strip() or not Path(cfg.hf).is_dir():
             raise TinyldError(f"{command} --hf {cfg.hf!r} is not a folder: give a local Hugging Face GPT-2 folder "
                               "(config.json + model.safetensors or pytorch_model.bin)")
         cfg.hf = str(cfg.hf)
         if cfg.preset == "tiny":
-            cfg.preset = "gpt2"  # a GPT-2 checkpoint is GPT-2 small with the GPT-2 BPE
+            raise TinyldError(f"{command}: --hf loads GPT-2 with the GPT-2 BPE; it goes with --preset gpt2 (or no "
+                              "--preset), not tiny")
+    if cfg.preset is None:
+        cfg.preset = "gpt2" if cfg.hf is not None else "tiny"
     check_choice(f"{command} --preset", cfg.preset, ("tiny", "gpt2"))
     if cfg.pretrain_steps is None:
         cfg.pretrain_steps = GPT2_RECIPE["steps"] if cfg.preset == "gpt2" else 3000
