@@ -157,7 +157,7 @@ def _pretrain_gpt2(world: World, tok, seed: int, steps: int, hf, device: torch.d
     tc = TrainConfig(task="pretrain", steps=steps, lr=r["lr"], warmup_steps=r["warmup_steps"],
                      schedule=r["schedule"], weight_decay=r["weight_decay"], grad_clip=r["grad_clip"], seed=seed,
                      log_every=max(1, steps // 10))
-    print(f"[tinyld] pretraining GPT-2 small ({'from ' + str(hf) if hf else 'random init'}) on the world's text: "
+    print(f"[tinyld] pretraining a GPT-2 ({'from ' + str(hf) if hf else 'random init'}) on the world's text: "
           f"{steps} steps of {r['batch_size']}×{block} tokens, AdamW lr {r['lr']:g}, on {device}")
     t = time.perf_counter()
     try:

@@ -225,7 +225,7 @@ class Trainer:
             self.loss_fn = LOSSES[cfg.task]
         self.step = 0
         self.history: list[dict] = []  # the logged records
-        self.device = next(model.parameters()).device
+        self.device = dev
         self.last_ckpt: Path | None = None
         self._ckpt_step: int | None = None
         self._between_steps = True  # False while an update is half-taken: no checkpoint may be written then
