@@ -1,9 +1,9 @@
 """Run by tests/test_ddp.py, with plain python (one process) or under torchrun (several gloo processes).
 
-python tests/ddp_worker.py OUT STEPS [--resume], or train_all(OUT, STEPS, resume) in-process: trains a tiny GPT
-on the world for STEPS steps of each task (pretraining, SFT, DPO; global batch 4; float64) with checkpoints in
-OUT/<task>/, and rank 0 writes the final weights to OUT/<task>/weights.pt. With resume each task continues from
-OUT/<task>/last.pt instead of starting over.
+python tests/ddp_worker.py OUT STEPS [OUT STEPS …] [--resume], or train_all(OUT, STEPS, resume) in-process: trains a
+tiny GPT on the world for STEPS steps of each task (pretraining, SFT, DPO; global batch 4; float64) with checkpoints
+in OUT/<task>/, and rank 0 writes the final weights to OUT/<task>/weights.pt; several OUT STEPS pairs share one
+launch. With resume each task continues from OUT/<task>/last.pt instead of starting over.
 """
 import os
 import sys
@@ -12,7 +12,7 @@ import torch
 
 from tinyld import GPT, GPTConfig
 from tinyld.data import PairData, PreferenceData, Reference, TextStream
-from tinyld.train import Trainer, TrainConfig, dist_info
+from tinyld.train import Trainer, TrainConfig, dist_info, from_rank0
 from tinyld.world import World
 
 def train_all(out: str, steps: int, resume: bool = False) -> None:
@@ -39,10 +39,23 @@ def train_all(out: str, steps: int, resume: bool = False) -> None:
             torch.save({k: v.clone() for k, v in tr.model.state_dict().items()}, os.path.join(folder, "weights.pt"))
 
 
+def hand_out(out: str) -> None:
+    """from_rank0: every rank writes what it received, and whether its own ``make`` ran, to OUT/handed_<rank>.json."""
+    import json
+
+    rank, made = dist_info()[0], []
+    got = from_rank0(lambda: made.append(rank) or {"pairs": [("x", "y+", "y-")], "made_by": rank})
+    with open(os.path.join(out, f"handed_{rank}.json"), "w") as f:
+        json.dump({"got": got, "made_here": made}, f)
+
+
 if __name__ == "__main__":
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.distributed.init_process_group("gloo")
     torch.set_num_threads(1)
-    train_all(sys.argv[1], int(sys.argv[2]), "--resume" in sys.argv)
+    jobs = [a for a in sys.argv[1:] if a != "--resume"]
+    for out, steps in zip(jobs[::2], jobs[1::2]):  # OUT STEPS [OUT STEPS …]: one launch, several runs
+        train_all(out, int(steps), "--resume" in sys.argv)
+    hand_out(jobs[0])
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -16,8 +16,9 @@ TASKS = ("pretrain", "sft", "dpo")
 STEPS = 4
 
 
-def launch(out: Path, steps: int, procs: int, resume: bool = False) -> None:
-    """Train under torchrun with ``procs`` processes, or (one process) here, without a launcher."""
+def launch(out: Path, steps: int, procs: int, resume: bool = False, more: tuple = ()) -> None:
+    """Train under torchrun with ``procs`` processes, or (one process) here, without a launcher. ``more``: further
+    (out, steps) runs in the same launch."""
     if procs == 1:
         sys.path.insert(0, str(WORKER.parent))
         try:
@@ -27,8 +28,9 @@ def launch(out: Path, steps: int, procs: int, resume: bool = False) -> None:
         with torch.random.fork_rng():
             train_all(str(out), steps, resume)
         return
+    jobs = [str(x) for job in ((out, steps), *more) for x in job]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", str(WORKER),
-           str(out), str(steps)] + (["--resume"] if resume else [])
+           *jobs] + (["--resume"] if resume else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -50,8 +52,7 @@ def runs(tmp_path_factory):
         pytest.skip("this torch build has no torch.distributed")
     base = tmp_path_factory.mktemp("ddp")
     launch(base / "one", STEPS, 1)
-    launch(base / "two", STEPS, 2)
-    launch(base / "split", STEPS // 2, 2)
+    launch(base / "two", STEPS, 2, more=[(base / "split", STEPS // 2)])  # and a run stopped halfway
     shutil.copytree(base / "split", base / "split_one")
     launch(base / "split", STEPS, 2, resume=True)
     launch(base / "split_one", STEPS, 1, resume=True)  # a 2-process checkpoint resumed by one process
@@ -78,6 +79,14 @@ def test_resumed_under_torchrun_matches_uninterrupted(runs, task):
 def test_only_rank_0_logs(runs):
     lines = (runs / "two" / "sft" / "log.jsonl").read_text().splitlines()
     assert sum('"step"' in line and '"loss"' in line for line in lines) == STEPS  # one record per step, not two
+
+
+def test_from_rank0_hands_rank_0s_object_to_every_rank(runs):
+    """What the ranks must agree on (on-policy DPO's sampled pairs) is made once, on rank 0, and received by all."""
+    for rank in (0, 1):
+        rec = json.loads((runs / "two" / f"handed_{rank}.json").read_text())
+        assert rec["got"] == {"pairs": [["x", "y+", "y-"]], "made_by": 0}
+        assert rec["made_here"] == ([0] if rank == 0 else [])
 
 
 def test_the_demo_runs_under_torchrun(tmp_path):
@@ -145,3 +154,4 @@ def test_a_bad_world_size_is_one_clear_line(monkeypatch, capsys, value, says):
     assert main(["demo", "--fast", "--out", "/nonexistent/never"]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+

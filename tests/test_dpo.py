@@ -407,24 +407,34 @@ def test_who_moves_takes_numpy_and_tensor_labels():
 # ========================================================================================= the command, end to end
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory):
-    import contextlib
-
     from tinyld.experiments.dpo_dynamics import run
+
+    from rank_play import record_training
 
     tmp = tmp_path_factory.mktemp("dpo")
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)  # the 5-step base models are cached in ./tinyld_out/cache
-        mp.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
-        cfg = DPODynamicsConfig(experiment="all", seeds=[0], modes=["easy"], sft_epochs=1, dpo_epochs=1,
-                                samples=1, pretrain_steps=5, out=str(tmp / "out"), threads=1)
-        res = run(cfg)
-    return tmp / "out", res
+        _one_thread_here(mp, tmp)
+        runs = record_training(mp)
+        res = run(_run_config(tmp / "out"))
+    return tmp / "out", res, runs
+
+
+def _run_config(out) -> DPODynamicsConfig:
+    return DPODynamicsConfig(experiment="all", seeds=[0], modes=["easy"], sft_epochs=1, dpo_epochs=1, samples=1,
+                             pretrain_steps=5, out=str(out), threads=1)
+
+
+def _one_thread_here(mp, tmp) -> None:
+    import contextlib
+
+    mp.chdir(tmp)  # the 5-step base models are cached in ./tinyld_out/cache
+    mp.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
 
 
 def test_the_command_writes_strict_json_claims_and_figures(dpo_run):
     import json
 
-    out, res = dpo_run
+    out, res, _ = dpo_run
     text = (out / "dpo_dynamics.json").read_text()
     back = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert "models" not in text  # model snapshots stay in memory
@@ -452,3 +462,26 @@ def test_the_command_writes_strict_json_claims_and_figures(dpo_run):
         return
     for name in ("fig4_easy.png", "mass_easy.png", "extend_easy.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_under_torchrun_the_other_ranks_only_train(dpo_run):
+    """The command as rank 1 of a torchrun group plays it (rank_play): it joins every training run of rank 0's
+    (dynamics, on-policy, extend, conditions), in the same order, reaching the same weights, while it measures no
+    probe, judges nothing and writes no file. On-policy pairs come from rank 0 (here: the process itself)."""
+    from rank_play import as_rank, forbid, record_training
+
+    from tinyld.experiments import dpo_dynamics
+    from tinyld.probes import ProbeSet, Tracker
+
+    out, _, main_runs = dpo_run
+    assert len(main_runs) >= 16 and {r[0] for r in main_runs} == {"sft", "dpo"}
+    with pytest.MonkeyPatch.context() as mp:
+        _one_thread_here(mp, out.parent)
+        runs = record_training(mp)
+        as_rank(mp, 1)
+        forbid(mp, [(Tracker, "measure"), (ProbeSet, "with_init")] + [
+            (dpo_dynamics, f) for f in ("regime", "greedy_answers", "valley_depth", "mass", "peaks", "sampled_correct",
+                                        "judge_dpo", "figure")])
+        assert dpo_dynamics.run(_run_config(out.parent / "rank1")) == {}
+    assert runs == main_runs
+    assert not (out.parent / "rank1").exists()

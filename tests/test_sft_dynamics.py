@@ -439,6 +439,8 @@ def _oracle_claims(runs):
 
 @pytest.fixture(scope="module")
 def world_run(tmp_path_factory):
+    from rank_play import record_training
+
     tmp = tmp_path_factory.mktemp("world")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)  # tinyld.demo.pretrained caches into ./tinyld_out/cache
@@ -450,15 +452,16 @@ def world_run(tmp_path_factory):
         cfg = SFTDynamicsConfig(seeds=[0, 1, 2], modes=["hard"], epochs=2, pretrain_steps=5, attr_prompts=2,
                                 out=str(tmp / "out"), threads=1, fast=True)
         assert (cfg.epochs, cfg.pretrain_steps) == (2, 5)
+        runs = record_training(mp)
         res = run(cfg)
         from tinyld.demo import pretrained
 
         models = {s: pretrained(s, steps=5)[2] for s in cfg.seeds}  # from the cache the run wrote
-    return tmp, res, models
+    return tmp, res, models, runs, cfg
 
 
 def test_world_run_generations_and_outputs(world_run):
-    tmp, res, _ = world_run
+    tmp, res, *_ = world_run
     assert len(list((tmp / "tinyld_out" / "cache").glob("*.pt"))) == 3  # the base models were cached here
     m = res["modes"]["hard"]
     assert list(res["modes"]) == ["hard"]
@@ -488,7 +491,7 @@ def test_world_run_generations_and_outputs(world_run):
 
 
 def test_world_run_claims_follow_the_curves(world_run):
-    _, res, _ = world_run
+    _, res, *_ = world_run
     m = res["modes"]["hard"]
     want = _oracle_claims(m["runs"])
     got = {c["claim"]: (c["held"], c["verdict"]) for c in m["claims"]}
@@ -498,7 +501,7 @@ def test_world_run_claims_follow_the_curves(world_run):
 
 
 def test_world_run_regime_and_step0_curves(world_run):
-    _, res, models = world_run
+    _, res, models, *_ = world_run
     m = res["modes"]["hard"]
     for s, reg, r in zip([0, 1, 2], m["regime_per_seed"], m["runs"]):
         world = World(s, mode="hard")
@@ -543,3 +546,69 @@ def test_cli_user_errors_exit_2_with_one_line(args, capsys, tmp_path, monkeypatc
     assert err.startswith("error:") and err.count("\n") == 1 and err.endswith("\n"), err
     assert "Traceback" not in err
     assert not (tmp_path / "tinyld_out").exists()  # refused before anything was written
+
+
+MEASUREMENTS = ("regime", "greedy_answers", "response_logprobs", "valley_depth", "judge", "figure")
+
+
+def _play_rank_1(mp, tmp) -> tuple[list, list]:
+    """From now on this process is rank 1 of a torchrun group (rank_play) and measuring fails. Returns the lists of
+    the training runs it takes and of its forward passes outside training."""
+    from rank_play import as_rank, forbid, forward_passes_without_grad, record_training
+
+    import tinyld.dynamics
+    from tinyld.experiments import sft_dynamics
+    from tinyld.probes import Tracker
+
+    mp.chdir(tmp)
+    mp.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
+    runs = record_training(mp)
+    as_rank(mp, 1)
+    forbid(mp, [(Tracker, "measure"), (ProbeSet, "with_init"), (tinyld.dynamics, "contributions")] +
+           [(sft_dynamics, f) for f in MEASUREMENTS])
+    return runs, forward_passes_without_grad(mp)
+
+
+def test_under_torchrun_the_other_ranks_only_train(world_run):
+    """The command as rank 1 of a torchrun group: it joins every SFT and attribution run of rank 0's, in the same
+    order, reaching the same weights, while no forward pass runs outside training (no probe, no answer, no
+    attribution prediction), nothing is judged and no file is written."""
+    tmp, _, _, main_runs, cfg = world_run
+    # seed 0: SFT (AdamW, 2 epochs of 5 steps), then its attribution run (SGD); seeds 1 and 2: SFT
+    assert [r[1:3] for r in main_runs] == [(10, "adamw"), (10, "sgd"), (10, "adamw"), (10, "adamw")]
+    with pytest.MonkeyPatch.context() as mp:
+        runs, quiet = _play_rank_1(mp, tmp)
+        assert run(SFTDynamicsConfig(**{**vars(cfg), "out": str(tmp / "rank1")})) == {}
+    assert quiet == []
+    assert runs == main_runs
+    assert not (tmp / "rank1").exists()
+
+
+def test_conditions_table_and_the_other_ranks(tmp_path):
+    """--conditions: one row per condition (the default, lr / 3, lr × 3, clipping switched, plain SGD, a shallow base
+    model) with each claim's seeds held, conditions.txt; and as rank 1 of a torchrun group, the same training runs
+    and nothing else."""
+    from rank_play import record_training
+
+    from tinyld.experiments.sft_dynamics import conditions
+
+    cfg = SFTDynamicsConfig(seeds=[0], modes=["easy"], epochs=1, pretrain_steps=5, out=str(tmp_path / "out"),
+                            threads=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        mp.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
+        main_runs = record_training(mp)
+        (tmp_path / "out").mkdir()
+        res = conditions(cfg, tmp_path / "out")
+    rows = res["rows"]
+    assert [(r["optimizer"], r["lr"], r["grad_clip"], r["pretrain_steps"]) for r in rows] == [
+        ("adamw", 1e-3, 0.0, 5), ("adamw", 1e-3 / 3, 0.0, 5), ("adamw", 1e-3 * 3, 0.0, 5), ("adamw", 1e-3, 1.0, 5),
+        ("sgd", cfg.attr_lr, 0.0, 5), ("adamw", 1e-3, 0.0, 1)]
+    assert rows[5]["valley_depth"] != rows[0]["valley_depth"]  # another base model
+    text = (tmp_path / "out" / "conditions.txt").read_text()
+    assert text.splitlines() == res["table"] and "chosen rises" in text and "1/1" in text
+    assert [(r[1], r[2], r[3]) for r in main_runs] == [(5, r["optimizer"], r["lr"]) for r in rows]
+    with pytest.MonkeyPatch.context() as mp:
+        runs, quiet = _play_rank_1(mp, tmp_path)
+        assert conditions(cfg, tmp_path / "rank1") == {}
+    assert quiet == [] and runs == main_runs and not (tmp_path / "rank1").exists()

@@ -255,7 +255,8 @@ def main(argv=None) -> int:
             if args.cmd == "forecast" and launched_processes() > 1:
                 if os.environ.get("RANK", "0") != "0":
                     return 2  # rank 0 says why, once
-                raise TinyldError("forecast does not run under torchrun (CHES trains on one pair at a time, which "
+                raise TinyldError("forecast does not run under torchrun (it trains tiny models in many short runs, "
+                                  "which one process does as fast, and CHES trains on one pair at a time, which "
                                   "processes cannot share): run it with python -m tinyld forecast")
             init_distributed()
         return {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics,

@@ -19,7 +19,7 @@ from tinyld.evaluate import greedy_answers, response_logprobs, text_stats, valle
 from tinyld.model import GPT, GPTConfig
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
                             num_threads, pick_device, seed_everything, versions, writable_dir)
-from tinyld.train import TrainConfig, Trainer
+from tinyld.train import TrainConfig, Trainer, is_main
 from tinyld.world import World
 
 
@@ -247,6 +247,9 @@ def _run_demo(cfg: DemoConfig, out: Path, dev) -> dict:
     model, hist = pretrain(world, tok, cfg, dev.device, out / "pretrain")
     print(f"      {model.num_params():,} parameters · loss {hist[0]['loss']:.3f} → {hist[-1]['loss']:.4f} "
           f"in {time.perf_counter() - t:.1f} s")
+    if not is_main():  # under torchrun the other ranks join the SFT steps; only rank 0 measures and writes
+        _sft(cfg, model, tok, world, out)
+        return {}
     base = report(model, tok, world)
     ht = base["heldout_text"]
     print(f"      held-out world text: mean top-1 probability {ht['top1']:.3f}, "
@@ -260,14 +263,7 @@ def _run_demo(cfg: DemoConfig, out: Path, dev) -> dict:
     base["decomposition"] = decomposition_check(model, tok, world)
     print(f"\n[4/5] SFT on {len(world.train_items())} prompts for {cfg.sft_steps} steps (AdamW, lr {cfg.sft_lr}; "
           "loss = −log π(y⁺|x) summed over response tokens)")
-    data = PairData(tok, [i.example("train") for i in world.train_items()], 8, model.config.block_size, cfg.seed)
-    tc = TrainConfig(task="sft", steps=cfg.sft_steps, lr=cfg.sft_lr, seed=cfg.seed, log_every=5,
-                     out_dir=str(out / "sft"))
-    try:
-        sft_hist = Trainer(model, data, tc, tok).run(overwrite=True)
-    except TrainingDiverged as e:
-        raise TrainingDiverged(f"SFT diverged (lower --sft-lr, now {cfg.sft_lr:g}); the pretrained model is in "
-                               f"{out / 'pretrain' / 'last.pt'}: {e}") from None
+    sft_hist = _sft(cfg, model, tok, world, out)
     print("      loss " + " → ".join(f"{r['loss']:.2f}" for r in sft_hist[:: max(1, len(sft_hist) // 6)]))
     after = report(model.eval(), tok, world)
     print(f"\n[5/5] {'':28s}{'before SFT':>14s}{'after SFT':>14s}")
@@ -283,12 +279,22 @@ def _run_demo(cfg: DemoConfig, out: Path, dev) -> dict:
     result = {"config": asdict(cfg), "versions": versions(), "params": model.num_params(),
               "pretrain": {"losses": hist, **base}, "sft": {"losses": sft_hist, **after},
               "runtime_s": round(time.perf_counter() - t0, 1)}
-    from tinyld.train import dist_info
-
-    if dist_info()[0] == 0:  # under torchrun every rank holds the same result; one writes it
-        (out / "demo.json").write_text(json.dumps(result, indent=1))
+    (out / "demo.json").write_text(json.dumps(result, indent=1))
     print(f"\nwrote {out / 'demo.json'} · checkpoints in {out}/pretrain, {out}/sft · {result['runtime_s']} s")
     return result
+
+
+def _sft(cfg: DemoConfig, model, tok, world: World, out: Path) -> list[dict]:
+    """The demo's SFT stage: AdamW on the training prompts, logged and checkpointed in out/sft."""
+    data = PairData(tok, [i.example("train") for i in world.train_items()], 8, model.config.block_size, cfg.seed)
+    tc = TrainConfig(task="sft", steps=cfg.sft_steps, lr=cfg.sft_lr, seed=cfg.seed, log_every=5,
+                     out_dir=str(out / "sft"))
+    try:
+        sft_hist = Trainer(model, data, tc, tok).run(overwrite=True)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"SFT diverged (lower --sft-lr, now {cfg.sft_lr:g}); the pretrained model is in "
+                               f"{out / 'pretrain' / 'last.pt'}: {e}") from None
+    return sft_hist
 
 
 def decomposition_check(model, tok, world: World, target: float = 0.1) -> dict:

@@ -112,6 +112,22 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def is_main() -> bool:
+    """True on rank 0, and always without torchrun: the process that measures, prints and writes files."""
+    return dist_info()[0] == 0
+
+
+def from_rank0(make: Callable[[], object]):
+    """``make()`` run on rank 0 alone, its result (any picklable object) handed to every rank. For what the ranks
+    must agree on exactly and only one should compute: on-policy samples that become the next batches."""
+    rank, world = dist_info()
+    if world == 1:
+        return make()
+    box = [make() if rank == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def launched_processes() -> int:
     """How many processes torchrun launched (WORLD_SIZE), 1 without torchrun."""
     raw = os.environ.get("WORLD_SIZE", "1").strip() or "1"

@@ -89,6 +89,7 @@ class World:
         check_int("World n_people", n_people, 3, len(NAMES))
         check_choice("World mode", mode, MODES)
         self.seed, self.mode = seed, mode
+        self._items: dict[tuple, Item] = {}
         rng = random.Random(seed)
         self.people = rng.sample(NAMES, n_people)
         self.facts = {n: {r: rng.choice(vals) for r, (vals, *_) in RELATIONS.items()} for n in self.people}
@@ -106,6 +107,12 @@ class World:
         return (reph if rephrase else canon).format(n=name, v=value or self.facts[name][rel])
 
     def item(self, name: str, rel: str) -> Item:
+        key = (name, rel, self.facts.get(name, {}).get(rel))
+        if key not in self._items:  # each item is drawn from its own seeded generators: build it once
+            self._items[key] = self._item(name, rel)
+        return self._items[key]
+
+    def _item(self, name: str, rel: str) -> Item:
         if name not in self.facts:
             raise TinyldError(f"{name!r} is not a person of this world: choose one of {', '.join(self.people)}")
         if rel not in RELATIONS:

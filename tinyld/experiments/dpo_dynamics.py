@@ -39,7 +39,7 @@ from tinyld.probes import ProbeSet, Tracker
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, num_threads,
                             pick_device, versions, write_text_atomic)
 from tinyld.squeeze import MASS_CLASSES, token_mass
-from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
+from tinyld.train import OPTIMIZERS, TrainConfig, Trainer, from_rank0, is_main
 from tinyld.world import MODES, World
 
 EXPERIMENTS = ("dynamics", "extend", "on-policy", "conditions", "all")
@@ -214,7 +214,10 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
     On-policy: every epoch, pairs sampled from the current policy and ranked by the oracle
     (:func:`on_policy_pairs`); the reference log-probs of each new set are computed once, batched. ``dense``: the
     tracker also measures after every step of the first epoch (where SGD's brief rise of y⁺ happens).
-    ``snapshots``: DPO epochs after which a copy of the model is kept (``run["models"][k]``; not saved in JSON)."""
+    ``snapshots``: DPO epochs after which a copy of the model is kept (``run["models"][k]``; not saved in JSON).
+    Under torchrun every rank trains, rank 0 alone measures (the others return ``{}``) and samples the on-policy
+    pairs, which it hands to the others."""
+    main = is_main()
     ref_model = copy.deepcopy(model).eval()
     model = copy.deepcopy(model)
     items = world.train_items()
@@ -239,16 +242,17 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
         if (end if on_policy else step % spe == 0 or (dense and step < spe)):
             tracker.measure(m, step)
 
-    start_peak = peaks(model, tok, examples)  # the argmax at every position before DPO
-    tracker.measure(model, 0)
-    measure(model, 0, end=True)
+    if main:
+        start_peak = peaks(model, tok, examples)  # the argmax at every position before DPO
+        tracker.measure(model, 0)
+        measure(model, 0, end=True)
     tc = cfg.train_config("dpo", steps, seed, optimizer, lr, beta)
     t0 = time.perf_counter()
     trainer = None
     epochs = range(cfg.dpo_epochs) if on_policy else [None]
     for e in epochs:
         if on_policy:
-            pairs = on_policy_pairs(model, tok, world, items, cfg.samples, seed * 1000 + e)
+            pairs = from_rank0(lambda: on_policy_pairs(model, tok, world, items, cfg.samples, seed * 1000 + e))
             measured["pairs"].append(len(pairs))
             if not pairs:  # every sample is correct: nothing to push down this round
                 continue
@@ -264,11 +268,14 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
         if on_policy:  # one round: one epoch over the new pairs
             trainer.cfg = replace(tc, steps=trainer.step + data.batches_per_epoch)
         try:
-            trainer.run(lambda tr, s: (track(tr.model, s, s == tr.cfg.steps), measure(tr.model, s, s == tr.cfg.steps)))
+            trainer.run(lambda tr, s: (track(tr.model, s, s == tr.cfg.steps), measure(tr.model, s, s == tr.cfg.steps))
+                        if main else None)
         except TrainingDiverged as ex_:
             raise TrainingDiverged(f"DPO ({tc.optimizer}, lr {tc.lr:g}, β {tc.pair_loss['beta']:g}, seed {seed}) "
                                    f"diverged: lower --lr or --beta ({ex_})") from None
     train_s = time.perf_counter() - t0
+    if not main:
+        return {}
     return {"seed": seed, "optimizer": tc.optimizer, "lr": tc.lr, "beta": tc.pair_loss["beta"],
             "loss": tc.pair_loss["name"], "on_policy": on_policy, "steps_per_epoch": spe,
             "steps": trainer.step if trainer else 0,
@@ -366,16 +373,20 @@ def squeeze_summary(r: dict) -> dict:
 
 
 def _probes(model, tok, world: World) -> ProbeSet:
-    return ProbeSet.from_world(world).with_init(model, tok)
+    probes = ProbeSet.from_world(world)
+    return probes.with_init(model, tok) if is_main() else probes  # y_init is a measurement: rank 0's
 
 
 def run_dynamics(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
-    runs, regimes = [], []
+    main, runs, regimes = is_main(), [], []  # under torchrun the other ranks only train (and return {})
     for seed in cfg.seeds:
         model, tok, world = base(cfg, seed, mode)
         items = world.train_items()
         model = sft(cfg, seed, model, tok, [it.example() for it in items], sft_steps(cfg, len(items)))
         probes = _probes(model, tok, world)
+        if not main:
+            dpo(cfg, seed, model, tok, probes, world, dense=True)
+            continue
         regimes.append(regime(model, tok, probes, world))
         r = dpo(cfg, seed, model, tok, probes, world, dense=True)
         r.pop("models")
@@ -383,6 +394,8 @@ def run_dynamics(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
         s = squeeze_summary(r)
         print(f"  seed {seed}: y⁻ {s['rejected']:+.1f}, y⁺ {s['chosen']:+.1f}, y* {s['star']:+.1f} nats · "
               f"{s['falling']}/{s['families']} families fall · {r['seconds']} s", flush=True)
+    if not main:
+        return {}
     claims = judge_dpo(runs)
     res = {"regime_before_dpo": _summary(regimes), "regime_per_seed": regimes, "claims": claims, "runs": runs}
     try:
@@ -395,7 +408,7 @@ def run_dynamics(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
 
 
 def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
-    per_seed = []
+    main, per_seed = is_main(), []  # under torchrun the other ranks only train (and return {})
     for seed in cfg.seeds:
         model, tok, world = base(cfg, seed, mode)
         items = world.train_items()
@@ -404,14 +417,20 @@ def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
         arms = {}
         for arm, examples in (("baseline", [it.example() for it in items]),
                               ("extend", [e for it in items for e in (it.example(), Example(it.prompt, it.rejected))])):
-            tr = Tracker(tok, probes, every=max(1, steps // max(1, cfg.sft_epochs)), valley=False)
-            tr.measure(model, 0)
+            tr = None
+            if main:  # log π during SFT
+                tr = Tracker(tok, probes, every=max(1, steps // max(1, cfg.sft_epochs)), valley=False)
+                tr.measure(model, 0)
             m = sft(cfg, seed, model, tok, examples, steps, tracker=tr)
             run = dpo(cfg, seed, m, tok, _probes(m, tok, world), world, snapshots=win_epochs(cfg))
+            if not main:
+                continue
             run["sft_rejected"] = tr.curve("rejected", "train")[1]
             run["sft_chosen"] = tr.curve("chosen", "train")[1]
             run["valley_before_dpo"] = valley_depth(m, tok)
             arms[arm] = run
+        if not main:
+            continue
         win = []
         for k in win_epochs(cfg):
             ca = sampled_correct(arms["extend"]["models"][k], tok, world, world.test_items(), cfg.samples, seed)
@@ -434,6 +453,8 @@ def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
               f"{rec['extend']['sft_rejected'][-1]:.1f} · during DPO y* {sb['star']:+.1f} vs {se['star']:+.1f}, y⁺ "
               f"{sb['chosen']:+.1f} vs {se['chosen']:+.1f} · win/tie/loss of extend " +
               ", ".join(f"ep{x['dpo_epochs']} {x['wins']}/{x['ties']}/{x['losses']}" for x in win), flush=True)
+    if not main:
+        return {}
     claims = []
     add_claim(claims, "extend: y⁻ higher after SFT",
               "after extend's SFT, log π(y⁻) is higher than after the baseline's (y⁻ is lifted out of its valley)",
@@ -476,14 +497,19 @@ def win_epochs(cfg: DPODynamicsConfig) -> tuple[int, ...]:
 
 
 def run_on_policy(cfg: DPODynamicsConfig, mode: str, out: Path, off: dict | None = None) -> dict:
-    per_seed = []
+    """On- against off-policy DPO from the same SFT model; ``off``: run_dynamics's result, whose off-policy runs are
+    reused (None: run them here)."""
+    main, per_seed = is_main(), []  # under torchrun the other ranks only train (and return {})
     for i, seed in enumerate(cfg.seeds):
         model, tok, world = base(cfg, seed, mode)
         items = world.train_items()
         model = sft(cfg, seed, model, tok, [it.example() for it in items], sft_steps(cfg, len(items)))
         probes = _probes(model, tok, world)
-        off_run = off["runs"][i] if off else dpo(cfg, seed, model, tok, probes, world, dense=True)
+        off_run = dpo(cfg, seed, model, tok, probes, world, dense=True) if off is None else None
         on_run = dpo(cfg, seed, model, tok, probes, world, on_policy=True)
+        if not main:
+            continue
+        off_run = off_run or off["runs"][i]
         on_run.pop("models")
         rec = {"seed": seed, "off": squeeze_summary(off_run), "on": squeeze_summary(on_run),
                "pairs_per_round": on_run["pairs_per_round"], "on_run": on_run}
@@ -492,6 +518,8 @@ def run_on_policy(cfg: DPODynamicsConfig, mode: str, out: Path, off: dict | None
               f"{rec['off']['chosen']:+.1f} / on {rec['on']['chosen']:+.1f}, families falling off "
               f"{rec['off']['falling']} / on {rec['on']['falling']} · on-policy pairs per round "
               f"{on_run['pairs_per_round']}", flush=True)
+    if not main:
+        return {}
     claims = []
     add_claim(claims, "on-policy: y* rises less", "sampling y⁻ from the policy squeezes less: y* rises less",
               [{"change": r["on"]["star"] - r["off"]["star"], "held": r["on"]["star"] < r["off"]["star"]}
@@ -512,7 +540,7 @@ def run_conditions(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
     conds = [("default", {}), ("shallow valley", {"pre": shallow}), ("sgd", {"optimizer": "sgd", "lr": 10 * cfg.lr}),
              (f"β {10 * cfg.beta:g}", {"beta": 10 * cfg.beta}), (f"lr {cfg.lr / 3:.2g}", {"lr": cfg.lr / 3}),
              (f"lr {cfg.lr * 3:.2g}", {"lr": cfg.lr * 3})]
-    rows = []
+    main, rows = is_main(), []  # under torchrun the other ranks only train (and return {})
     for name, kw in conds:
         runs, valleys = [], []
         for seed in cfg.seeds:
@@ -520,10 +548,13 @@ def run_conditions(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
             items = world.train_items()
             model = sft(cfg, seed, model, tok, [it.example() for it in items], sft_steps(cfg, len(items)),
                         optimizer=kw.get("optimizer"), lr=kw.get("lr"))
-            valleys.append(valley_depth(model, tok))
+            if main:
+                valleys.append(valley_depth(model, tok))
             runs.append(dpo(cfg, seed, model, tok, _probes(model, tok, world), world, optimizer=kw.get("optimizer"),
                             lr=kw.get("lr"), beta=kw.get("beta"), dense=True))
-            runs[-1].pop("models")
+            runs[-1].pop("models", None)
+        if not main:
+            continue
         cl = judge_dpo(runs)
         rows.append({"condition": name, "optimizer": kw.get("optimizer", cfg.optimizer), "lr": kw.get("lr", cfg.lr),
                      "beta": kw.get("beta", cfg.beta), "pretrain_steps": kw.get("pre", cfg.pretrain_steps),
@@ -532,6 +563,8 @@ def run_conditions(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
                      "squeeze": [squeeze_summary(r) for r in runs]})
         print(f"  {name}: valley {rows[-1]['valley_depth']:.1f} nats/token · " +
               ", ".join(f"{k} {v}" for k, v in rows[-1]["claims"].items()), flush=True)
+    if not main:
+        return {}
     heads = [r["condition"] for r in rows]
     table = [f"{'claim':34s}" + "".join(f"{h:>15s}" for h in heads),
              f"{'  optimizer, lr':34s}" + "".join(f"{r['optimizer']} {r['lr']:.2g}".rjust(15) for r in rows),
@@ -584,11 +617,13 @@ def _run(cfg: DPODynamicsConfig, out: Path) -> dict:
           f"batch {cfg.batch_size}, {cfg.sft_epochs} SFT + {cfg.dpo_epochs} DPO epochs, seeds {cfg.seeds}")
     result = {"config": asdict(cfg), "versions": versions(), "modes": {}}
     texts = []
+    main = is_main()  # under torchrun the other ranks join every training run and measure, print, write nothing
     for mode in cfg.modes:
         res = result["modes"][mode] = {}
         if want & {"dynamics", "on-policy"}:
             print(f"\n== off-policy DPO dynamics, {mode} world ==")
             res["dynamics"] = run_dynamics(cfg, mode, out)
+        if want & {"dynamics", "on-policy"} and main:
             reg = res["dynamics"]["regime_before_dpo"]
             print(f"  regime before DPO (mean ± sd): log π(y⁺) {reg['logp_chosen']['mean']:.1f} ± "
                   f"{reg['logp_chosen']['sd']:.1f}, y* ≠ y⁺ at {reg['ystar_differs']['mean']:.2f} of positions, "
@@ -598,16 +633,20 @@ def _run(cfg: DPODynamicsConfig, out: Path) -> dict:
         if "on-policy" in want:
             print(f"\n== on-policy vs off-policy DPO, {mode} world ==")
             res["on_policy"] = run_on_policy(cfg, mode, out, res.get("dynamics"))
+        if "on-policy" in want and main:
             texts.append(claims_table(res["on_policy"]["claims"], f"on-policy vs off-policy, {mode} world"))
             print(texts[-1])
         if "extend" in want:
             print(f"\n== extend vs baseline, {mode} world ==")
             res["extend"] = run_extend(cfg, mode, out)
+        if "extend" in want and main:
             texts.append(claims_table(res["extend"]["claims"], f"extend vs baseline, {mode} world"))
             print(texts[-1])
         if "conditions" in want and mode == cfg.modes[0]:
             print(f"\n== conditions, {mode} world ==")
             res["conditions"] = run_conditions(cfg, mode, out)
+    if not main:
+        return {}
     result["runtime_s"] = round(time.perf_counter() - t0, 1)
     write_text_atomic(out / "dpo_dynamics.json", json.dumps(_plain_json(result), indent=1, allow_nan=False))
     write_text_atomic(out / "claims.txt", "\n\n".join(texts) + "\n")

@@ -35,7 +35,7 @@ from tinyld.evaluate import greedy_answers, response_logprobs, valley_depth
 from tinyld.probes import FAMILIES, ProbeSet, Tracker, position_stats
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
                             num_threads, pick_device, versions, write_text_atomic, writable_dir)
-from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
+from tinyld.train import OPTIMIZERS, TrainConfig, Trainer, is_main
 from tinyld.world import ANSWER_KINDS, MODES, World
 
 SIMILAR = ("rejected", "gpts_chosen", "gpts_rejected", "init", "test_chosen")  # "rise first, then fall"
@@ -150,20 +150,9 @@ def base_model(cfg, seed: int, steps: int | None = None):
 
 
 def output_dir(path, what: str) -> Path:
-    """The experiment's output folder. Under torchrun every rank runs the experiment (each trains on its share of
-    every batch and measures the same weights); only rank 0's files are kept, the others write to a temporary
-    folder removed at exit."""
-    from tinyld.train import dist_info
-
-    if dist_info()[0] == 0:
-        return writable_dir(path, what)
-    import atexit
-    import shutil
-    import tempfile
-
-    tmp = tempfile.mkdtemp(prefix="tinyld-rank")
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    return Path(tmp)
+    """The experiment's output folder, checked writable. Under torchrun only rank 0 measures and writes; the other
+    ranks join its training runs (each takes its share of every batch) and leave the folder alone."""
+    return writable_dir(path, what) if is_main() else Path(path)
 
 
 def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
@@ -172,7 +161,8 @@ def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
         return _user_setup(cfg, seed)
     tok, model = base_model(cfg, seed)
     world = World(seed, mode=mode)
-    return model, tok, ProbeSet.from_world(world).with_init(model, tok), world
+    probes = ProbeSet.from_world(world)
+    return model, tok, probes.with_init(model, tok) if is_main() else probes, world  # y_init: a measurement
 
 
 def _user_setup(cfg: SFTDynamicsConfig, seed: int):
@@ -197,7 +187,7 @@ def _user_setup(cfg: SFTDynamicsConfig, seed: int):
         print(f"  note: --model {cfg.model} is a randomly initialised {cfg.model!r} GPT (seed {seed}), not trained "
               "weights: its curves say nothing about a pretrained model")
     model = model.to(pick_device(cfg.device).device)
-    return model.eval(), tok, probes.with_init(model, tok), None
+    return model.eval(), tok, probes.with_init(model, tok) if is_main() else probes, None
 
 
 def regime(model, tok, probes: ProbeSet, world: World | None) -> dict:
@@ -225,13 +215,27 @@ def regime(model, tok, probes: ProbeSet, world: World | None) -> dict:
 
 def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: ProbeSet, world: World | None,
             optimizer: str | None = None, lr: float | None = None, out: Path | None = None) -> dict:
-    """SFT on the training split with the tracker (and, given a world, classified answers after every epoch)."""
+    """SFT on the training split with the tracker (and, given a world, classified answers after every epoch).
+    Under torchrun the ranks other than 0 only train (and return ``{}``): rank 0 alone measures."""
     model = copy.deepcopy(model)
     examples = probes.examples("train")
     data = PairData(tok, examples, cfg.batch_size, model.config.block_size, seed)
     spe = data.batches_per_epoch
     steps = cfg.epochs * spe
     every = cfg.every or spe
+    tc = TrainConfig(task="sft", steps=steps, optimizer=optimizer or cfg.optimizer, lr=lr or cfg.lr, seed=seed,
+                     grad_clip=cfg.grad_clip, log_every=spe, progress=False)
+
+    def train(callback=None):
+        try:
+            return Trainer(model, data, tc, tok).run(callback)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"SFT ({tc.optimizer}, seed {seed}, {mode}) diverged: lower --lr (now {tc.lr:g})"
+                                   f" or set --grad-clip ({e})") from None
+
+    if not is_main():
+        train()
+        return {}
     tracker = Tracker(tok, probes, every=every)
     gens = {"epochs": [], "counts": {"train": [], "test": []}, "examples": []}
     gen_s = [0.0]
@@ -259,15 +263,9 @@ def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: Pr
     tracker.measure(model, 0)
     if world is not None:
         generations(model, 0)
-    tc = TrainConfig(task="sft", steps=steps, optimizer=optimizer or cfg.optimizer, lr=lr or cfg.lr, seed=seed,
-                     grad_clip=cfg.grad_clip, log_every=spe, progress=False)
     before = tracker.seconds + gen_s[0]  # step 0's measurements, taken before the clock starts
     t0 = time.perf_counter()
-    try:
-        hist = Trainer(model, data, tc, tok).run(callback)
-    except TrainingDiverged as e:
-        raise TrainingDiverged(f"SFT ({tc.optimizer}, seed {seed}, {mode}) diverged: lower --lr (now {tc.lr:g}) or "
-                               f"set --grad-clip ({e})") from None
+    hist = train(callback)
     train_s = time.perf_counter() - t0 - (tracker.seconds + gen_s[0] - before)
     run = {"seed": seed, "mode": mode, "optimizer": tc.optimizer, "lr": tc.lr, "steps": steps,
            "steps_per_epoch": spe, "every": every, "loss": [r["loss"] for r in hist],
@@ -294,7 +292,8 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
     """Plain SGD at ``cfg.attr_lr`` (no clipping, no momentum). Before every step, the engine's per-example
     prediction (:func:`~tinyld.dynamics.contributions`) for the observed sequences; after it, the actual log π.
     Observed: for the first ``attr_prompts`` training prompts u, y_{j≠u}⁺ and y_u⁺ under x_u (columns 2k, 2k+1).
-    ``r2``, ``final_rel_err`` and the two curves are about the y_{j≠u}⁺ columns: summed predictions vs actual."""
+    ``r2``, ``final_rel_err`` and the two curves are about the y_{j≠u}⁺ columns: summed predictions vs actual.
+    Under torchrun the ranks other than 0 only train (and return ``{}``)."""
     from tinyld.dynamics import SFTUpdate, contributions, lm_rows
 
     model = copy.deepcopy(model).use_fast(False)  # float32 steps: the first-order comparison is exact to rounding
@@ -311,7 +310,8 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
     rows = lm_rows(obs)
     n_ex, n_obs = len(examples), len(obs_y)
     pred = torch.zeros(n_ex, n_obs, dtype=torch.float64)  # Σ_t predicted Δ log π(obs) due to example j
-    actual = [response_logprobs(model, tok, obs_p, obs_y).double()]
+    main = is_main()
+    actual = [response_logprobs(model, tok, obs_p, obs_y).double()] if main else []
     pred_total = torch.zeros(n_obs, dtype=torch.float64)
     pred_curves = [pred_total.clone()]
 
@@ -332,11 +332,14 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
                      log_every=steps, progress=False)
     t0 = time.perf_counter()
     try:
-        before(0)
-        Trainer(model, data, tc, tok).run(callback)
+        if main:
+            before(0)
+        Trainer(model, data, tc, tok).run(callback if main else None)
     except TinyldError as e:  # TrainingDiverged too
         raise TinyldError(f"the attribution run (SGD, seed {seed}) failed at --attr-lr {cfg.attr_lr:g}: lower it, so "
                           f"that one step moves log-probs by a fraction of a nat ({e})") from None
+    if not main:
+        return {}
     act = torch.stack(actual) - actual[0]  # (steps+1, n_obs) accumulated actual change
     prd = torch.stack(pred_curves)  # (steps+1, n_obs) accumulated predicted change
     prompt_index = {p.prompt: k for k, p in enumerate(train)}
@@ -485,11 +488,18 @@ def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
     if cfg.probes and cfg.conditions:
         print("  note: --conditions sweeps the world's base models; it is skipped with --probes")
     result = {"config": asdict(cfg), "versions": versions(), "modes": {}}
+    main = is_main()  # under torchrun the other ranks join every training run below and measure nothing
     for mode in modes:
         print(f"\n== {mode} ==" + ("" if mode == "user" else f" (world mode {mode!r})"))
         runs, regimes, attrs = [], [], []
         for seed in cfg.seeds:
             model, tok, probes, world = setup(cfg, seed, mode)
+            attributes = cfg.attribution and mode == modes[0] and not (cfg.fast and seed != cfg.seeds[0])
+            if not main:
+                sft_run(cfg, seed, mode, model, tok, probes, world)
+                if attributes:
+                    attribution(cfg, seed, model, tok, probes)
+                continue
             reg = regime(model, tok, probes, world)
             regimes.append(reg)
             r = sft_run(cfg, seed, mode, model, tok, probes, world, out=out)
@@ -497,11 +507,13 @@ def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
             line = (f"  seed {seed}: log π(y⁺) {reg['logp_chosen']:.1f} → {r['curves']['train']['chosen'][-1]:.1f}"
                     f" · tracker {r['seconds']['tracker']:.1f} s = {100 * r['tracker_cost']:.0f}% of training "
                     f"{r['seconds']['train']:.1f} s")
-            if cfg.attribution and mode == modes[0] and not (cfg.fast and seed != cfg.seeds[0]):
+            if attributes:
                 a = attribution(cfg, seed, model, tok, probes)
                 attrs.append(a)
                 line += f" · attribution R² {_num(a['r2'], '.3f')} ({a['seconds']:.1f} s)"
             print(line, flush=True)
+        if not main:
+            continue
         claims = judge(runs)
         res = {"regime": _summary(regimes), "regime_per_seed": regimes, "claims": claims, "runs": runs}
         if attrs:
@@ -515,6 +527,8 @@ def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
             print(f"  (no figure: {e})")
     if cfg.conditions and not cfg.probes:
         result["conditions"] = conditions(cfg, out)
+    if not main:
+        return {}
     result["runtime_s"] = round(time.perf_counter() - t0, 1)
     write_text_atomic(out / "sft_dynamics.json", json.dumps(_plain_json(result), indent=1, allow_nan=False))
     text = "\n\n".join(claims_table(m["claims"], f"claims, {k} mode ({cfg.optimizer}, lr {cfg.lr:g})")
@@ -615,15 +629,18 @@ def conditions(cfg: SFTDynamicsConfig, out: Path) -> dict:
              (cfg.optimizer, cfg.lr, cfg.pretrain_steps, 0.0 if cfg.grad_clip else 1.0),
              ("sgd", cfg.attr_lr, cfg.pretrain_steps, 0.0), (cfg.optimizer, cfg.lr, shallow, cfg.grad_clip)]
     print(f"\n== conditions ({mode} mode, {len(cfg.seeds)} seeds, {cfg.epochs} epochs) ==")
-    rows = []
+    main, rows = is_main(), []  # under torchrun the other ranks only train
     for opt, lr, pre, clip in conds:
         c = copy.copy(cfg)
         c.pretrain_steps, c.every, c.grad_clip = pre, 0, clip
         runs, valleys = [], []
         for seed in cfg.seeds:
             model, tok, probes, world = setup(c, seed, mode)
-            valleys.append(valley_depth(model, tok))
+            if main:
+                valleys.append(valley_depth(model, tok))
             runs.append(sft_run(c, seed, mode, model, tok, probes, world, optimizer=opt, lr=lr))
+        if not main:
+            continue
         cl = judge(runs)
         rows.append({"optimizer": opt, "lr": lr, "grad_clip": clip, "pretrain_steps": pre,
                      "valley_depth": statistics.fmean(valleys),
@@ -632,6 +649,8 @@ def conditions(cfg: SFTDynamicsConfig, out: Path) -> dict:
                                 for f in runs[0]["curves"]["train"]},
                      "epochs": [s / runs[0]["steps_per_epoch"] for s in runs[0]["measured_steps"]]})
         print(f"  {r_label(rows[-1])}: done", flush=True)
+    if not main:
+        return {}
     names = list(rows[0]["claims"])  # one row per claim, one column per condition: seeds where it held
     heads = [f"{r['optimizer']} {r['lr']:.2g}" for r in rows]
     table = [f"{'claim':38s}" + "".join(f"{h:>14s}" for h in heads),

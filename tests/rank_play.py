@@ -1,0 +1,47 @@
+"""Play one rank of a torchrun group inside this process, with no process group: ``tinyld.train.dist_info`` answers
+(rank, 1), so the experiments take rank 0's branches or the other ranks', while the Trainer trains alone. Used to
+check that the ranks other than 0 join every training run of an experiment and measure nothing."""
+import torch
+
+import tinyld.train
+from tinyld.model import GPT
+from tinyld.train import Trainer
+
+
+def as_rank(mp, rank: int) -> None:
+    mp.setattr(tinyld.train, "dist_info", lambda: (rank, 1))
+
+
+def record_training(mp) -> list:
+    """Every Trainer.run from now on, pretraining aside (a first run caches its base models, a second reads them):
+    (task, steps, optimizer, lr, a digest of the weights after it)."""
+    runs, real = [], Trainer.run
+
+    def run(self, *a, **kw):
+        out = real(self, *a, **kw)
+        if self.cfg.task != "pretrain":
+            digest = sum(float(p.detach().double().sum()) * (i + 1) for i, p in enumerate(self.model.parameters()))
+            runs.append((self.cfg.task, self.cfg.steps, self.cfg.optimizer, self.cfg.lr, digest))
+        return out
+    mp.setattr(Trainer, "run", run)
+    return runs
+
+
+def forbid(mp, targets) -> None:
+    """Each (owner, name) raises when called."""
+    def refuse(*a, **kw):
+        raise AssertionError("a rank other than 0 measured")
+    for owner, name in targets:
+        mp.setattr(owner, name, refuse)
+
+
+def forward_passes_without_grad(mp) -> list:
+    """The shapes of the GPT forward passes run with autograd off (measurements; training runs with it on)."""
+    seen, real = [], GPT.forward
+
+    def forward(self, idx):
+        if not torch.is_grad_enabled():
+            seen.append(tuple(idx.shape))
+        return real(self, idx)
+    mp.setattr(GPT, "forward", forward)
+    return seen
