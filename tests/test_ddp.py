@@ -155,3 +155,27 @@ def test_a_bad_world_size_is_one_clear_line(monkeypatch, capsys, value, says):
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
 
+
+
+def test_shard_gives_each_rank_its_rows_and_refuses_a_remainder(world, wtok):
+    """Two ranks' shards put back together are the global batch (for DPO: each rank's chosen rows are its pairs'
+    chosen rows, its rejected rows theirs); a batch that does not split evenly is refused, never cut."""
+    from tinyld.data import PairData, PreferenceData
+    from tinyld.runtime import TinyldError
+    from tinyld.train import shard
+
+    examples = [it.example() for it in world.train_items()][:6]
+    b = PairData(wtok, examples, 4, 64, seed=0).batch(0)
+    halves = [shard(b, r, 2) for r in (0, 1)]
+    assert torch.equal(torch.cat([h.idx for h in halves]), b.idx)
+    assert torch.equal(torch.cat([h.targets for h in halves]), b.targets)
+    p = PreferenceData(wtok, examples, 4, 64, seed=0).batch(0)
+    for r, h in enumerate(shard(p, r, 2) for r in (0, 1)):
+        assert h.index == p.index[2 * r: 2 * r + 2]
+        assert torch.equal(h.seqs.idx[:2], p.seqs.idx[2 * r: 2 * r + 2])  # chosen rows of its two pairs
+        assert torch.equal(h.seqs.idx[2:], p.seqs.idx[4 + 2 * r: 4 + 2 * r + 2])  # and their rejected rows
+    odd = PreferenceData(wtok, examples, 5, 64, seed=0).batch(0)
+    with pytest.raises(TinyldError, match="multiple of 2 pairs; this one holds 5"):
+        shard(odd, 1, 2)
+    with pytest.raises(TinyldError, match="multiple of 4 sequences; this one holds 6"):
+        shard(PairData(wtok, examples, 6, 64, seed=0).batch(0), 0, 4)

@@ -253,8 +253,6 @@ def main(argv=None) -> int:
             from tinyld.train import init_distributed, launched_processes
 
             if args.cmd == "forecast" and launched_processes() > 1:
-                if os.environ.get("RANK", "0") != "0":
-                    return 2  # rank 0 says why, once
                 raise TinyldError("forecast does not run under torchrun (it trains tiny models in many short runs, "
                                   "which one process does as fast, and CHES trains on one pair at a time, which "
                                   "processes cannot share): run it with python -m tinyld forecast")
@@ -263,7 +261,8 @@ def main(argv=None) -> int:
                 "dpo-dynamics": cmd_dpo_dynamics, "forecast": cmd_forecast, "golden": cmd_golden,
                 "bench": cmd_bench}[args.cmd](args)
     except TinyldError as err:  # a user mistake: one clear line, no traceback
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets it; rank 0 says it
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a path, a permission, a full disk: say which, no traceback
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""

@@ -17,6 +17,7 @@ Notable choices
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -152,7 +153,8 @@ def init_distributed() -> tuple[int, int]:
             raise TinyldError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(missing)} not: this is "
                               "not a torchrun launch. Start with torchrun --nproc_per_node=N, or unset WORLD_SIZE")
         cuda = torch.cuda.is_available()
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        # the other ranks wait in the next collective while rank 0 measures: give them an hour, not NCCL's 10 min
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=60))
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     rank, world = dist_info()
@@ -167,12 +169,16 @@ def shard(batch, rank: int, world: int):
     gradients over ranks (DDP does) gives the gradient of the global batch."""
     if world == 1:
         return batch
+    B = batch.n_pairs if isinstance(batch, PrefBatch) else batch.idx.shape[0]
+    if B % world:  # a remainder would be dropped, or a rank left with nothing: never silently
+        raise TinyldError(f"{world} processes share each step's batch, so it must hold a multiple of {world} "
+                          f"{'pairs' if isinstance(batch, PrefBatch) else 'sequences'}; this one holds {B}")
     if isinstance(batch, PrefBatch):
-        B, n = batch.n_pairs, batch.n_pairs // world
+        n = B // world
         rows = slice(rank * n, (rank + 1) * n)
         idx, tg = ([torch.cat([t[:B][rows], t[B:][rows]]) for t in (batch.seqs.idx, batch.seqs.targets)])
         return PrefBatch(Batch(idx, tg, batch.seqs.tok), batch.ref_c[rows], batch.ref_r[rows], batch.index[rows])
-    n = batch.idx.shape[0] // world
+    n = B // world
     return Batch(batch.idx[rank * n:(rank + 1) * n], batch.targets[rank * n:(rank + 1) * n], batch.tok)
 
 

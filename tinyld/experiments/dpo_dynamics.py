@@ -39,7 +39,7 @@ from tinyld.probes import ProbeSet, Tracker
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, num_threads,
                             pick_device, versions, write_text_atomic)
 from tinyld.squeeze import MASS_CLASSES, token_mass
-from tinyld.train import OPTIMIZERS, TrainConfig, Trainer, from_rank0, is_main
+from tinyld.train import OPTIMIZERS, TrainConfig, Trainer, dist_info, from_rank0, is_main
 from tinyld.world import MODES, World
 
 EXPERIMENTS = ("dynamics", "extend", "on-policy", "conditions", "all")
@@ -257,9 +257,13 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
             if not pairs:  # every sample is correct: nothing to push down this round
                 continue
             ex = pairs
+            size = min(cfg.batch_size, len(ex))
+            size -= size % dist_info()[1]  # under torchrun N ranks share a batch of a multiple of N pairs
+            if not size:  # fewer pairs than ranks: every rank skips this round
+                continue
         else:
-            ex = examples
-        data = PreferenceData(tok, ex, cfg.batch_size, model.config.block_size, seed,
+            ex, size = examples, cfg.batch_size
+        data = PreferenceData(tok, ex, size, model.config.block_size, seed,
                               reference=Reference.compute(ref_model, tok, ex))
         if trainer is None:
             trainer = Trainer(model, data, tc, tok)
@@ -497,8 +501,9 @@ def win_epochs(cfg: DPODynamicsConfig) -> tuple[int, ...]:
 
 
 def run_on_policy(cfg: DPODynamicsConfig, mode: str, out: Path, off: dict | None = None) -> dict:
-    """On- against off-policy DPO from the same SFT model; ``off``: run_dynamics's result, whose off-policy runs are
-    reused (None: run them here)."""
+    """On- against off-policy DPO from the same SFT model. ``off``: :func:`run_dynamics`'s result for the same
+    config and mode, whose off-policy runs are reused (on ranks other than 0 it is ``{}``, and nothing is run for
+    them); None: run them here."""
     main, per_seed = is_main(), []  # under torchrun the other ranks only train (and return {})
     for i, seed in enumerate(cfg.seeds):
         model, tok, world = base(cfg, seed, mode)
@@ -599,6 +604,8 @@ def mass_figure(runs: list[dict], path: Path, title: str) -> Path:
 
 
 def run(cfg: DPODynamicsConfig) -> dict:
+    """Run the experiments of ``cfg``; write JSON, claims and figures into ``cfg.out``. Under torchrun the ranks
+    other than 0 only join the training runs and return ``{}``."""
     if not isinstance(cfg, DPODynamicsConfig):
         raise TinyldError(f"run takes a DPODynamicsConfig, got {type(cfg).__name__}")
     pick_device(cfg.device)

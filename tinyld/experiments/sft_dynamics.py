@@ -150,13 +150,14 @@ def base_model(cfg, seed: int, steps: int | None = None):
 
 
 def output_dir(path, what: str) -> Path:
-    """The experiment's output folder, checked writable. Under torchrun only rank 0 measures and writes; the other
-    ranks join its training runs (each takes its share of every batch) and leave the folder alone."""
-    return writable_dir(path, what) if is_main() else Path(path)
+    """The experiment's output folder, checked writable by every rank (a bad folder stops them all at once). Under
+    torchrun only rank 0 measures and writes into it; the other ranks join its training runs."""
+    return writable_dir(path, what)
 
 
 def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
-    """(model, tokenizer, probes with y_init, world or None) for one seed and world mode."""
+    """(model, tokenizer, probes with y_init, world or None) for one seed and world mode (under torchrun the ranks
+    other than 0 get no y_init: only rank 0 measures)."""
     if cfg.probes is not None:
         return _user_setup(cfg, seed)
     tok, model = base_model(cfg, seed)
@@ -462,7 +463,8 @@ def claims_table(claims: list[dict], title: str, fmt=None, width: int = 40,
 
 
 def run(cfg: SFTDynamicsConfig) -> dict:
-    """Run the experiment with ``cfg.threads`` CPU threads; write JSON, tables and figures into ``cfg.out``."""
+    """Run the experiment with ``cfg.threads`` CPU threads; write JSON, tables and figures into ``cfg.out``. Under
+    torchrun the ranks other than 0 only join the training runs and return ``{}``."""
     if not isinstance(cfg, SFTDynamicsConfig):
         raise TinyldError(f"run takes an SFTDynamicsConfig, got {type(cfg).__name__}")
     pick_device(cfg.device)  # an unavailable device fails now, not after the first seed
