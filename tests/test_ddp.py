@@ -133,6 +133,26 @@ def test_an_experiment_runs_under_torchrun(tmp_path, monkeypatch):
     assert gap < 1e-3 < moved, (gap, moved)  # the same curves, and the run did move them
 
 
+def test_on_policy_dpo_runs_under_torchrun(tmp_path):
+    """`torchrun -m tinyld dpo-dynamics --experiment on-policy`: rank 0 samples each round's pairs and hands them to
+    rank 1 (a mismatch in the number of steps would hang the group), and alone prints and writes."""
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tinyld",
+           "dpo-dynamics", "--experiment", "on-policy", "--seeds", "0", "--modes", "easy", "--sft-epochs", "1",
+           "--dpo-epochs", "2", "--pretrain-steps", "5", "--samples", "2", "--threads", "1", "--out", "two"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    assert r.stdout.count("wrote ") == 1 and r.stdout.count("on-policy pairs per round") == 1
+    on = json.loads((tmp_path / "two" / "dpo_dynamics.json").read_text())["modes"]["easy"]["on_policy"]
+    run = on["per_seed"][0]["on_run"]
+    assert len(run["pairs_per_round"]) == 2 and run["steps"] > 0
+    ys = run["curves"]["train"]["chosen"]
+    assert len(ys) == 3 and ys[-1] != ys[0]  # measured before and after each round, and DPO moved y⁺
+
+
 def test_forecast_refuses_torchrun(monkeypatch, capsys):
     from tinyld.__main__ import main
 
