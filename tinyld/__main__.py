@@ -257,9 +257,11 @@ def main(argv=None) -> int:
                                   "which one process does as fast, and CHES trains on one pair at a time, which "
                                   "processes cannot share): run it with python -m tinyld forecast")
             init_distributed()
-        return {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics,
-                "dpo-dynamics": cmd_dpo_dynamics, "forecast": cmd_forecast, "golden": cmd_golden,
-                "bench": cmd_bench}[args.cmd](args)
+        rc = {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics,
+              "dpo-dynamics": cmd_dpo_dynamics, "forecast": cmd_forecast, "golden": cmd_golden,
+              "bench": cmd_bench}[args.cmd](args)
+        _wait_for_every_rank()
+        return rc
     except TinyldError as err:  # a user mistake: one clear line, no traceback
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets it; rank 0 says it
             print(f"error: {err}", file=sys.stderr)
@@ -271,6 +273,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as err:  # Ctrl-C: training saved what it could and says how to go on
         print(f"\n{str(err) or 'interrupted'}", file=sys.stderr)
         return 130
+    finally:  # under torchrun: close the process group, so that no rank exits holding a connection to another
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _wait_for_every_rank() -> None:
+    """Under torchrun: the ranks finish together (rank 0 may still be measuring and writing when the others are
+    done training)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 if __name__ == "__main__":
