@@ -16,8 +16,21 @@ TASKS = ("pretrain", "sft", "dpo")
 STEPS = 4
 
 
+def torchrun(*args: str, cwd=None) -> str:
+    """``torchrun --standalone --nproc_per_node=2 ARGS`` with one thread per process; its stdout. A failure shows
+    the whole output (the ranks' tracebacks and torchrun's report are long)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.fail(f"torchrun exited {r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-12000:]}",
+                    pytrace=False)
+    return r.stdout
+
+
 def launch(out: Path, steps: int, procs: int, resume: bool = False, more: tuple = ()) -> None:
-    """Train under torchrun with ``procs`` processes, or (one process) here, without a launcher. ``more``: further
+    """Train under torchrun with two processes, or (``procs`` = 1) here, without a launcher. ``more``: further
     (out, steps) runs in the same launch."""
     if procs == 1:
         sys.path.insert(0, str(WORKER.parent))
@@ -28,13 +41,9 @@ def launch(out: Path, steps: int, procs: int, resume: bool = False, more: tuple 
         with torch.random.fork_rng():
             train_all(str(out), steps, resume)
         return
+    assert procs == 2
     jobs = [str(x) for job in ((out, steps), *more) for x in job]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", str(WORKER),
-           *jobs] + (["--resume"] if resume else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    torchrun(str(WORKER), *jobs, *(["--resume"] if resume else []))
 
 
 def weights(out: Path, task: str) -> dict:
@@ -93,13 +102,8 @@ def test_the_demo_runs_under_torchrun(tmp_path):
     """`torchrun -m tinyld demo`: one copy of the output, one demo.json, training that learns."""
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tinyld",
-           "demo", "--fast", "--threads", "1", "--out", str(tmp_path / "out")]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
-    assert r.stdout.count("wrote ") == 1  # rank 1 prints nothing
+    out = torchrun("-m", "tinyld", "demo", "--fast", "--threads", "1", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert out.count("wrote ") == 1  # rank 1 prints nothing
     losses = [h["loss"] for h in json.loads((tmp_path / "out" / "demo.json").read_text())["pretrain"]["losses"]]
     assert losses[-1] < losses[0] - 1  # the two processes trained one model together
 
@@ -113,13 +117,8 @@ def test_an_experiment_runs_under_torchrun(tmp_path, monkeypatch):
 
     args = ["--seeds", "0", "--modes", "easy", "--epochs", "2", "--pretrain-steps", "20", "--no-attribution",
             "--threads", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tinyld",
-           "sft-dynamics", *args, "--out", "two"]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
-    assert r.stdout.count("wrote ") == 1 and r.stdout.count("seed 0:") == 1  # rank 1 prints nothing
+    out = torchrun("-m", "tinyld", "sft-dynamics", *args, "--out", "two", cwd=tmp_path)
+    assert out.count("wrote ") == 1 and out.count("seed 0:") == 1  # rank 1 prints nothing
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["claims.txt", "fig3_easy.png", "sft_dynamics.json",
                                                                      "track_easy_seed0.csv"]
     monkeypatch.chdir(tmp_path)  # the same cached base model (rank 0 saved it)
@@ -138,14 +137,10 @@ def test_on_policy_dpo_runs_under_torchrun(tmp_path):
     rank 1 (a mismatch in the number of steps would hang the group), and alone prints and writes."""
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tinyld",
-           "dpo-dynamics", "--experiment", "on-policy", "--seeds", "0", "--modes", "easy", "--sft-epochs", "1",
-           "--dpo-epochs", "2", "--pretrain-steps", "5", "--samples", "2", "--threads", "1", "--out", "two"]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
-    assert r.stdout.count("wrote ") == 1 and r.stdout.count("on-policy pairs per round") == 1
+    out = torchrun("-m", "tinyld", "dpo-dynamics", "--experiment", "on-policy", "--seeds", "0", "--modes", "easy",
+                   "--sft-epochs", "1", "--dpo-epochs", "2", "--pretrain-steps", "5", "--samples", "2", "--threads",
+                   "1", "--out", "two", cwd=tmp_path)
+    assert out.count("wrote ") == 1 and out.count("on-policy pairs per round") == 1
     on = json.loads((tmp_path / "two" / "dpo_dynamics.json").read_text())["modes"]["easy"]["on_policy"]
     run = on["per_seed"][0]["on_run"]
     assert len(run["pairs_per_round"]) == 2 and run["steps"] > 0

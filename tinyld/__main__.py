@@ -274,16 +274,20 @@ def main(argv=None) -> int:
         print(f"\n{str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     finally:  # under torchrun: close the process group, so that no rank exits holding a connection to another
-        dist = sys.modules.get("torch.distributed")
-        if dist is not None and dist.is_available() and dist.is_initialized():
+        if (dist := _process_group()) is not None:
             dist.destroy_process_group()
+
+
+def _process_group():
+    """torch.distributed while a process group is up (under torchrun), else None. Never imports torch."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
 
 
 def _wait_for_every_rank() -> None:
     """Under torchrun: the ranks finish together (rank 0 may still be measuring and writing when the others are
     done training)."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    if (dist := _process_group()) is not None:
         dist.barrier()
 
 

@@ -33,11 +33,11 @@ import torch
 from tinyld.data import Example, PairData, PreferenceData, Reference
 from tinyld.evaluate import greedy_answers, sampled_answers, valley_depth
 from tinyld.experiments.sft_dynamics import (_plain_json, _summary, add_claim, base_model, check_base_model,
-                                             check_shared, figure, output_dir, regime)
+                                             check_shared, figure, regime)
 from tinyld.experiments.sft_dynamics import claims_table as sft_claims_table
 from tinyld.probes import ProbeSet, Tracker
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, num_threads,
-                            pick_device, versions, write_text_atomic)
+                            pick_device, versions, write_text_atomic, writable_dir)
 from tinyld.squeeze import MASS_CLASSES, token_mass
 from tinyld.train import OPTIMIZERS, TrainConfig, Trainer, dist_info, from_rank0, is_main
 from tinyld.world import MODES, World
@@ -609,7 +609,7 @@ def run(cfg: DPODynamicsConfig) -> dict:
     if not isinstance(cfg, DPODynamicsConfig):
         raise TinyldError(f"run takes a DPODynamicsConfig, got {type(cfg).__name__}")
     pick_device(cfg.device)
-    out = output_dir(cfg.out, "dpo-dynamics output folder")
+    out = writable_dir(cfg.out, "dpo-dynamics output folder")  # by every rank: a bad folder stops them all at once
     with num_threads(cfg.threads):
         return _run(cfg, out)
 
@@ -624,7 +624,7 @@ def _run(cfg: DPODynamicsConfig, out: Path) -> dict:
           f"batch {cfg.batch_size}, {cfg.sft_epochs} SFT + {cfg.dpo_epochs} DPO epochs, seeds {cfg.seeds}")
     result = {"config": asdict(cfg), "versions": versions(), "modes": {}}
     texts = []
-    main = is_main()  # under torchrun the other ranks join every training run and measure, print, write nothing
+    main = is_main()  # under torchrun the other ranks join every training run and measure and write nothing
     for mode in cfg.modes:
         res = result["modes"][mode] = {}
         if want & {"dynamics", "on-policy"}:

@@ -149,12 +149,6 @@ def base_model(cfg, seed: int, steps: int | None = None):
     return tok, model.use_fast(cfg.preset == "gpt2" and dev.type == "cuda")
 
 
-def output_dir(path, what: str) -> Path:
-    """The experiment's output folder, checked writable by every rank (a bad folder stops them all at once). Under
-    torchrun only rank 0 measures and writes into it; the other ranks join its training runs."""
-    return writable_dir(path, what)
-
-
 def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
     """(model, tokenizer, probes with y_init, world or None) for one seed and world mode (under torchrun the ranks
     other than 0 get no y_init: only rank 0 measures)."""
@@ -470,7 +464,7 @@ def run(cfg: SFTDynamicsConfig) -> dict:
     pick_device(cfg.device)  # an unavailable device fails now, not after the first seed
     if cfg.probes is not None:
         ProbeSet.load(cfg.probes)  # a bad probe file fails now, with its line
-    out = output_dir(cfg.out, "sft-dynamics output folder")
+    out = writable_dir(cfg.out, "sft-dynamics output folder")  # by every rank: a bad folder stops them all at once
     for name in ("sft_dynamics.json", "claims.txt", "conditions.txt"):
         if (out / name).is_dir():
             raise TinyldError(f"{out / name} is a folder: the experiment writes a file there; remove or rename it")
