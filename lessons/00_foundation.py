@@ -13,8 +13,8 @@ import torch
 
 from tinyld import GPT, GPTConfig
 from tinyld.data import PairData, TextStream
-from tinyld.demo import pretrained
 from tinyld.evaluate import greedy_answers, response_logprobs, text_stats, valley_depth
+from tinyld.pretrained import pretrained
 from tinyld.tokenizers import GPT2BPE
 from tinyld.train import TrainConfig, Trainer
 

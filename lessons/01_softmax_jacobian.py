@@ -18,7 +18,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from tinyld.dynamics import apply_A, softmax_jacobian
+from tinyld.kernel import apply_A, softmax_jacobian
 from tinyld.runtime import compare
 
 # ---- knobs -------------------------------------------------------------------------------------------

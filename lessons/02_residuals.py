@@ -19,9 +19,10 @@ import torch
 
 from tinyld import GPT, GPTConfig
 from tinyld.data import make_batch
-from tinyld.dynamics import SFTUpdate, kg, lm_rows
+from tinyld.kernel import kg
 from tinyld.losses import dpo_loss, dpo_residual, dpo_scale, sequence_logprob, sft_loss, sft_residual
 from tinyld.runtime import compare
+from tinyld.updates import SFTUpdate, lm_rows
 from tinyld.world import World
 
 # ---- knobs -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 # K is learned: it reflects what the network has come to treat as alike.
 #
 # For a language model, every scored position of a response has its own V logits, so K has one V × V block per
-# pair of positions (m, l). tinyld has three routes to K (see `tinyld/dynamics.py`), and this lesson uses all
+# pair of positions (m, l). tinyld has three routes to K (see `tinyld/kernel.py`), and this lesson uses all
 # three on a tiny GPT pretrained on the synthetic world:
 #
 # 1. `kernel`: the **full** K, a V × V block per pair of positions. It is feasible only for tiny models.
@@ -22,8 +22,9 @@ import statistics
 import torch
 
 from tinyld.data import make_batch
-from tinyld.demo import pretrained
-from tinyld.dynamics import ResidualUpdate, kernel, kernel_restricted, kg, lm_rows
+from tinyld.kernel import kernel, kernel_restricted, kg
+from tinyld.pretrained import pretrained
+from tinyld.updates import ResidualUpdate, lm_rows
 from tinyld.world import RELATIONS
 
 # ---- knobs -------------------------------------------------------------------------------------------

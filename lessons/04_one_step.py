@@ -27,11 +27,12 @@ from torch.func import functional_call, jvp
 
 from tinyld import GPT, GPTConfig
 from tinyld.data import make_batch
-from tinyld.demo import pretrained
-from tinyld.dynamics import (DPOUpdate, ResidualUpdate, SFTUpdate, contributions, lm_rows, one_step, predict,
-                             sequence_change, step_size_for)
+from tinyld.dynamics import contributions, one_step, sequence_change, step_size_for
 from tinyld.evaluate import response_logprobs
+from tinyld.kernel import predict
 from tinyld.losses import ce_residual
+from tinyld.pretrained import pretrained
+from tinyld.updates import DPOUpdate, ResidualUpdate, SFTUpdate, lm_rows
 
 # ---- knobs -------------------------------------------------------------------------------------------
 FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")

@@ -18,7 +18,9 @@ import torch
 
 from tinyld.classify import (DigitNet, entk_ranking_stability, lookalike_pairs, mean_prediction_matrix,
                              one_step_picture, train_digits)
-from tinyld.dynamics import SFTUpdate, class_rows, kernel, one_step
+from tinyld.dynamics import one_step
+from tinyld.kernel import kernel
+from tinyld.updates import SFTUpdate, class_rows
 
 # ---- knobs -------------------------------------------------------------------------------------------
 FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")

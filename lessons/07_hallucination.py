@@ -83,7 +83,9 @@ for x in shown:
 
 # %%
 from tinyld.data import PairData, make_batch  # noqa: E402
-from tinyld.dynamics import SFTUpdate, contributions, lm_rows, predict, sequence_change  # noqa: E402
+from tinyld.dynamics import contributions, sequence_change  # noqa: E402
+from tinyld.kernel import predict  # noqa: E402
+from tinyld.updates import SFTUpdate, lm_rows  # noqa: E402
 
 model, tok, probes, world = setup(cfg, SEEDS[0], "hard")
 u = probes.split("train")[0]

@@ -22,8 +22,8 @@
 # %%
 import os
 
-from tinyld.experiments.dpo_dynamics import (DPODynamicsConfig, base, claims_table, dpo, judge_dpo, mass_figure,
-                                             sft, sft_steps, squeeze_summary)
+from tinyld.experiments.dpo_dynamics import (DPODynamicsConfig, base, claims_table, dpo, judge_dpo, mass_figure, sft,
+                                             sft_steps, squeeze_summary)
 from tinyld.experiments.sft_dynamics import figure, regime
 from tinyld.probes import ProbeSet
 
@@ -122,8 +122,10 @@ for half in ("chosen", "rejected"):
 import torch  # noqa: E402
 
 from tinyld.data import make_batch  # noqa: E402
-from tinyld.dynamics import DPOUpdate, halves, lm_rows, predict, sequence_change  # noqa: E402
+from tinyld.dynamics import halves, sequence_change  # noqa: E402
 from tinyld.evaluate import response_logprobs  # noqa: E402
+from tinyld.kernel import predict  # noqa: E402
+from tinyld.updates import DPOUpdate, lm_rows  # noqa: E402
 
 model, tok, world, probes = sft_models[0]
 items = world.train_items()[:8]

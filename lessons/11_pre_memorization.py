@@ -28,11 +28,11 @@ import statistics
 
 import torch
 
-from tinyld.demo import pretrained
+from tinyld.data import make_batch
 from tinyld.experiments.forecasting import ForecastConfig, accuracy, finetune, ols, pm_curve
 from tinyld.forecast import memorization_threshold, memorized, pre_memorization_accuracy, solution_perplexity
 from tinyld.losses import token_logprobs
-from tinyld.data import make_batch
+from tinyld.pretrained import pretrained
 from tinyld.reasoning import N_FORMS, Arithmetic
 
 # ---- knobs -------------------------------------------------------------------------------------------

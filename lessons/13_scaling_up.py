@@ -22,10 +22,10 @@ import torch
 
 from tinyld.bench import bench_decompose, bench_step
 from tinyld.data import PairData
-from tinyld.demo import pretrained
+from tinyld.distributed import shard
 from tinyld.losses import sft_loss, token_logprobs
 from tinyld.model import GPT, GPTConfig
-from tinyld.train import shard
+from tinyld.pretrained import pretrained
 
 FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")
 world, tok, base = pretrained(0, steps=400 if FAST else 3000)
@@ -37,7 +37,7 @@ print(f"global batch: {batch.idx.shape[0]} sequences of {batch.idx.shape[1]} tok
 # %% [markdown]
 # ## 1. Two processes, one gradient
 # `torchrun --nproc_per_node=2` starts two copies of the program. Each asks the data source for the same global
-# batch and keeps its contiguous half (`tinyld.train.shard`). Each computes the gradient of the loss on its half;
+# batch and keeps its contiguous half (`tinyld.distributed.shard`). Each computes the gradient of the loss on its half;
 # `DistributedDataParallel` then averages the two gradients, and both take the same step.
 #
 # The SFT loss is a mean over sequences: L = (1/B) Σ_i ℓ_i with ℓ_i = −log π(y_i|x_i). With two halves of B/2,

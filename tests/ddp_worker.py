@@ -11,9 +11,12 @@ import sys
 import torch
 
 from tinyld import GPT, GPTConfig
-from tinyld.data import PairData, PreferenceData, Reference, TextStream
-from tinyld.train import Trainer, TrainConfig, dist_info, from_rank0
+from tinyld.data import PairData, TextStream
+from tinyld.distributed import close_distributed, dist_info, from_rank0
+from tinyld.preference import PreferenceData, Reference
+from tinyld.train import TrainConfig, Trainer
 from tinyld.world import World
+
 
 def train_all(out: str, steps: int, resume: bool = False) -> None:
     world = World(0)
@@ -57,5 +60,4 @@ if __name__ == "__main__":
     for out, steps in zip(jobs[::2], jobs[1::2]):  # OUT STEPS [OUT STEPS …]: one launch, several runs
         train_all(out, int(steps), "--resume" in sys.argv)
     hand_out(jobs[0])
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    close_distributed()  # every rank waits for the others, then the group closes (never left to interpreter exit)

@@ -1,15 +1,15 @@
-"""Play one rank of a torchrun group inside this process, with no process group: ``tinyld.train.dist_info`` answers
-(rank, 1), so the experiments take rank 0's branches or the other ranks', while the Trainer trains alone. Used to
+"""Play one rank of a torchrun group inside this process, with no process group: ``tinyld.distributed.dist_info``
+answers (rank, 1), so the experiments take rank 0's branches or the other ranks', while the Trainer trains alone. Used to
 check that the ranks other than 0 join every training run of an experiment and measure nothing."""
 import torch
 
-import tinyld.train
+import tinyld.distributed
 from tinyld.model import GPT
 from tinyld.train import Trainer
 
 
 def as_rank(mp, rank: int) -> None:
-    mp.setattr(tinyld.train, "dist_info", lambda: (rank, 1))
+    mp.setattr(tinyld.distributed, "dist_info", lambda: (rank, 1))
 
 
 def record_training(mp) -> list:

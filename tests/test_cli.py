@@ -1,12 +1,23 @@
-"""The command line: env check, the main job (fast mode), user errors without tracebacks, benchmarks."""
+"""The command line: env check, the main job (fast mode), user errors without tracebacks, benchmarks, and the
+config commands' flags against their config classes."""
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
-from tinyld.__main__ import main
+from tinyld.__main__ import CONFIG_COMMANDS, build_parser, main
 from tinyld.demo import DemoConfig, run_demo
+from tinyld.experiments.dpo_dynamics import DPODynamicsConfig
+from tinyld.experiments.forecasting import ForecastConfig
+from tinyld.experiments.sft_dynamics import SFTDynamicsConfig
+
+CONFIGS = {"demo": DemoConfig, "sft-dynamics": SFTDynamicsConfig, "dpo-dynamics": DPODynamicsConfig,
+           "forecast": ForecastConfig}
+RUNS = {"demo": "tinyld.demo.run_demo", "sft-dynamics": "tinyld.experiments.sft_dynamics.run",
+        "dpo-dynamics": "tinyld.experiments.dpo_dynamics.run", "forecast": "tinyld.experiments.forecasting.run"}
 
 
 def test_demo_fast_mode_writes_results(tmp_path, capsys):
@@ -49,3 +60,91 @@ def test_bench_step_reports_both_paths_and_the_device(capsys):
     for p in (plain, fast):
         assert p["tokens_per_s"] == pytest.approx(32 / (p["ms_per_step"] / 1e3), rel=0.01)
     assert res["speedup"] == pytest.approx(fast["tokens_per_s"] / plain["tokens_per_s"], abs=0.01)
+
+
+def _flags(cmd: str) -> dict:
+    """dest → argparse action of each flag of subcommand ``cmd`` (--help left out)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[cmd]._actions if a.option_strings and a.dest != "help"}
+
+
+def _shown(value) -> str:
+    """A default as the help should show it: lists space-separated, floats with :g."""
+    if isinstance(value, list):
+        return " ".join(_shown(v) for v in value)
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def test_the_config_commands_are_the_four_experiments():
+    assert set(CONFIG_COMMANDS) == set(CONFIGS)
+
+
+@pytest.mark.parametrize("cmd", sorted(CONFIGS))
+def test_help_defaults_are_the_config_defaults(cmd, capsys):
+    flags, checked = _flags(cmd), 0
+    for f in dataclasses.fields(CONFIGS[cmd]):
+        action = flags.get(f.name)
+        if action is None or action.nargs == 0:  # no flag, or a switch: its help says what it does
+            continue
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if default is not None:  # None: resolved later, see the next test
+            assert action.help.endswith(f"(default {_shown(default)})"), (cmd, f.name, action.help)
+            checked += 1
+    assert checked >= 8
+    with pytest.raises(SystemExit):
+        main([cmd, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for action in flags.values():
+        assert " ".join(action.help.split()) in out
+
+
+@pytest.mark.parametrize("cmd", ["sft-dynamics", "dpo-dynamics"])
+def test_help_of_a_default_resolved_later_says_what_it_resolves_to(cmd, tmp_path):
+    flags, cls = _flags(cmd), CONFIGS[cmd]
+    tiny, gpt2, hf = cls(), cls(preset="gpt2"), cls(hf=str(tmp_path))
+    assert flags["pretrain_steps"].help.endswith(f"(default {tiny.pretrain_steps}; gpt2: {gpt2.pretrain_steps})")
+    assert flags["device"].help.endswith(f"(default {tiny.device} for tiny, {gpt2.device} for gpt2)")
+    assert flags["preset"].help.endswith(f"(default {tiny.preset}, or {hf.preset} with --hf)")
+
+
+@pytest.mark.parametrize("cmd", sorted(CONFIGS))
+def test_every_config_field_has_a_flag_and_flags_default_to_none(cmd):
+    """A new config field needs a flag in __main__'s table, or a place among the command's internal fields."""
+    names, internal = {f.name for f in dataclasses.fields(CONFIGS[cmd])}, set(CONFIG_COMMANDS[cmd].internal)
+    flags = _flags(cmd)
+    assert internal <= names
+    assert set(flags) == names - internal  # every flag fills a field of its own name
+    for dest, action in flags.items():  # None: only the flags given reach the config
+        assert action.default is (False if dest == "fast" else None), (cmd, dest)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sft-dynamics", "--seeds", "3", "4", "--no-attribution", "--lr", "0.01"],
+     dict(seeds=[3, 4], attribution=False, lr=0.01)),
+    (["sft-dynamics", "--conditions", "--grad-clip", "1", "--every", "2", "--attr-prompts", "2"],
+     dict(conditions=True, grad_clip=1.0, every=2, attr_prompts=2)),
+    (["sft-dynamics"], {}),
+    (["demo", "--seed", "3", "--pretrain-lr", "0.05", "--preset", "mini", "--threads", "1"],
+     dict(seed=3, pretrain_lr=0.05, preset="mini", threads=1)),
+    (["demo", "--fast"], dict(fast=True)),
+    (["dpo-dynamics", "--experiment", "extend", "--modes", "easy", "--beta", "0.5", "--pretrain-steps", "200"],
+     dict(experiment="extend", modes=["easy"], beta=0.5, pretrain_steps=200)),
+    (["forecast", "--lrs", "1e-3", "2e-3", "--epochs", "2", "--tau", "-2", "--curate-epochs", "3"],
+     dict(lrs=[1e-3, 2e-3], epochs=[2], tau=-2.0, curate_epochs=3)),
+])
+def test_argv_builds_the_config(argv, expected, monkeypatch):
+    got = []
+    monkeypatch.delenv("TINYLD_FAST", raising=False)
+    monkeypatch.setattr(RUNS[argv[0]], got.append)  # the config, not the experiment
+    assert main(argv) == 0
+    cfg = got[0]
+    assert cfg == CONFIGS[argv[0]](**expected)  # the flags given, and the config's defaults for the rest
+    for name, value in expected.items():
+        assert getattr(cfg, name) == value and type(getattr(cfg, name)) is type(value), name
+
+
+def test_tinyld_fast_in_the_environment_is_fast(monkeypatch):
+    got = []
+    monkeypatch.setenv("TINYLD_FAST", "1")
+    monkeypatch.setattr(RUNS["forecast"], got.append)
+    assert main(["forecast"]) == 0 and got[0].fast and got[0] == ForecastConfig(fast=True)

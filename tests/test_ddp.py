@@ -175,9 +175,10 @@ def test_a_bad_world_size_is_one_clear_line(monkeypatch, capsys, value, says):
 def test_shard_gives_each_rank_its_rows_and_refuses_a_remainder(world, wtok):
     """Two ranks' shards put back together are the global batch (for DPO: each rank's chosen rows are its pairs'
     chosen rows, its rejected rows theirs); a batch that does not split evenly is refused, never cut."""
-    from tinyld.data import PairData, PreferenceData
+    from tinyld.data import PairData
+    from tinyld.distributed import shard
+    from tinyld.preference import PreferenceData
     from tinyld.runtime import TinyldError
-    from tinyld.train import shard
 
     examples = [it.example() for it in world.train_items()][:6]
     b = PairData(wtok, examples, 4, 64, seed=0).batch(0)

@@ -11,15 +11,16 @@ import pytest
 import torch
 
 from tinyld import GPT, GPTConfig, TinyldError
-from tinyld.data import Example, PairData, PreferenceData, Reference, make_batch
-from tinyld.dynamics import DPOUpdate, lm_rows
+from tinyld.data import Example, PairData, make_batch
 from tinyld.evaluate import response_logprobs
 from tinyld.experiments.dpo_dynamics import (DPODynamicsConfig, claims_table, dpo, judge_dpo, on_policy_pairs,
                                              repetition, squeeze_summary)
 from tinyld.losses import PAIR_LOSSES
+from tinyld.preference import PreferenceData, Reference
 from tinyld.probes import ProbeSet
 from tinyld.squeeze import MASS_CLASSES, token_mass
 from tinyld.train import TrainConfig, Trainer
+from tinyld.updates import DPOUpdate, lm_rows
 from tinyld.world import World
 
 
@@ -287,7 +288,8 @@ def test_cli_bad_loss_name_is_one_line(capsys):
 # ================================================================================================== halves
 @pytest.mark.parametrize("name", ["sigmoid", "rpo"])
 def test_halves_add_up_and_the_shared_prefix_cancels_when_c_plus_equals_c_minus(hard, name):
-    from tinyld.dynamics import halves, predict, sequence_change
+    from tinyld.dynamics import halves, sequence_change
+    from tinyld.kernel import predict
 
     w, tok, model, ex = hard
     m = copy.deepcopy(model).double()
@@ -407,9 +409,9 @@ def test_who_moves_takes_numpy_and_tensor_labels():
 # ========================================================================================= the command, end to end
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory):
-    from tinyld.experiments.dpo_dynamics import run
-
     from rank_play import record_training
+
+    from tinyld.experiments.dpo_dynamics import run
 
     tmp = tmp_path_factory.mktemp("dpo")
     with pytest.MonkeyPatch.context() as mp:
@@ -428,7 +430,7 @@ def _one_thread_here(mp, tmp) -> None:
     import contextlib
 
     mp.chdir(tmp)  # the 5-step base models are cached in ./tinyld_out/cache
-    mp.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
+    mp.setattr("tinyld.pretrained.num_threads", lambda n: contextlib.nullcontext())
 
 
 def test_the_command_writes_strict_json_claims_and_figures(dpo_run):

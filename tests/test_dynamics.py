@@ -8,10 +8,10 @@ from torch.func import functional_call, jvp
 
 from tinyld import GPT, GPTConfig, TinyldError
 from tinyld.data import IGNORE, Batch, make_batch
-from tinyld.dynamics import (DPOUpdate, ResidualUpdate, SFTUpdate, apply_A, class_rows, contributions, gradient, kernel,
-                             kernel_restricted, kg, lm_rows, make_update, one_step, predict, proxies,
-                             softmax_jacobian)
+from tinyld.dynamics import contributions, one_step, proxies
+from tinyld.kernel import apply_A, gradient, kernel, kernel_restricted, kg, predict, softmax_jacobian
 from tinyld.losses import dpo_loss, dpo_residual, sequence_logprob, sft_loss, sft_residual
+from tinyld.updates import DPOUpdate, ResidualUpdate, SFTUpdate, class_rows, lm_rows, make_update
 
 SETTINGS = dict(max_examples=15, deadline=None)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tinyld import model as model_mod
-from tinyld.demo import GPT2_RECIPE, pretrained
 from tinyld.model import GPT, GPTConfig
+from tinyld.pretrained import GPT2_RECIPE, pretrained
 from tinyld.runtime import TinyldError
 from tinyld.tokenizers import GPT2BPE
 

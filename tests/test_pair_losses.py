@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from tinyld import TinyldError
 from tinyld.data import IGNORE, Batch, make_batch
-from tinyld.dynamics import DPOUpdate, gradient, lm_rows, predict
+from tinyld.kernel import gradient, predict
 from tinyld.losses import PAIR_LOSSES, PairLoss, dpo_loss, pair_loss, sequence_logprob
+from tinyld.updates import DPOUpdate, lm_rows
 
 F64 = torch.float64
 NAMES = list(PAIR_LOSSES)

@@ -18,11 +18,13 @@ import torch
 
 from tinyld import GPT, GPTConfig, TinyldError, TrainingDiverged
 from tinyld.__main__ import main
+from tinyld.checkpoints import load_checkpoint, load_model, save_checkpoint
 from tinyld.data import Example, PairData, TextStream, make_batch, read_jsonl
-from tinyld.dynamics import (DPOUpdate, ResidualUpdate, SFTUpdate, kernel_restricted, lm_rows, one_step, predict,
-                             step_size_for)
+from tinyld.dynamics import one_step, step_size_for
+from tinyld.kernel import kernel_restricted, predict
 from tinyld.runtime import TrainingInterrupted
-from tinyld.train import TrainConfig, Trainer, load_checkpoint, load_model, save_checkpoint
+from tinyld.train import TrainConfig, Trainer
+from tinyld.updates import DPOUpdate, ResidualUpdate, SFTUpdate, lm_rows
 from tinyld.world import World
 
 
@@ -636,7 +638,8 @@ def test_demo_output_paths_are_checked_before_pretraining(tmp_path, capsys, bloc
 
 
 def test_engine_checks_widths_and_lengths(world, wtok, tiny64):
-    from tinyld.dynamics import class_rows, sequence_change
+    from tinyld.dynamics import sequence_change
+    from tinyld.updates import class_rows
 
     _, rows, _ = _item_batches(world, wtok)
     with pytest.raises(TinyldError, match=r"G has shape \(\d+, 1\) but the logits it pairs with have"):
@@ -708,8 +711,8 @@ def test_tokenizers_check_their_inputs(wtok):
 
 def test_measurements_and_batches_check_their_inputs(world, wtok, tiny64):
     from tinyld.data import Batch
-    from tinyld.dynamics import class_rows
     from tinyld.evaluate import response_logprobs, text_stats
+    from tinyld.updates import class_rows
 
     with pytest.raises(TinyldError, match="responses must be a non-empty list of non-empty strings"):
         response_logprobs(tiny64, wtok, ["question :"], None)
@@ -765,7 +768,8 @@ def test_ctrl_c_outside_training_prints_one_line(monkeypatch, capsys):
 
 def test_a_flat_attribution_curve_gives_no_infinite_numbers(world, wtok):
     """R² of a curve that does not move is undefined: None, and the JSON stays strict (no Infinity)."""
-    from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, _plain_json, attribution
+    from tinyld.experiments.common import plain_json
+    from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, attribution
     from tinyld.probes import ProbeSet
 
     torch.manual_seed(0)
@@ -773,8 +777,8 @@ def test_a_flat_attribution_curve_gives_no_infinite_numbers(world, wtok):
     ps = ProbeSet(ProbeSet.from_world(world).probes[:8])
     a = attribution(SFTDynamicsConfig(epochs=1, attr_lr=1e-30, attr_prompts=2), 0, model, wtok, ps)
     assert a["r2"] is None or abs(a["r2"]) < float("inf")
-    json.dumps(_plain_json(a), allow_nan=False)  # raises on NaN or inf
-    assert _plain_json({"x": [float("inf"), float("nan"), 1.5]}) == {"x": [None, None, 1.5]}
+    json.dumps(plain_json(a), allow_nan=False)  # raises on NaN or inf
+    assert plain_json({"x": [float("inf"), float("nan"), 1.5]}) == {"x": [None, None, 1.5]}
 
 
 def test_probe_files_that_do_not_fit_the_model_are_named_before_training(tmp_path, wtok):

@@ -182,7 +182,7 @@ def test_end_to_end_tiny(tmp_path, monkeypatch):
     """The whole command on 5-step base models: it writes JSON that strict readers accept, claims and figures."""
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)  # the base models are cached in ./tinyld_out/cache
-    monkeypatch.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
+    monkeypatch.setattr("tinyld.pretrained.num_threads", lambda n: contextlib.nullcontext())
     cfg = ForecastConfig(experiment="all", seeds=[0], lrs=[1e-2], epochs=[1], data=[8], measured=8, samples=1,
                          taus=[-2.3, -1.0], curate_start=4, curate_add=4, curate_rounds=1, curate_epochs=1,
                          ches_steps=1, pretrain_steps=5, ches_pretrain_steps=5, out=str(tmp_path / "out"), threads=1)

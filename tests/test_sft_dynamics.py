@@ -12,10 +12,12 @@ import torch
 
 from tinyld import GPT, GPTConfig, TinyldError
 from tinyld.data import PairData, make_batch
-from tinyld.dynamics import SFTUpdate, lm_rows, predict, sequence_change
+from tinyld.dynamics import sequence_change
 from tinyld.evaluate import greedy_answers, response_logprobs
 from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, attribution, claims_table, judge, run
+from tinyld.kernel import predict
 from tinyld.probes import Probe, ProbeSet
+from tinyld.updates import SFTUpdate, lm_rows
 from tinyld.world import World
 
 try:
@@ -319,7 +321,7 @@ def user_run(tmp_path_factory):
 
     bpe = GPT2BPE()  # built once (≈2 s): the run and the test's oracle share it; it holds no state
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("tinyld.tokenizers.GPT2BPE", lambda: bpe)
+        mp.setattr("tinyld.experiments.sft_dynamics.GPT2BPE", lambda: bpe)  # where _user_setup looks it up
         res = run(cfg)
     return tmp, bpe, res, hf
 
@@ -443,10 +445,10 @@ def world_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("world")
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)  # tinyld.demo.pretrained caches into ./tinyld_out/cache
+        mp.chdir(tmp)  # tinyld.pretrained.pretrained caches into ./tinyld_out/cache
         # pretrained() pins 2 threads; on a busy 2-core machine that alone costs ~5 s per 5-step base model.
         # Keep the test's single thread (the weights only land in this test's cache).
-        mp.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
+        mp.setattr("tinyld.pretrained.num_threads", lambda n: contextlib.nullcontext())
         # fast=True changes nothing else here (2 epochs, 5 steps are under its caps) but attributes the
         # first seed only: the attribution itself is checked by hand above; here, that it is wired in
         cfg = SFTDynamicsConfig(seeds=[0, 1, 2], modes=["hard"], epochs=2, pretrain_steps=5, attr_prompts=2,
@@ -454,7 +456,7 @@ def world_run(tmp_path_factory):
         assert (cfg.epochs, cfg.pretrain_steps) == (2, 5)
         runs = record_training(mp)
         res = run(cfg)
-        from tinyld.demo import pretrained
+        from tinyld.pretrained import pretrained
 
         models = {s: pretrained(s, steps=5)[2] for s in cfg.seeds}  # from the cache the run wrote
     return tmp, res, models, runs, cfg
@@ -556,16 +558,15 @@ def _play_rank_1(mp, tmp) -> tuple[list, list]:
     the training runs it takes and of its forward passes outside training."""
     from rank_play import as_rank, forbid, forward_passes_without_grad, record_training
 
-    import tinyld.dynamics
     from tinyld.experiments import sft_dynamics
     from tinyld.probes import Tracker
 
     mp.chdir(tmp)
-    mp.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
+    mp.setattr("tinyld.pretrained.num_threads", lambda n: contextlib.nullcontext())
     runs = record_training(mp)
     as_rank(mp, 1)
-    forbid(mp, [(Tracker, "measure"), (ProbeSet, "with_init"), (tinyld.dynamics, "contributions")] +
-           [(sft_dynamics, f) for f in MEASUREMENTS])
+    forbid(mp, [(Tracker, "measure"), (ProbeSet, "with_init")] +
+           [(sft_dynamics, f) for f in MEASUREMENTS + ("contributions",)])  # the names sft_dynamics calls
     return runs, forward_passes_without_grad(mp)
 
 
@@ -596,7 +597,7 @@ def test_conditions_table_and_the_other_ranks(tmp_path):
                             threads=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
-        mp.setattr("tinyld.demo.num_threads", lambda n: contextlib.nullcontext())
+        mp.setattr("tinyld.pretrained.num_threads", lambda n: contextlib.nullcontext())
         main_runs = record_training(mp)
         (tmp_path / "out").mkdir()
         res = conditions(cfg, tmp_path / "out")

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from tinyld import GPT, GPTConfig, TinyldError, TrainingDiverged
+from tinyld.checkpoints import load_checkpoint, load_model, save_checkpoint
 from tinyld.data import PairData, TextStream
-from tinyld.train import TrainConfig, Trainer, load_checkpoint, load_model, save_checkpoint
+from tinyld.train import TrainConfig, Trainer
 
 
 def _setup(world, wtok, task="pretrain", optimizer="adamw", seed=0, **kw):

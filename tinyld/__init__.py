@@ -2,9 +2,8 @@
 
 The core import is light: numpy + torch. Tokenizers, plots and the Hugging Face import load on demand.
 """
-__version__ = "0.1.0"
-
-from tinyld.runtime import TinyldError, TrainingDiverged, pick_device, seed_everything  # noqa: E402
-from tinyld.model import GPT, GPTConfig  # noqa: E402
+from tinyld.model import GPT, GPTConfig
+from tinyld.runtime import VERSION as __version__
+from tinyld.runtime import TinyldError, TrainingDiverged, pick_device, seed_everything
 
 __all__ = ["GPT", "GPTConfig", "TinyldError", "TrainingDiverged", "pick_device", "seed_everything", "__version__"]

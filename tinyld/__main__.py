@@ -12,10 +12,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
-from dataclasses import fields
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import NamedTuple
 
 
 def cmd_env(args) -> int:
@@ -80,45 +84,6 @@ def cmd_env(args) -> int:
     return 0 if core_ok else 1
 
 
-def cmd_demo(args) -> int:
-    from tinyld.demo import DemoConfig, fast_mode, run_demo
-
-    kw = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name, None) is not None}
-    kw["fast"] = args.fast or fast_mode()
-    run_demo(DemoConfig(**kw))
-    return 0
-
-
-def cmd_sft_dynamics(args) -> int:
-    from tinyld.demo import fast_mode
-    from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, run
-
-    kw = {f.name: getattr(args, f.name) for f in fields(SFTDynamicsConfig) if getattr(args, f.name, None) is not None}
-    kw["fast"] = args.fast or fast_mode()
-    run(SFTDynamicsConfig(**kw))
-    return 0
-
-
-def cmd_dpo_dynamics(args) -> int:
-    from tinyld.demo import fast_mode
-    from tinyld.experiments.dpo_dynamics import DPODynamicsConfig, run
-
-    kw = {f.name: getattr(args, f.name) for f in fields(DPODynamicsConfig) if getattr(args, f.name, None) is not None}
-    kw["fast"] = args.fast or fast_mode()
-    run(DPODynamicsConfig(**kw))
-    return 0
-
-
-def cmd_forecast(args) -> int:
-    from tinyld.demo import fast_mode
-    from tinyld.experiments.forecasting import ForecastConfig, run
-
-    kw = {f.name: getattr(args, f.name) for f in fields(ForecastConfig) if getattr(args, f.name, None) is not None}
-    kw["fast"] = args.fast or fast_mode()
-    run(ForecastConfig(**kw))
-    return 0
-
-
 def cmd_golden(args) -> int:
     from pathlib import Path
 
@@ -148,88 +113,187 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tinyld", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("env", help="versions, device choice and OK/FAIL checks")
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    d = sub.add_parser("demo", help="the main job: pretrain + SFT a tiny GPT on the synthetic world")
-    d.add_argument("--seed", type=int, help="seed for the world, init and data order (default 0)")
-    d.add_argument("--preset", help="model preset: tiny (default) or mini")
-    d.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="pretraining steps (default 3000)")
-    d.add_argument("--pretrain-lr", dest="pretrain_lr", type=float, help="pretraining AdamW lr (default 2e-2)")
-    d.add_argument("--sft-steps", dest="sft_steps", type=int, help="SFT steps (default 60)")
-    d.add_argument("--sft-lr", dest="sft_lr", type=float, help="SFT AdamW lr (default 1e-3)")
-    d.add_argument("--out", help="output folder (default tinyld_out)")
-    d.add_argument("--device", help="auto | cpu (default) | cuda | mps")
-    d.add_argument("--threads", type=int, help="CPU threads (default 2: the figures in the README were made with 2)")
-    d.add_argument("--fast", action="store_true", help="a few steps only (also TINYLD_FAST=1)")
-    s = sub.add_parser("sft-dynamics", help="what SFT does to every other answer (paper Fig. 3), with claims")
-    s.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    s.add_argument("--modes", nargs="+", help="world modes: hard easy (default both)")
-    s.add_argument("--epochs", type=int, help="SFT epochs (default 20)")
-    s.add_argument("--optimizer", help="sgd | adamw (default) | rmsprop")
-    s.add_argument("--lr", type=float, help="SFT learning rate (default 1e-3)")
-    s.add_argument("--batch-size", dest="batch_size", type=int, help="prompts per step (default 8)")
-    s.add_argument("--grad-clip", dest="grad_clip", type=float, help="gradient-norm clipping (default 0: none)")
-    s.add_argument("--every", type=int, help="steps between measurements (default: once per epoch)")
-    s.add_argument("--pretrain-steps", dest="pretrain_steps", type=int,
-                   help="base model pretraining (default 3000; gpt2: 1000)")
-    s.add_argument("--preset", help="base model: tiny (default) or gpt2 (GPT-2 small and BPE, pretrained on the world)")
-    s.add_argument("--hf", metavar="FOLDER", help="start the gpt2 base model from a local Hugging Face GPT-2 folder")
-    s.add_argument("--no-attribution", dest="attribution", action="store_false", default=None,
-                   help="skip the SGD attribution run")
-    s.add_argument("--attr-lr", dest="attr_lr", type=float, help="SGD lr of the attribution run (default 1e-4)")
-    s.add_argument("--attr-prompts", dest="attr_prompts", type=int, help="prompts attributed (default 4)")
-    s.add_argument("--conditions", action="store_true", default=None,
-                   help="also sweep optimizer, lr and pretraining depth")
-    s.add_argument("--probes", metavar="FILE", help="your own probe JSONL (GPT-2 BPE; needs --model)")
-    s.add_argument("--model", help="with --probes: a Hugging Face GPT-2 folder or a preset (random init)")
-    s.add_argument("--out", help="output folder (default tinyld_out/sft_dynamics)")
-    s.add_argument("--device", help="auto | cpu | cuda | mps (default: cpu for tiny, auto for gpt2)")
-    s.add_argument("--threads", type=int, help="CPU threads (default 2)")
-    s.add_argument("--fast", action="store_true", help="8 epochs on a 400-step base model, ≤ 60 s (also TINYLD_FAST=1)")
-    q = sub.add_parser("dpo-dynamics", help="what DPO does to every answer (paper Fig. 4), squeezing, extend, "
-                       "on-policy, conditions")
-    q.add_argument("--experiment", help="dynamics | extend | on-policy | conditions | all (default)")
-    q.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    q.add_argument("--modes", nargs="+", help="world modes: hard easy (default both)")
-    q.add_argument("--sft-epochs", dest="sft_epochs", type=int, help="SFT epochs before DPO (default 4)")
-    q.add_argument("--dpo-epochs", dest="dpo_epochs", type=int, help="DPO epochs (default 8)")
-    q.add_argument("--optimizer", help="both stages: sgd | adamw (default) | rmsprop")
-    q.add_argument("--lr", type=float, help="both stages (default 1e-3)")
-    q.add_argument("--loss", help="sigmoid (DPO, default) | hinge | ipo | robust | rpo | simpo | dpop")
-    q.add_argument("--beta", type=float, help="β (default 0.1)")
-    q.add_argument("--batch-size", dest="batch_size", type=int, help="pairs per step (default 8)")
-    q.add_argument("--samples", type=int, help="answers sampled per prompt: on-policy pairs, win rate (default 4)")
-    q.add_argument("--pretrain-steps", dest="pretrain_steps", type=int,
-                   help="base model pretraining (default 3000; gpt2: 1000)")
-    q.add_argument("--preset", help="base model: tiny (default) or gpt2 (GPT-2 small and BPE, pretrained on the world)")
-    q.add_argument("--hf", metavar="FOLDER", help="start the gpt2 base model from a local Hugging Face GPT-2 folder")
-    q.add_argument("--out", help="output folder (default tinyld_out/dpo_dynamics)")
-    q.add_argument("--device", help="auto | cpu | cuda | mps (default: cpu for tiny, auto for gpt2)")
-    q.add_argument("--threads", type=int, help="CPU threads (default 2)")
-    q.add_argument("--fast", action="store_true", help="2 SFT + 4 DPO epochs on a 400-step base model (also "
-                   "TINYLD_FAST=1)")
-    f = sub.add_parser("forecast", help="pre-memorization accuracy on a reasoning task, and CHES for DPO pairs")
-    f.add_argument("--experiment", help="sweep | perturb | curate | ches | all (default)")
-    f.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    f.add_argument("--lrs", type=float, nargs="+", help="sweep: AdamW learning rates (default 1e-3 3e-3 1e-2)")
-    f.add_argument("--epochs", type=int, nargs="+", help="sweep: epochs per run (default 3 10)")
-    f.add_argument("--data", type=int, nargs="+", help="sweep: training questions per run (default 32 256)")
-    f.add_argument("--samples", type=int, help="solutions sampled per question and checkpoint (default 5)")
-    f.add_argument("--temperature", type=float, help="sampling temperature (default 0.8)")
-    f.add_argument("--tau", type=float, help="memorized: perplexity < exp(e^tau) (default -2.3)")
-    f.add_argument("--curate-lr", dest="curate_lr", type=float, help="curate: AdamW learning rate (default 1e-2)")
-    f.add_argument("--curate-epochs", dest="curate_epochs", type=int, help="curate: epochs per run (default 10)")
-    f.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, help="arithmetic base model (default 1500)")
-    f.add_argument("--out", help="output folder (default tinyld_out/forecast)")
-    f.add_argument("--device", help="auto | cpu (default) | cuda | mps")
-    f.add_argument("--threads", type=int, help="CPU threads (default 2)")
-    f.add_argument("--fast", action="store_true", help="a small sweep on 400-step base models (also TINYLD_FAST=1)")
-    g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
-    g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
+def _pretrain_steps_default() -> str:
+    """What --pretrain-steps of sft-dynamics and dpo-dynamics defaults to (resolved in check_base_model)."""
+    from tinyld.pretrained import GPT2_RECIPE, TINY_RECIPE
+
+    return f"{TINY_RECIPE.pretrain_steps}; gpt2: {GPT2_RECIPE['steps']}"
+
+
+# A flag row: (config field, help without its default[, extras]). The flag is --field with "-" for "_" unless extras
+# give "flag"; its type and nargs come from the field's annotation; "(default X)" comes from the field's default, or
+# from extras["shown"] where the default is None and resolved later. Other extras go to add_argument as they are.
+_BASE_MODEL_FLAGS = [  # sft-dynamics and dpo-dynamics: the cached pretrained world model they start from
+    ("pretrain_steps", "base model pretraining", dict(shown=_pretrain_steps_default)),
+    ("preset", "base model: tiny, or gpt2: GPT-2 small and BPE, pretrained on the world",
+     dict(shown="tiny, or gpt2 with --hf")),
+    ("hf", "start the gpt2 base model from a local Hugging Face GPT-2 folder", dict(metavar="FOLDER")),
+]
+_DEVICE = "auto | cpu | cuda | mps"
+_DEVICE_BY_PRESET = ("device", _DEVICE, dict(shown="cpu for tiny, auto for gpt2"))
+
+_DEMO_FLAGS = [
+    ("seed", "seed for the world, init and data order"),
+    ("preset", "model preset: tiny or mini"),
+    ("pretrain_steps", "pretraining steps"),
+    ("pretrain_lr", "pretraining AdamW lr"),
+    ("sft_steps", "SFT steps"),
+    ("sft_lr", "SFT AdamW lr"),
+    ("out", "output folder"),
+    ("device", _DEVICE),
+    ("threads", "CPU threads, as for the figures in the README"),
+]
+_SFT_FLAGS = [
+    ("seeds", "seeds"),
+    ("modes", "world modes: hard, easy or both"),
+    ("epochs", "SFT epochs"),
+    ("optimizer", "sgd | adamw | rmsprop"),
+    ("lr", "SFT learning rate"),
+    ("batch_size", "prompts per step"),
+    ("grad_clip", "gradient-norm clipping, 0: none"),
+    ("every", "steps between measurements, 0: once per epoch"),
+    *_BASE_MODEL_FLAGS,
+    ("attribution", "skip the SGD attribution run", dict(flag="--no-attribution", action="store_false")),
+    ("attr_lr", "SGD lr of the attribution run"),
+    ("attr_prompts", "prompts attributed"),
+    ("conditions", "also sweep optimizer, lr and pretraining depth", dict(action="store_true")),
+    ("probes", "your own probe JSONL (GPT-2 BPE; needs --model)", dict(metavar="FILE")),
+    ("model", "with --probes: a Hugging Face GPT-2 folder or a preset (random init)"),
+    ("out", "output folder"),
+    _DEVICE_BY_PRESET,
+    ("threads", "CPU threads"),
+]
+_DPO_FLAGS = [
+    ("experiment", "dynamics | extend | on-policy | conditions | all"),
+    ("seeds", "seeds"),
+    ("modes", "world modes: hard, easy or both"),
+    ("sft_epochs", "SFT epochs before DPO"),
+    ("dpo_epochs", "DPO epochs"),
+    ("optimizer", "both stages: sgd | adamw | rmsprop"),
+    ("lr", "both stages"),
+    ("loss", "sigmoid (DPO) | hinge | ipo | robust | rpo | simpo | dpop"),
+    ("beta", "β"),
+    ("batch_size", "pairs per step"),
+    ("samples", "answers sampled per prompt: on-policy pairs, win rate"),
+    *_BASE_MODEL_FLAGS,
+    ("out", "output folder"),
+    _DEVICE_BY_PRESET,
+    ("threads", "CPU threads"),
+]
+_FORECAST_FLAGS = [
+    ("experiment", "sweep | perturb | curate | ches | all"),
+    ("seeds", "seeds"),
+    ("lrs", "sweep: AdamW learning rates"),
+    ("epochs", "sweep: epochs per run"),
+    ("data", "sweep: training questions per run"),
+    ("samples", "solutions sampled per question and checkpoint"),
+    ("temperature", "sampling temperature"),
+    ("tau", "memorized: perplexity < exp(e^tau)"),
+    ("curate_lr", "curate: AdamW learning rate"),
+    ("curate_epochs", "curate: epochs per run"),
+    ("pretrain_steps", "arithmetic base model"),
+    ("out", "output folder"),
+    ("device", _DEVICE),
+    ("threads", "CPU threads"),
+]
+
+
+class ConfigCommand(NamedTuple):
+    """A subcommand that fills a config dataclass from its flags and runs the experiment on it."""
+
+    config: str  # "module:Class" of the config dataclass (imported when the parser is built)
+    run: str  # "module:function" that runs it (imported when the command runs)
+    help: str  # one line in ``python -m tinyld --help``
+    fast_help: str  # what --fast does
+    flags: list  # flag rows (see above)
+    internal: tuple = ()  # fields with no flag: fixed settings of the experiment, set in Python only
+
+
+CONFIG_COMMANDS = {
+    "demo": ConfigCommand(
+        "tinyld.demo:DemoConfig", "tinyld.demo:run_demo",
+        "the main job: pretrain + SFT a tiny GPT on the synthetic world",
+        "a few steps only (also TINYLD_FAST=1)", _DEMO_FLAGS, internal=("batch_size",)),
+    "sft-dynamics": ConfigCommand(
+        "tinyld.experiments.sft_dynamics:SFTDynamicsConfig", "tinyld.experiments.sft_dynamics:run",
+        "what SFT does to every other answer (paper Fig. 3), with claims",
+        "8 epochs on a 400-step base model, ≤ 60 s (also TINYLD_FAST=1)", _SFT_FLAGS),
+    "dpo-dynamics": ConfigCommand(
+        "tinyld.experiments.dpo_dynamics:DPODynamicsConfig", "tinyld.experiments.dpo_dynamics:run",
+        "what DPO does to every answer (paper Fig. 4), squeezing, extend, on-policy, conditions",
+        "2 SFT + 4 DPO epochs on a 400-step base model (also TINYLD_FAST=1)", _DPO_FLAGS),
+    "forecast": ConfigCommand(
+        "tinyld.experiments.forecasting:ForecastConfig", "tinyld.experiments.forecasting:run",
+        "pre-memorization accuracy on a reasoning task, and CHES for DPO pairs",
+        "a small sweep on 400-step base models (also TINYLD_FAST=1)", _FORECAST_FLAGS,
+        internal=("measured", "batch_size", "taus", "curate_start", "curate_add", "curate_rounds", "ches_lr",
+                  "ches_steps", "ches_beta", "ches_pretrain_steps")),
+}
+
+
+def _load(path: str):
+    """The object named by "module:attribute", importing the module."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def field_defaults(config_cls) -> dict:
+    """Each field of a config dataclass → its default (a default_factory called)."""
+    return {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(config_cls)}
+
+
+def shown_default(value) -> str:
+    """A default as the help shows it: lists space-separated, floats with :g."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(shown_default(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _value_kind(hint) -> dict:
+    """argparse type and nargs for a field annotation: int, float, str, list[X] (one or more), X | None (as X)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return dict(nargs="+", **_value_kind(args[0]))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return _value_kind(args[0])
+    if hint not in (int, float, str):
+        raise TypeError(f"no flag type for {hint!r}: give the row an action")
+    return {} if hint is str else dict(type=hint)
+
+
+def add_config_command(sub, name: str, config_cls, flags, help: str, fast_help: str):
+    """Add subcommand ``name``: one flag per row of ``flags``, with its type from the field's annotation and
+    "(default X)" from the field's default, and --fast. Flag defaults stay None (--fast: False), so that only the
+    flags given reach the config and its own defaults apply otherwise."""
+    p = sub.add_parser(name, help=help)
+    hints, defaults = typing.get_type_hints(config_cls), field_defaults(config_cls)
+    for field_name, text, *extra in flags:
+        kw = dict(extra[0]) if extra else {}
+        flag = kw.pop("flag", "--" + field_name.replace("_", "-"))
+        shown = kw.pop("shown", defaults[field_name])  # the text of a None default resolved later
+        shown = shown() if callable(shown) else shown
+        if "action" not in kw:  # a value, not a switch: a switch's help says what it does instead of a default
+            kw = {**_value_kind(hints[field_name]), **kw}  # a row's own type or nargs wins
+            text = text if shown is None else f"{text} (default {shown_default(shown)})"
+        p.add_argument(flag, dest=field_name, default=None, help=text, **kw)
+    p.add_argument("--fast", action="store_true", help=fast_help)
+    return p
+
+
+def run_config(args) -> int:
+    """Build the command's config from the flags given (its defaults for the rest) and run the experiment."""
+    from tinyld.runtime import fast_mode
+
+    command = CONFIG_COMMANDS[args.cmd]
+    config_cls, run = _load(command.config), _load(command.run)
+    kw = {f.name: getattr(args, f.name) for f in fields(config_cls) if getattr(args, f.name, None) is not None}
+    kw["fast"] = args.fast or fast_mode()
+    run(config_cls(**kw))
+    return 0
+
+
+def _add_bench(sub) -> None:
+    """Add the bench subcommand (its defaults are its own, not those of tinyld.bench's functions)."""
     b = sub.add_parser("bench", help="benchmarks that print JSON")
     b.add_argument("what", choices=["step", "decompose"],
                    help="step: one training step, plain vs fast path · decompose: predicted full-vocab Δ log π vs a "
@@ -245,22 +309,41 @@ def main(argv=None) -> int:
     b.add_argument("--eta", type=float, default=None,
                    help="SGD step for the prediction-error figure (default: the largest predicted |Δ log π(y|x)| "
                         "is 0.1 nats)")
-    args = p.parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser; imports the config classes of the experiments (for their defaults)."""
+    p = argparse.ArgumentParser(prog="python -m tinyld", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("env", help="versions, device choice and OK/FAIL checks")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    for name, c in CONFIG_COMMANDS.items():
+        add_config_command(sub, name, _load(c.config), c.flags, c.help, c.fast_help)
+    g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
+    g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
+    _add_bench(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    """Run one command; the exit status (2: a user mistake, said in one line on stderr)."""
+    args = build_parser().parse_args(argv)
     from tinyld.runtime import TinyldError
 
     try:
-        if args.cmd in ("demo", "sft-dynamics", "dpo-dynamics", "forecast"):  # under torchrun: data-parallel
-            from tinyld.train import init_distributed, launched_processes
+        if args.cmd in CONFIG_COMMANDS:  # under torchrun: data-parallel
+            from tinyld.distributed import init_distributed, launched_processes
 
             if args.cmd == "forecast" and launched_processes() > 1:
                 raise TinyldError("forecast does not run under torchrun (it trains tiny models in many short runs, "
                                   "which one process does as fast, and CHES trains on one pair at a time, which "
                                   "processes cannot share): run it with python -m tinyld forecast")
             init_distributed()
-        rc = {"env": cmd_env, "demo": cmd_demo, "sft-dynamics": cmd_sft_dynamics,
-              "dpo-dynamics": cmd_dpo_dynamics, "forecast": cmd_forecast, "golden": cmd_golden,
-              "bench": cmd_bench}[args.cmd](args)
-        _wait_for_every_rank()
+            rc = run_config(args)
+        else:
+            rc = {"env": cmd_env, "golden": cmd_golden, "bench": cmd_bench}[args.cmd](args)
+        _close_process_group(wait=True)  # under torchrun the ranks finish together
         return rc
     except TinyldError as err:  # a user mistake: one clear line, no traceback
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets it; rank 0 says it
@@ -274,21 +357,16 @@ def main(argv=None) -> int:
         print(f"\n{str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     finally:  # under torchrun: close the process group, so that no rank exits holding a connection to another
-        if (dist := _process_group()) is not None:
-            dist.destroy_process_group()
+        _close_process_group(wait=False)
 
 
-def _process_group():
-    """torch.distributed while a process group is up (under torchrun), else None. Never imports torch."""
-    dist = sys.modules.get("torch.distributed")
-    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+def _close_process_group(wait: bool) -> None:
+    """Under torchrun: close the process group (tinyld.distributed.close_distributed), so that no rank exits holding
+    a connection to another. Without torchrun torch.distributed was never imported, and nothing is done."""
+    if "torch.distributed" in sys.modules:
+        from tinyld.distributed import close_distributed
 
-
-def _wait_for_every_rank() -> None:
-    """Under torchrun: the ranks finish together (rank 0 may still be measuring and writing when the others are
-    done training)."""
-    if (dist := _process_group()) is not None:
-        dist.barrier()
+        close_distributed(wait=wait)
 
 
 if __name__ == "__main__":

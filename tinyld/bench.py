@@ -9,11 +9,13 @@ import time
 import torch
 
 from tinyld.data import Batch
-from tinyld.dynamics import SFTUpdate, lm_rows, one_step, predict, sequence_change, step_size_for
+from tinyld.dynamics import one_step, sequence_change, step_size_for
+from tinyld.kernel import predict
 from tinyld.losses import sft_loss
 from tinyld.model import GPT, PRESETS, GPTConfig
 from tinyld.runtime import check_choice, check_int, check_number, pick_device
-from tinyld.train import TrainConfig, make_optimizer
+from tinyld.train import TrainConfig, Trainer, make_optimizer
+from tinyld.updates import SFTUpdate, lm_rows
 
 
 def _check_args(preset, vocab, batch, seq, repeat, warmup, eta=None) -> None:
@@ -75,8 +77,6 @@ def bench_step(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=1
 
     Plain: float32, attention written out. Fast (``GPTConfig.fast``): fused attention everywhere; on a GPU also bf16
     autocast and ``torch.compile`` (compiled during the warm-up steps). The result names the device it ran on."""
-    from tinyld.train import Trainer
-
     _check_args(preset, vocab, batch, seq, repeat, warmup)
     res = {"bench": "step", "preset": preset, "batch": batch, "seq": seq, "tokens_per_step": batch * seq}
     for path in ("plain", "fast"):

@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyld.dynamics import SFTUpdate, class_rows, kernel, predict
+from tinyld.kernel import kernel, predict
 from tinyld.runtime import TinyldError, check_int, check_number, check_seed
+from tinyld.updates import SFTUpdate, class_rows
 
 
 def load_digits(seed: int = 0, n_test: int = 360, dtype=torch.float64):

@@ -16,7 +16,8 @@ from tinyld.losses import sequence_logprob, token_logprobs
 from tinyld.runtime import TinyldError, check_int, check_number, check_seed, first_nonfinite
 
 
-def _healthy(model) -> None:
+def check_healthy(model) -> None:
+    """Refuse a model whose weights hold NaN or inf: it has no meaningful measurements."""
     bad = first_nonfinite(model)
     if bad:
         raise TinyldError(f"the model's parameter {bad!r} holds NaN or inf: a diverged model has no meaningful "
@@ -41,7 +42,7 @@ def _device(model):
 def text_stats(model, tok, texts: Sequence[str]) -> dict:
     """Mean top-1 probability and mean log-prob per token over every predicted token of ``texts``."""
     texts = _texts("texts", texts)
-    _healthy(model)
+    check_healthy(model)
     model.eval()
     seqs = [(tok.encode(t) + [tok.eos_id], 1) for t in texts]  # score every token after the first
     b = collate(seqs, tok.pad_id, model.config.block_size).to(_device(model))
@@ -59,7 +60,7 @@ def valley_depth(model, tok, n_seqs: int = 64, length: int = 16, seed: int = 0) 
     check_int("n_seqs", n_seqs, 1)
     check_int("length", length, 2, model.config.block_size + 1)
     check_seed("seed", seed)
-    _healthy(model)
+    check_healthy(model)
     model.eval()
     lo = 3 if getattr(tok, "name", "") == "word" else 0
     g = torch.Generator().manual_seed(seed)
@@ -75,7 +76,7 @@ def response_logprobs(model, tok, prompts: Sequence[str], responses: Sequence[st
     prompts, responses = _texts("prompts", prompts), _texts("responses", responses)
     if len(responses) != len(prompts):
         raise TinyldError(f"give one response per prompt: {len(prompts)} prompts but {len(responses)} responses")
-    _healthy(model)
+    check_healthy(model)
     model.eval()
     out = []
     for i in range(0, len(prompts), batch_size):
@@ -111,7 +112,7 @@ def _continuations(model, tok, prompts: list[str], copies: int, max_new_tokens: 
                    generator) -> list[list[str]]:
     """``copies`` continuations of each prompt (temperature 0: greedy), cut at EOS. Prompts of one token length
     form one batch, in increasing length, so a seeded generator gives the same samples on every call."""
-    _healthy(model)
+    check_healthy(model)
     model.eval()
     dev = _device(model)
     ids = [tok.encode(p) for p in prompts]

@@ -262,70 +262,83 @@ class GPT(nn.Module):
         if not isinstance(folder, (str, os.PathLike)):
             raise TinyldError(f"from_hf needs a folder path, got {type(folder).__name__}")
         folder = Path(folder)
-        cfg_path = folder / "config.json"
-        if not cfg_path.is_file():
-            raise TinyldError(f"no config.json in {folder}: point from_hf at a Hugging Face GPT-2 folder "
-                              "(config.json + model.safetensors or pytorch_model.bin)")
-        try:
-            hf = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise TinyldError(f"{cfg_path} is not readable JSON ({e}): copy the folder again") from None
-        if not isinstance(hf, dict):
-            raise TinyldError(f"{cfg_path} must hold a JSON object, got a {type(hf).__name__}")
-        if hf.get("model_type", "gpt2") != "gpt2":
-            raise TinyldError(f"{cfg_path} describes a {hf.get('model_type')!r} model; only GPT-2 imports")
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise TinyldError(f"activation_function={act!r} is not GPT-2's GELU-tanh; cannot import exactly")
-        if "n_embd" not in hf:
-            raise TinyldError(f"{cfg_path} lacks the GPT-2 field 'n_embd'")
-        n_embd = hf["n_embd"]
-        if hf.get("n_inner") not in (None, 4 * n_embd):
-            raise TinyldError(f"n_inner={hf['n_inner']} ≠ 4·n_embd: not supported")
-        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
-            if hf.get(flag):
-                raise TinyldError(f"{cfg_path}: {flag}=true changes GPT-2's outputs and is not supported")
-        try:
-            cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                            n_head=hf["n_head"], n_embd=n_embd, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                            scale_attn=bool(hf.get("scale_attn_weights", True)),
-                            tie_head=bool(hf.get("tie_word_embeddings", True)), fast=fast)
-        except KeyError as e:
-            raise TinyldError(f"{cfg_path} lacks the GPT-2 field {e.args[0]!r}") from None
-        except TinyldError as e:
-            raise TinyldError(f"{cfg_path}: {e}") from None
+        cfg = _hf_config(folder, fast)
         sd = _read_hf_weights(folder)
         model = cls(cfg)
-        ours = model.state_dict()
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-        loaded = {}
-        if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(w, torch.Tensor)
-                                               for k, w in sd.items()):
-            raise TinyldError(f"the weights file in {folder} is not a dict of named tensors: not a GPT-2 checkpoint")
-        for key, w in sd.items():
-            k = key.removeprefix("transformer.")
-            if k.endswith((".attn.bias", ".attn.masked_bias")) or (k == "lm_head.weight" and cfg.tie_head):
-                continue  # old causal-mask buffers; a tied head is wte itself
-            if k not in ours:
-                raise TinyldError(f"unexpected tensor {key!r} in {folder}: not a GPT-2 LM checkpoint?")
-            if k.endswith(conv1d):
-                w = w.t()
-            if tuple(w.shape) != tuple(ours[k].shape):
-                raise TinyldError(f"tensor {key!r} has shape {tuple(w.shape)}, config.json implies "
-                                  f"{tuple(ours[k].shape)}: config and weights disagree")
-            loaded[k] = w
-        missing = sorted(set(ours) - set(loaded) - ({"lm_head.weight"} if cfg.tie_head else set()))
-        if missing:
-            raise TinyldError(f"{folder} lacks tensors {missing[:4]}{'…' if len(missing) > 4 else ''}: "
-                              "incomplete checkpoint")
-        with torch.no_grad():
-            for k, w in loaded.items():
-                ours[k].copy_(w)
+        _copy_hf_weights(model, sd, folder)
         bad = first_nonfinite(model)
         if bad:
             raise TinyldError(f"the weights in {folder} hold NaN or inf (in {bad!r}): the file is damaged or comes "
                               "from a diverged run")
         return model
+
+
+def _hf_config(folder: Path, fast: bool) -> GPTConfig:
+    """The GPTConfig of a Hugging Face GPT-2 folder's config.json; anything that is not plain GPT-2 is refused."""
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise TinyldError(f"no config.json in {folder}: point from_hf at a Hugging Face GPT-2 folder "
+                          "(config.json + model.safetensors or pytorch_model.bin)")
+    try:
+        hf = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise TinyldError(f"{cfg_path} is not readable JSON ({e}): copy the folder again") from None
+    if not isinstance(hf, dict):
+        raise TinyldError(f"{cfg_path} must hold a JSON object, got a {type(hf).__name__}")
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise TinyldError(f"{cfg_path} describes a {hf.get('model_type')!r} model; only GPT-2 imports")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise TinyldError(f"activation_function={act!r} is not GPT-2's GELU-tanh; cannot import exactly")
+    if "n_embd" not in hf:
+        raise TinyldError(f"{cfg_path} lacks the GPT-2 field 'n_embd'")
+    n_embd = hf["n_embd"]
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise TinyldError(f"n_inner={hf['n_inner']} ≠ 4·n_embd: not supported")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+        if hf.get(flag):
+            raise TinyldError(f"{cfg_path}: {flag}=true changes GPT-2's outputs and is not supported")
+    try:
+        cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                        n_head=hf["n_head"], n_embd=n_embd, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                        scale_attn=bool(hf.get("scale_attn_weights", True)),
+                        tie_head=bool(hf.get("tie_word_embeddings", True)), fast=fast)
+    except KeyError as e:
+        raise TinyldError(f"{cfg_path} lacks the GPT-2 field {e.args[0]!r}") from None
+    except TinyldError as e:
+        raise TinyldError(f"{cfg_path}: {e}") from None
+    return cfg
+
+
+def _copy_hf_weights(model: GPT, sd, folder: Path) -> None:
+    """Copy a Hugging Face GPT-2 state dict into ``model``: Conv1D weights transposed, the old causal-mask buffers
+    and a tied head skipped; an unknown, missing or misshapen tensor is refused."""
+    cfg = model.config
+    ours = model.state_dict()
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    loaded = {}
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(w, torch.Tensor)
+                                           for k, w in sd.items()):
+        raise TinyldError(f"the weights file in {folder} is not a dict of named tensors: not a GPT-2 checkpoint")
+    for key, w in sd.items():
+        k = key.removeprefix("transformer.")
+        if k.endswith((".attn.bias", ".attn.masked_bias")) or (k == "lm_head.weight" and cfg.tie_head):
+            continue  # old causal-mask buffers; a tied head is wte itself
+        if k not in ours:
+            raise TinyldError(f"unexpected tensor {key!r} in {folder}: not a GPT-2 LM checkpoint?")
+        if k.endswith(conv1d):
+            w = w.t()
+        if tuple(w.shape) != tuple(ours[k].shape):
+            raise TinyldError(f"tensor {key!r} has shape {tuple(w.shape)}, config.json implies "
+                              f"{tuple(ours[k].shape)}: config and weights disagree")
+        loaded[k] = w
+    missing = sorted(set(ours) - set(loaded) - ({"lm_head.weight"} if cfg.tie_head else set()))
+    if missing:
+        raise TinyldError(f"{folder} lacks tensors {missing[:4]}{'…' if len(missing) > 4 else ''}: "
+                          "incomplete checkpoint")
+    with torch.no_grad():
+        for k, w in loaded.items():
+            ours[k].copy_(w)
 
 
 def _read_hf_weights(folder: Path) -> dict:

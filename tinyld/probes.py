@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyld.data import IGNORE, Example, encode_example, jsonl_objects, make_batch
-from tinyld.evaluate import _healthy, greedy_answers, valley_depth
+from tinyld.evaluate import check_healthy, greedy_answers, valley_depth
 from tinyld.runtime import TinyldError, check_int, write_text_atomic
 
 FAMILIES = {  # key → the paper's symbol. Model-free families first, then the two a model defines.
@@ -264,7 +264,7 @@ class Tracker:
     def measure(self, model, step: int) -> list[dict]:
         """Measure every pair at the model's current weights; append and return the new rows."""
         t0 = time.perf_counter()
-        _healthy(model)
+        check_healthy(model)
         was_training = model.training
         model.eval()
         dev = next(model.parameters()).device

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+VERSION = "0.1.0"  # tinyld's version (tinyld.__version__), stored in checkpoints and results
+
 
 class TinyldError(ValueError):
     """A mistake in what the user passed in, explained in words (value + fix)."""
@@ -208,10 +210,8 @@ def seed_everything(seed: int) -> None:
 
 def versions() -> dict:
     """Versions that decide the numbers: printed at the start of experiments, stored in checkpoints."""
-    import tinyld
-
     return {
-        "tinyld": tinyld.__version__,
+        "tinyld": VERSION,
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # a plain str: TorchVersion would not load with weights_only=True
         "numpy": np.__version__,
@@ -223,10 +223,13 @@ def versions() -> dict:
 
 def compare(name: str, manual, reference) -> float:
     """Print whether a hand-derived tensor equals the reference (autograd): exact / close / max abs diff."""
-    import torch
-
     exact = bool(torch.equal(manual, reference))
     close = bool(torch.allclose(manual, reference, rtol=1e-7, atol=1e-10))
     diff = (manual - reference).abs().max().item()
     print(f"{name:28s} | exact: {str(exact):5s} | close: {str(close):5s} | max diff: {diff:.2e}")
     return diff
+
+
+def fast_mode() -> bool:
+    """True when TINYLD_FAST is set (to anything but 0): lessons and commands then take a few steps only."""
+    return os.environ.get("TINYLD_FAST", "") not in ("", "0")

@@ -16,6 +16,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from tinyld.data import IGNORE
 from tinyld.runtime import TinyldError, check_number
 
 
@@ -95,8 +96,6 @@ def token_mass(logits: torch.Tensor, targets: torch.Tensor, other: torch.Tensor,
     e.g. the argmax before a step) when it is neither of those two; ``rest`` = everything else. The difference of
     two calls, before and after training, says where the mass went: squeezing shows as ``argmax`` gaining while
     ``own``, ``other`` and ``rest`` lose."""
-    from tinyld.data import IGNORE
-
     ts = {"targets": targets, "other": other, **({} if peak is None else {"peak": peak})}
     if not isinstance(logits, torch.Tensor) or not all(isinstance(t, torch.Tensor) for t in ts.values()):
         raise TinyldError("token_mass takes tensors: logits (B, T, V), targets and other (B, T), peak (B, T) or None")

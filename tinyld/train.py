@@ -1,4 +1,4 @@
-"""The training loop: pretraining and SFT with SGD / AdamW / RMSprop, warm-up, clipping, checkpoints, resume.
+"""The training loop: pretraining, SFT and DPO with SGD / AdamW / RMSprop, warm-up, clipping, checkpoints, resume.
 
 Notable choices
 - The batch at step s is a pure function of (data seed, s) and the learning rate a pure function of s, so a run
@@ -13,15 +13,17 @@ Notable choices
 - Resuming checks that the data, the tokenizer and the optimizer are the ones the checkpoint was trained with.
 - Logs are JSON lines (one per ``log_every`` steps); a progress line goes to stderr on long runs.
 - ``callback(trainer, step)`` runs after every update: hook your own measurements in there.
+
+Reading order: :class:`TrainConfig`, then :meth:`Trainer.train_step` (one update) and :meth:`Trainer.run` (the loop).
+Checkpoint files and the folder lock live in :mod:`tinyld.checkpoints`; torchrun's share of a batch in
+:mod:`tinyld.distributed`.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import math
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -32,15 +34,16 @@ from typing import Callable
 
 import torch
 
-from tinyld.data import Batch, PrefBatch
+from tinyld.checkpoints import FolderLock, data_identity, load_checkpoint, model_from_checkpoint, save_checkpoint
+from tinyld.data import Batch
+from tinyld.distributed import dist_info, shard
 from tinyld.losses import LOSSES, pair_loss, sequence_logprob
-from tinyld.model import GPT, GPTConfig
-from tinyld.runtime import (TinyldError, TrainingDiverged, TrainingInterrupted, check_choice, check_int,
-                            check_number, check_seed, first_nonfinite, from_dict_strict, versions, writable_dir)
+from tinyld.model import GPT
+from tinyld.preference import PrefBatch
+from tinyld.runtime import (TinyldError, TrainingDiverged, TrainingInterrupted, check_choice, check_int, check_number,
+                            check_seed, first_nonfinite, from_dict_strict, versions, writable_dir)
 from tinyld.tokenizers import fingerprint
 
-FORMAT = "tinyld-checkpoint"
-FORMAT_VERSION = 1
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 TASKS = (*LOSSES, "dpo")
 ADDED_LATER = {"pair_loss"}  # TrainConfig fields newer than some checkpoints: their defaults reproduce the old runs
@@ -104,82 +107,6 @@ class TrainConfig:
             return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         return self.lr
 
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised (e.g. under torchrun)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main() -> bool:
-    """True on rank 0, and always without torchrun: the process that measures, prints and writes files."""
-    return dist_info()[0] == 0
-
-
-def from_rank0(make: Callable[[], object]):
-    """``make()`` run on rank 0 alone, its result (any picklable object) handed to every rank. For what the ranks
-    must agree on exactly and only one should compute: on-policy samples that become the next batches."""
-    rank, world = dist_info()
-    if world == 1:
-        return make()
-    box = [make() if rank == 0 else None]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def launched_processes() -> int:
-    """How many processes torchrun launched (WORLD_SIZE), 1 without torchrun."""
-    raw = os.environ.get("WORLD_SIZE", "1").strip() or "1"
-    try:
-        n = int(raw)
-    except ValueError:
-        raise TinyldError(f"WORLD_SIZE={raw!r} is not a whole number: unset it, or let torchrun set it") from None
-    if n < 1:
-        raise TinyldError(f"WORLD_SIZE={n} must be at least 1: unset it, or let torchrun set it")
-    return n
-
-
-def init_distributed() -> tuple[int, int]:
-    """Under torchrun (WORLD_SIZE > 1): start the process group once (NCCL when CUDA is available, gloo
-    otherwise), put each rank on its own GPU, and silence the printing of every rank but 0. Returns
-    (rank, world size); (0, 1) without torchrun."""
-    if launched_processes() <= 1 or not torch.distributed.is_available():
-        return 0, 1
-    if not torch.distributed.is_initialized():
-        missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-        if missing:
-            raise TinyldError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(missing)} not: this is "
-                              "not a torchrun launch. Start with torchrun --nproc_per_node=N, or unset WORLD_SIZE")
-        cuda = torch.cuda.is_available()
-        # the other ranks wait in the next collective while rank 0 measures: give them an hour, not NCCL's 10 min
-        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=60))
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    rank, world = dist_info()
-    if rank != 0:
-        sys.stdout = open(os.devnull, "w")  # the same lines would print N times
-    return rank, world
-
-
-def shard(batch, rank: int, world: int):
-    """This rank's contiguous part of a global batch: B/world sequences, or for DPO B/world pairs (their chosen and
-    their rejected rows). Every rank's loss is a mean over equally many sequences or pairs, so averaging the
-    gradients over ranks (DDP does) gives the gradient of the global batch."""
-    if world == 1:
-        return batch
-    B = batch.n_pairs if isinstance(batch, PrefBatch) else batch.idx.shape[0]
-    if B % world:  # a remainder would be dropped, or a rank left with nothing: never silently
-        raise TinyldError(f"{world} processes share each step's batch, so it must hold a multiple of {world} "
-                          f"{'pairs' if isinstance(batch, PrefBatch) else 'sequences'}; this one holds {B}")
-    if isinstance(batch, PrefBatch):
-        n = B // world
-        rows = slice(rank * n, (rank + 1) * n)
-        idx, tg = ([torch.cat([t[:B][rows], t[B:][rows]]) for t in (batch.seqs.idx, batch.seqs.targets)])
-        return PrefBatch(Batch(idx, tg, batch.seqs.tok), batch.ref_c[rows], batch.ref_r[rows], batch.index[rows])
-    n = B // world
-    return Batch(batch.idx[rank * n:(rank + 1) * n], batch.targets[rank * n:(rank + 1) * n], batch.tok)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -333,7 +260,7 @@ class Trainer:
         out = writable_dir(cfg.out_dir, "TrainConfig.out_dir") if writes else None
         if out and (out / "last.pt").is_dir():
             raise TinyldError(f"{out / 'last.pt'} is a folder: the checkpoint goes there; remove or rename it")
-        with _OutDirLock(out), self._defer_interrupts():
+        with FolderLock(out), self._defer_interrupts():
             if out and (out / "last.pt").exists() and not overwrite and not self._owns(out / "last.pt"):
                 raise TinyldError(f"{out / 'last.pt'} holds a checkpoint of another run: continue it with "
                                   f"Trainer.resume('{out / 'last.pt'}', data, tokenizer), choose another out_dir, "
@@ -510,189 +437,3 @@ class Trainer:
         torch.set_rng_state(ck["rng"])
         tr.last_ckpt, tr._ckpt_step = Path(path), ck["step"]
         return tr
-
-
-def data_identity(data) -> dict | None:
-    """What a data source says about itself (``identity()``), stored in checkpoints and checked on resume."""
-    ident = getattr(data, "identity", None)
-    return ident() if callable(ident) else None
-
-
-class _OutDirLock:
-    """``out_dir/.lock`` holds the pid of the run writing there; a second live run is refused, a stale lock taken."""
-
-    def __init__(self, out: Path | None):
-        self.path = out / ".lock" if out else None
-        self.held = False
-
-    def __enter__(self):
-        if self.path is None:
-            return self
-        if self.path.is_dir():
-            raise TinyldError(f"{self.path} is a folder; tinyld keeps its lock file there: remove the folder")
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    raise TinyldError(f"{self.path.parent} is in use by another training run (pid {pid}): two runs "
-                                      "writing one folder would overwrite each other's checkpoints; give this run "
-                                      "its own out_dir") from None
-                with contextlib.suppress(OSError):  # stale: its run ended without cleaning up
-                    self.path.unlink()
-                continue
-            except OSError as e:
-                raise TinyldError(f"cannot write to {self.path.parent} ({e.strerror})") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self.held = True
-            return self
-        raise TinyldError(f"could not take the lock {self.path}: another run keeps taking it")
-
-    def __exit__(self, *exc):
-        if self.held:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-        return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def save_checkpoint(path: str | Path, model: GPT, tokenizer=None, step: int = 0, train_config: dict | None = None,
-                    optimizer: dict | None = None, **extra) -> Path:
-    """Write a checkpoint atomically: a temp file in the same folder, then a rename over ``path``. If anything
-    fails (a full disk, a NaN weight) the file at ``path`` is left as it was."""
-    path = Path(path)
-    if not isinstance(model, torch.nn.Module) or not hasattr(getattr(model, "config", None), "to_dict"):
-        raise TinyldError(f"save_checkpoint saves a tinyld GPT, got {type(model).__name__}")
-    if tokenizer is not None and not callable(getattr(tokenizer, "identity", None)):
-        raise TinyldError(f"tokenizer must be a tinyld tokenizer or None, got {type(tokenizer).__name__}")
-    step = check_int("step", step, 0)
-    for k, v in extra.items():
-        if not _plain(v):
-            raise TinyldError(f"checkpoint field {k!r} holds a {type(v).__name__}: checkpoints keep tensors and "
-                              "plain data (str, int, float, bool, None, lists, dicts) so they load without code")
-    bad = first_nonfinite(model)
-    if bad:
-        raise TrainingDiverged(f"not saving {path}: parameter {bad!r} is not finite (checkpoints hold finite "
-                               "weights only)")
-    writable_dir(path.parent, "checkpoint folder")
-    ck = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": model.config.to_dict(),
-          "tokenizer": tokenizer.identity() if tokenizer is not None else None, "step": step,
-          "train_config": train_config, "model": model.state_dict(), "optimizer": optimizer,
-          "rng": torch.get_rng_state(), "versions": versions(), **extra}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
-    try:
-        torch.save(ck, tmp)
-        os.replace(tmp, path)  # atomic: the old file stays whole until the new one is complete
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if not isinstance(e, (OSError, RuntimeError)):
-            raise
-        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
-        keep = f"{path} was left as it was" if path.exists() else "nothing was written"
-        raise TinyldError(f"could not write checkpoint {path} ({why}); {keep}. Free disk space or choose "
-                          "another folder, then save again") from None
-    return path
-
-
-def _plain(v) -> bool:
-    """Data that torch.load(weights_only=True) reads back: tensors and JSON-like Python values."""
-    if v is None or type(v) in (str, int, float, bool) or isinstance(v, torch.Tensor):
-        return True
-    if type(v) in (list, tuple):
-        return all(_plain(x) for x in v)
-    if type(v) is dict:
-        return all(type(k) in (str, int) and _plain(x) for k, x in v.items())
-    return False
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read and validate a checkpoint; every failure is one clear TinyldError."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TinyldError(f"a checkpoint path must be a string or Path, got {type(path).__name__}")
-    path = Path(path)
-    if not path.is_file():
-        raise TinyldError(f"no checkpoint at {path}: check the path (training writes out_dir/last.pt)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "weights_only" in str(e):
-            raise TinyldError(f"{path} carries Python code or objects other than tensors and plain data; "
-                              "tinyld never runs code from a checkpoint (torch.load weights_only=True). "
-                              "If you trust its author, re-save its tensors with torch.save") from None
-        raise TinyldError(f"checkpoint {path} is truncated or corrupt (UnpicklingError); "
-                          "use an earlier checkpoint or retrain") from None
-    except Exception as e:
-        raise TinyldError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}); "
-                          "use an earlier checkpoint or retrain") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise TinyldError(f"{path} is not a tinyld checkpoint (no '{FORMAT}' marker); "
-                          "for Hugging Face GPT-2 folders use GPT.from_hf")
-    if ck.get("format_version") != FORMAT_VERSION:
-        raise TinyldError(f"{path} has checkpoint format version {ck.get('format_version')}, this tinyld reads "
-                          f"version {FORMAT_VERSION}: use the tinyld version that wrote it")
-    missing = [k for k in ("model_config", "model", "step", "rng") if k not in ck]
-    if missing or not isinstance(ck["model"], dict) or not ck["model"]:
-        raise TinyldError(f"checkpoint {path} lacks {missing or ['model weights']}: it is incomplete; "
-                          "use an earlier checkpoint or retrain")
-    kinds = {"model_config": dict, "train_config": (dict, type(None)), "optimizer": (dict, type(None)),
-             "tokenizer": (dict, type(None)), "data": (dict, type(None)), "step": int, "rng": torch.Tensor}
-    bad = [k for k, t in kinds.items() if k in ck and not isinstance(ck[k], t)]
-    weights = ck["model"].values()
-    if not all(isinstance(w, torch.Tensor) and w.is_floating_point() for w in weights):
-        bad.append("model")
-    elif isinstance(ck["rng"], torch.Tensor) and ck["rng"].dtype != torch.uint8:
-        bad.append("rng")
-    if bad:
-        raise TinyldError(f"checkpoint {path} has damaged fields {bad}: use an earlier checkpoint or retrain")
-    return ck
-
-
-def model_from_checkpoint(ck: dict | str | Path) -> GPT:
-    path = ck if not isinstance(ck, dict) else "the checkpoint"
-    if not isinstance(ck, dict):
-        ck = load_checkpoint(ck)
-    sd = ck["model"]
-    try:
-        config = GPTConfig.from_dict(ck["model_config"])
-    except TinyldError as e:
-        raise TinyldError(f"{path}: its model_config is not valid ({e})") from None
-    model = GPT(config).to(next(iter(sd.values())).dtype)  # keep float64 models
-    try:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e:  # shape mismatch
-        missing, unexpected = [str(e).splitlines()[-1].strip()], []
-    if missing or unexpected:
-        raise TinyldError(f"checkpoint weights do not fit its config (missing/mismatched {missing[:3]}, unexpected "
-                          f"{unexpected[:3]}): the file is incompatible with this tinyld")
-    bad = first_nonfinite(model)
-    if bad:
-        raise TinyldError(f"{path} holds non-finite weights ({bad!r}): it comes from a diverged run; use an "
-                          "earlier checkpoint")
-    return model
-
-
-def load_model(path: str | Path):
-    """(model, tokenizer, checkpoint dict) from a tinyld checkpoint."""
-    from tinyld.tokenizers import tokenizer_from_identity
-
-    ck = load_checkpoint(path)
-    model = model_from_checkpoint(ck)
-    tok = tokenizer_from_identity(ck["tokenizer"]) if ck.get("tokenizer") else None
-    if tok is not None and tok.vocab_size != model.config.vocab_size:
-        raise TinyldError(f"{path}: its tokenizer has {tok.vocab_size} tokens but its model {model.config.vocab_size}")
-    return model, tok, ck

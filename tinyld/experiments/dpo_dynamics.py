@@ -30,16 +30,19 @@ from pathlib import Path
 
 import torch
 
-from tinyld.data import Example, PairData, PreferenceData, Reference
+from tinyld.data import Example
+from tinyld.distributed import dist_info, from_rank0, is_main
 from tinyld.evaluate import greedy_answers, sampled_answers, valley_depth
-from tinyld.experiments.sft_dynamics import (_plain_json, _summary, add_claim, base_model, check_base_model,
-                                             check_shared, figure, regime)
-from tinyld.experiments.sft_dynamics import claims_table as sft_claims_table
+from tinyld.experiments.common import (WORLD_SFT, add_claim, check_base_model, check_shared, figure, plain_json,
+                                       regime, sft_stage, stage_config, stage_steps, summary, world_base)
+from tinyld.experiments.common import claims_table as shared_claims_table
+from tinyld.losses import pair_loss
+from tinyld.preference import PreferenceData, Reference
 from tinyld.probes import ProbeSet, Tracker
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, num_threads,
-                            pick_device, versions, write_text_atomic, writable_dir)
+                            pick_device, versions, writable_dir, write_text_atomic)
 from tinyld.squeeze import MASS_CLASSES, token_mass
-from tinyld.train import OPTIMIZERS, TrainConfig, Trainer, dist_info, from_rank0, is_main
+from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
 from tinyld.world import MODES, World
 
 EXPERIMENTS = ("dynamics", "extend", "on-policy", "conditions", "all")
@@ -52,13 +55,13 @@ class DPODynamicsConfig:
     experiment: str = "all"  # dynamics | extend | on-policy | conditions | all
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     modes: list[str] = field(default_factory=lambda: ["hard", "easy"])
-    sft_epochs: int = 4  # SFT on y⁺ before DPO (extend: the same number of steps on y⁺ and y⁻)
+    sft_epochs: int = WORLD_SFT.epochs  # SFT on y⁺ before DPO (extend: the same number of steps on y⁺ and y⁻)
     dpo_epochs: int = 8
-    optimizer: str = "adamw"  # both stages: sgd | adamw | rmsprop
-    lr: float = 1e-3  # both stages, constant, no clipping
+    optimizer: str = WORLD_SFT.optimizer  # both stages: sgd | adamw | rmsprop
+    lr: float = WORLD_SFT.lr  # both stages, constant, no clipping
     loss: str = "sigmoid"  # any name of tinyld.losses.PAIR_LOSSES
     beta: float = 0.1
-    batch_size: int = 8  # pairs per step (40 training prompts: 5 steps per epoch)
+    batch_size: int = WORLD_SFT.batch_size  # pairs per step (40 training prompts: 5 steps per epoch)
     samples: int = 4  # on-policy: answers sampled per prompt · win rate: answers per held-out prompt
     pretrain_steps: int | None = None  # of the base model (cached): 3000 tiny, 1000 gpt2
     preset: str | None = None  # the base model: tiny (default; the world's words) or gpt2 (GPT-2 small, BPE)
@@ -81,8 +84,6 @@ class DPODynamicsConfig:
         self.dpo_epochs = check_int("dpo-dynamics --dpo-epochs", self.dpo_epochs, 1, 1000)
         check_choice("dpo-dynamics --optimizer", self.optimizer, OPTIMIZERS)
         self.lr = check_number("dpo-dynamics --lr", self.lr, 0, strict=True)
-        from tinyld.losses import pair_loss
-
         if not isinstance(self.loss, str):
             raise TinyldError(f"dpo-dynamics --loss must be a loss name, got {type(self.loss).__name__}")
         self.beta = float(check_number("dpo-dynamics --beta", self.beta, 0, strict=True))
@@ -94,13 +95,13 @@ class DPODynamicsConfig:
             raise TinyldError(f"DPODynamicsConfig.fast must be True or False, got {self.fast!r}")
         if self.fast:
             self.pretrain_steps = min(self.pretrain_steps, 400)
-            self.sft_epochs, self.dpo_epochs = min(self.sft_epochs, 2), min(self.dpo_epochs, 4)
+            self.sft_epochs, self.dpo_epochs = min(self.sft_epochs, WORLD_SFT.fast_epochs), min(self.dpo_epochs, 4)
 
     def train_config(self, task: str, steps: int, seed: int, optimizer: str | None = None, lr: float | None = None,
                      beta: float | None = None) -> TrainConfig:
-        return TrainConfig(task=task, steps=steps, optimizer=optimizer or self.optimizer, lr=lr or self.lr,
-                           grad_clip=0.0, seed=seed, log_every=max(1, steps), progress=False,
-                           pair_loss={"name": self.loss, "beta": beta or self.beta})
+        """The TrainConfig of one stage (:func:`~tinyld.experiments.common.stage_config`); None: this config's."""
+        return stage_config(task, steps, seed, optimizer or self.optimizer, lr or self.lr,
+                            pair_loss={"name": self.loss, "beta": beta or self.beta})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -110,27 +111,19 @@ class DPODynamicsConfig:
 
 def base(cfg: DPODynamicsConfig, seed: int, mode: str, pretrain_steps: int | None = None):
     """(model, tokenizer, world) for one seed and world mode: the cached pretrained world model."""
-    tok, model = base_model(cfg, seed, pretrain_steps)
-    return model, tok, World(seed, mode=mode)
+    return world_base(cfg, seed, mode, pretrain_steps)
 
 
 def sft(cfg: DPODynamicsConfig, seed: int, model, tok, examples: list[Example], steps: int, tracker=None,
         optimizer: str | None = None, lr: float | None = None):
     """A copy of ``model`` after ``steps`` SFT steps on ``examples`` (prompt masked, summed log-prob)."""
-    model = copy.deepcopy(model)
-    if steps == 0:
-        return model
-    data = PairData(tok, examples, cfg.batch_size, model.config.block_size, seed)
-    try:
-        Trainer(model, data, cfg.train_config("sft", steps, seed, optimizer, lr), tok).run(tracker)
-    except TrainingDiverged as e:
-        raise TrainingDiverged(f"SFT (seed {seed}) diverged: lower --lr ({e})") from None
-    return model.eval()
+    return sft_stage(model, tok, examples, cfg.train_config("sft", steps, seed, optimizer, lr), cfg.batch_size,
+                     tracker)
 
 
 def sft_steps(cfg: DPODynamicsConfig, n_prompts: int) -> int:
     """Steps of the baseline SFT stage (y⁺ only, ``sft_epochs`` epochs); extend spends the same on y⁺ and y⁻."""
-    return cfg.sft_epochs * (n_prompts // min(cfg.batch_size, n_prompts))
+    return stage_steps(cfg.sft_epochs, n_prompts, cfg.batch_size)
 
 
 @torch.no_grad()
@@ -206,13 +199,76 @@ def on_policy_pairs(model, tok, world: World, items, samples: int, seed: int) ->
     return out
 
 
+class DPOWatch:
+    """What a DPO run measures, on rank 0: the probe tracker after every epoch (``dense``: also after every step of
+    the first), the mass split at y⁺/y⁻ positions and the repetition of greedy answers after every epoch (on-policy:
+    both at the end of every round), and a copy of the model after each DPO epoch in ``snapshots`` (off-policy).
+    Called as the Trainer's callback."""
+
+    def __init__(self, tok, probes: ProbeSet, examples: list[Example], spe: int, on_policy: bool, dense: bool,
+                 snapshots: tuple[int, ...]):
+        self.tok, self.probes, self.examples, self.spe = tok, probes, examples, spe
+        self.on_policy, self.dense, self.snapshots = on_policy, dense, snapshots
+        self.tracker = Tracker(tok, probes, every=spe, valley=True)
+        self.measured = {"mass": [], "repetition": [], "mass_steps": []}
+        self.models = {}
+        self.prompts = [p.prompt for p in probes.probes]
+        self.max_new = 2 * max(len(tok.encode(p.responses["chosen"])) for p in probes.probes)
+        self.start_peak = None
+
+    def start(self, model) -> None:
+        """The measurements before DPO (step 0)."""
+        self.start_peak = peaks(model, self.tok, self.examples)  # the argmax at every position before DPO
+        self.tracker.measure(model, 0)
+        self.measure(model, 0, end=True)
+
+    def __call__(self, trainer, step: int) -> None:
+        end = step == trainer.cfg.steps  # on-policy: the end of a round
+        self.track(trainer.model, step, end)
+        self.measure(trainer.model, step, end)
+
+    def measure(self, m, step: int, end: bool = False) -> None:
+        """Keep a snapshot, measure the mass split and the repetition, each where it is due."""
+        spe = self.spe
+        if not self.on_policy and step % spe == 0 and step // spe in self.snapshots:
+            self.models[step // spe] = copy.deepcopy(m).eval()
+        if (end if self.on_policy else step % spe == 0):
+            self.measured["mass"].append(mass(m, self.tok, self.examples, self.start_peak))
+            self.measured["mass_steps"].append(step)
+            self.measured["repetition"].append(repetition(greedy_answers(m, self.tok, self.prompts, self.max_new)))
+
+    def track(self, m, step: int, end: bool = False) -> None:
+        """Measure every probe family where it is due (on-policy: at the end of every round)."""
+        if (end if self.on_policy else step % self.spe == 0 or (self.dense and step < self.spe)):
+            self.tracker.measure(m, step)
+
+    def result(self) -> dict:
+        """The curves of every family per split, and the mass, repetition and valley depth measured."""
+        tr, measured = self.tracker, self.measured
+        return {"curves": {split: {f: tr.curve(f, split)[1] for f in self.probes.families}
+                           for split in ("train", "test")},
+                "measured_steps": tr.curve("chosen", "train")[0],
+                "valley_depth": [r["valley_depth"] for r in tr.steps],
+                "mass": measured["mass"], "mass_epochs": [s / self.spe for s in measured["mass_steps"]],
+                "repetition": measured["repetition"]}
+
+
+def on_policy_round(cfg: DPODynamicsConfig, model, tok, world: World, items, seed: int) -> tuple[list[Example], int]:
+    """One on-policy round: the pairs (:func:`on_policy_pairs`, sampled by rank 0 and handed to the other ranks) and
+    the batch size, 0 when the round is skipped (no pair: every sample is correct; or fewer pairs than ranks)."""
+    pairs = from_rank0(lambda: on_policy_pairs(model, tok, world, items, cfg.samples, seed))
+    size = min(cfg.batch_size, len(pairs))
+    size -= size % dist_info()[1]  # under torchrun N ranks share a batch of a multiple of N pairs
+    return pairs, size
+
+
 def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: World, on_policy: bool = False,
         optimizer: str | None = None, lr: float | None = None, beta: float | None = None,
         dense: bool = False, snapshots: tuple[int, ...] = ()) -> dict:
     """DPO from ``model`` with ``model`` as reference, for ``cfg.dpo_epochs`` epochs, with the tracker, the mass
-    split at y⁺/y⁻ positions and greedy answers (repetition) after every epoch. Off-policy: the world's pairs.
-    On-policy: every epoch, pairs sampled from the current policy and ranked by the oracle
-    (:func:`on_policy_pairs`); the reference log-probs of each new set are computed once, batched. ``dense``: the
+    split at y⁺/y⁻ positions and greedy answers (repetition) after every epoch (:class:`DPOWatch`). Off-policy: the
+    world's pairs. On-policy: every epoch, pairs sampled from the current policy and ranked by the oracle
+    (:func:`on_policy_round`); the reference log-probs of each new set are computed once, batched. ``dense``: the
     tracker also measures after every step of the first epoch (where SGD's brief rise of y⁺ happens).
     ``snapshots``: DPO epochs after which a copy of the model is kept (``run["models"][k]``; not saved in JSON).
     Under torchrun every rank trains, rank 0 alone measures (the others return ``{}``) and samples the on-policy
@@ -223,43 +279,17 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
     items = world.train_items()
     examples = probes.examples("train")
     spe = len(items) // min(cfg.batch_size, len(items))
-    steps = cfg.dpo_epochs * spe
-    tracker = Tracker(tok, probes, every=spe, valley=True)
-    measured = {"mass": [], "repetition": [], "mass_steps": [], "pairs": []}
-    models = {}
-    prompts = [p.prompt for p in probes.probes]
-    max_new = 2 * max(len(tok.encode(p.responses["chosen"])) for p in probes.probes)
-
-    def measure(m, step, end=False):
-        if not on_policy and step % spe == 0 and step // spe in snapshots:
-            models[step // spe] = copy.deepcopy(m).eval()
-        if (end if on_policy else step % spe == 0):
-            measured["mass"].append(mass(m, tok, examples, start_peak))
-            measured["mass_steps"].append(step)
-            measured["repetition"].append(repetition(greedy_answers(m, tok, prompts, max_new)))
-
-    def track(m, step, end=False):  # on-policy: at the end of every round
-        if (end if on_policy else step % spe == 0 or (dense and step < spe)):
-            tracker.measure(m, step)
-
+    watch = DPOWatch(tok, probes, examples, spe, on_policy, dense, snapshots)
     if main:
-        start_peak = peaks(model, tok, examples)  # the argmax at every position before DPO
-        tracker.measure(model, 0)
-        measure(model, 0, end=True)
-    tc = cfg.train_config("dpo", steps, seed, optimizer, lr, beta)
+        watch.start(model)
+    tc = cfg.train_config("dpo", cfg.dpo_epochs * spe, seed, optimizer, lr, beta)
     t0 = time.perf_counter()
-    trainer = None
-    epochs = range(cfg.dpo_epochs) if on_policy else [None]
-    for e in epochs:
+    trainer, pairs = None, []
+    for e in range(cfg.dpo_epochs) if on_policy else [None]:
         if on_policy:
-            pairs = from_rank0(lambda: on_policy_pairs(model, tok, world, items, cfg.samples, seed * 1000 + e))
-            measured["pairs"].append(len(pairs))
-            if not pairs:  # every sample is correct: nothing to push down this round
-                continue
-            ex = pairs
-            size = min(cfg.batch_size, len(ex))
-            size -= size % dist_info()[1]  # under torchrun N ranks share a batch of a multiple of N pairs
-            if not size:  # fewer pairs than ranks: every rank skips this round
+            ex, size = on_policy_round(cfg, model, tok, world, items, seed * 1000 + e)
+            pairs.append(len(ex))
+            if not size:  # nothing to push down this round, or not enough pairs to share: every rank skips it
                 continue
         else:
             ex, size = examples, cfg.batch_size
@@ -272,8 +302,7 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
         if on_policy:  # one round: one epoch over the new pairs
             trainer.cfg = replace(tc, steps=trainer.step + data.batches_per_epoch)
         try:
-            trainer.run(lambda tr, s: (track(tr.model, s, s == tr.cfg.steps), measure(tr.model, s, s == tr.cfg.steps))
-                        if main else None)
+            trainer.run(watch if main else None)
         except TrainingDiverged as ex_:
             raise TrainingDiverged(f"DPO ({tc.optimizer}, lr {tc.lr:g}, β {tc.pair_loss['beta']:g}, seed {seed}) "
                                    f"diverged: lower --lr or --beta ({ex_})") from None
@@ -282,13 +311,8 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
         return {}
     return {"seed": seed, "optimizer": tc.optimizer, "lr": tc.lr, "beta": tc.pair_loss["beta"],
             "loss": tc.pair_loss["name"], "on_policy": on_policy, "steps_per_epoch": spe,
-            "steps": trainer.step if trainer else 0,
-            "curves": {split: {f: tracker.curve(f, split)[1] for f in probes.families} for split in ("train", "test")},
-            "measured_steps": tracker.curve("chosen", "train")[0],
-            "valley_depth": [r["valley_depth"] for r in tracker.steps],
-            "mass": measured["mass"], "mass_epochs": [s / spe for s in measured["mass_steps"]],
-            "repetition": measured["repetition"], "pairs_per_round": measured["pairs"],
-            "seconds": round(train_s, 1), "models": models}
+            "steps": trainer.step if trainer else 0, **watch.result(), "pairs_per_round": pairs,
+            "seconds": round(train_s, 1), "models": watch.models}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,8 +379,8 @@ def _fmt(m: dict) -> str:
 
 
 def claims_table(claims: list[dict], title: str) -> str:
-    """The claims with this experiment's per-seed measurements (:func:`sft_dynamics.claims_table`'s layout)."""
-    return sft_claims_table(claims, title, fmt=_fmt, width=34, unit="")
+    """The claims with this experiment's per-seed measurements (:func:`tinyld.experiments.common.claims_table`)."""
+    return shared_claims_table(claims, title, _fmt, width=34, unit="")
 
 
 def squeeze_summary(r: dict) -> dict:
@@ -401,7 +425,7 @@ def run_dynamics(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
     if not main:
         return {}
     claims = judge_dpo(runs)
-    res = {"regime_before_dpo": _summary(regimes), "regime_per_seed": regimes, "claims": claims, "runs": runs}
+    res = {"regime_before_dpo": summary(regimes), "regime_per_seed": regimes, "claims": claims, "runs": runs}
     try:
         res["figure"] = str(figure(runs, out / f"fig4_{mode}.png", f"off-policy DPO, {mode} world ({runs[0]['loss']}"
                                    f" β {cfg.beta:g}, {cfg.optimizer} lr {cfg.lr:g}, {len(runs)} seeds)"))
@@ -412,53 +436,80 @@ def run_dynamics(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
 
 
 def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
-    main, per_seed = is_main(), []  # under torchrun the other ranks only train (and return {})
-    for seed in cfg.seeds:
-        model, tok, world = base(cfg, seed, mode)
-        items = world.train_items()
-        steps = sft_steps(cfg, len(items))
-        probes = _probes(model, tok, world)
-        arms = {}
-        for arm, examples in (("baseline", [it.example() for it in items]),
-                              ("extend", [e for it in items for e in (it.example(), Example(it.prompt, it.rejected))])):
-            tr = None
-            if main:  # log π during SFT
-                tr = Tracker(tok, probes, every=max(1, steps // max(1, cfg.sft_epochs)), valley=False)
-                tr.measure(model, 0)
-            m = sft(cfg, seed, model, tok, examples, steps, tracker=tr)
-            run = dpo(cfg, seed, m, tok, _probes(m, tok, world), world, snapshots=win_epochs(cfg))
-            if not main:
-                continue
-            run["sft_rejected"] = tr.curve("rejected", "train")[1]
-            run["sft_chosen"] = tr.curve("chosen", "train")[1]
-            run["valley_before_dpo"] = valley_depth(m, tok)
-            arms[arm] = run
+    """Extend against the baseline in every seed (:func:`extend_seed`), the claims (:func:`judge_extend`) and the
+    figure. Under torchrun the ranks other than 0 only train (and return ``{}``)."""
+    per_seed = [extend_seed(cfg, seed, mode) for seed in cfg.seeds]
+    if not is_main():
+        return {}
+    res = {"claims": judge_extend(per_seed), "per_seed": per_seed}
+    try:
+        res["figure"] = str(extend_figure(per_seed, out / f"extend_{mode}.png", f"extend vs baseline, {mode} world "
+                                          f"(mean of {len(per_seed)} seeds)"))
+    except ImportError as e:
+        print(f"  (no figure: {e})")
+    return res
+
+
+def extend_seed(cfg: DPODynamicsConfig, seed: int, mode: str) -> dict:
+    """One seed of extend against the baseline: each arm's SFT (log π during it), then DPO from it with snapshots
+    after the :func:`win_epochs`, and the win rates of extend's sampled answers (:func:`win_rates`). Prints one line.
+    Under torchrun the ranks other than 0 only train (and return ``{}``)."""
+    main = is_main()
+    model, tok, world = base(cfg, seed, mode)
+    items = world.train_items()
+    steps = sft_steps(cfg, len(items))
+    probes = _probes(model, tok, world)
+    arms = {}
+    for arm, examples in (("baseline", [it.example() for it in items]),
+                          ("extend", [e for it in items for e in (it.example(), Example(it.prompt, it.rejected))])):
+        tr = None
+        if main:  # log π during SFT
+            tr = Tracker(tok, probes, every=max(1, steps // max(1, cfg.sft_epochs)), valley=False)
+            tr.measure(model, 0)
+        m = sft(cfg, seed, model, tok, examples, steps, tracker=tr)
+        run = dpo(cfg, seed, m, tok, _probes(m, tok, world), world, snapshots=win_epochs(cfg))
         if not main:
             continue
-        win = []
-        for k in win_epochs(cfg):
-            ca = sampled_correct(arms["extend"]["models"][k], tok, world, world.test_items(), cfg.samples, seed)
-            cb = sampled_correct(arms["baseline"]["models"][k], tok, world, world.test_items(), cfg.samples, seed)
-            w = sum(x and not y for ra, rb in zip(ca, cb) for x, y in zip(ra, rb))
-            lo = sum(y and not x for ra, rb in zip(ca, cb) for x, y in zip(ra, rb))
-            n = sum(len(r) for r in ca)
-            win.append({"dpo_epochs": k, "wins": w, "losses": lo, "ties": n - w - lo, "n": n,
-                        "win_rate_of_decided": w / (w + lo) if w + lo else None,
-                        "extend_correct": sum(map(sum, ca)) / n, "baseline_correct": sum(map(sum, cb)) / n})
-        for run in arms.values():
-            run.pop("models")
-        rec = {"seed": seed, "sft_steps": steps, "win": win,
-               **{arm: {"squeeze": squeeze_summary(r), "sft_rejected": r["sft_rejected"],
-                        "sft_chosen": r["sft_chosen"], "valley_before_dpo": r["valley_before_dpo"], "run": r}
-                  for arm, r in arms.items()}}
-        per_seed.append(rec)
-        sb, se = rec["baseline"]["squeeze"], rec["extend"]["squeeze"]
-        print(f"  seed {seed}: after SFT log π(y⁻) baseline {rec['baseline']['sft_rejected'][-1]:.1f}, extend "
-              f"{rec['extend']['sft_rejected'][-1]:.1f} · during DPO y* {sb['star']:+.1f} vs {se['star']:+.1f}, y⁺ "
-              f"{sb['chosen']:+.1f} vs {se['chosen']:+.1f} · win/tie/loss of extend " +
-              ", ".join(f"ep{x['dpo_epochs']} {x['wins']}/{x['ties']}/{x['losses']}" for x in win), flush=True)
+        run["sft_rejected"] = tr.curve("rejected", "train")[1]
+        run["sft_chosen"] = tr.curve("chosen", "train")[1]
+        run["valley_before_dpo"] = valley_depth(m, tok)
+        arms[arm] = run
     if not main:
         return {}
+    win = win_rates(cfg, arms, tok, world, seed)
+    for run in arms.values():
+        run.pop("models")
+    rec = {"seed": seed, "sft_steps": steps, "win": win,
+           **{arm: {"squeeze": squeeze_summary(r), "sft_rejected": r["sft_rejected"],
+                    "sft_chosen": r["sft_chosen"], "valley_before_dpo": r["valley_before_dpo"], "run": r}
+              for arm, r in arms.items()}}
+    sb, se = rec["baseline"]["squeeze"], rec["extend"]["squeeze"]
+    print(f"  seed {seed}: after SFT log π(y⁻) baseline {rec['baseline']['sft_rejected'][-1]:.1f}, extend "
+          f"{rec['extend']['sft_rejected'][-1]:.1f} · during DPO y* {sb['star']:+.1f} vs {se['star']:+.1f}, y⁺ "
+          f"{sb['chosen']:+.1f} vs {se['chosen']:+.1f} · win/tie/loss of extend " +
+          ", ".join(f"ep{x['dpo_epochs']} {x['wins']}/{x['ties']}/{x['losses']}" for x in win), flush=True)
+    return rec
+
+
+def win_rates(cfg: DPODynamicsConfig, arms: dict, tok, world: World, seed: int) -> list[dict]:
+    """After each of the :func:`win_epochs`, extend's snapshot against the baseline's on ``cfg.samples`` sampled
+    answers per held-out prompt, judged by the oracle: wins (extend correct, baseline not), losses, ties."""
+    win = []
+    for k in win_epochs(cfg):
+        ca = sampled_correct(arms["extend"]["models"][k], tok, world, world.test_items(), cfg.samples, seed)
+        cb = sampled_correct(arms["baseline"]["models"][k], tok, world, world.test_items(), cfg.samples, seed)
+        w = sum(x and not y for ra, rb in zip(ca, cb) for x, y in zip(ra, rb))
+        lo = sum(y and not x for ra, rb in zip(ca, cb) for x, y in zip(ra, rb))
+        n = sum(len(r) for r in ca)
+        win.append({"dpo_epochs": k, "wins": w, "losses": lo, "ties": n - w - lo, "n": n,
+                    "win_rate_of_decided": w / (w + lo) if w + lo else None,
+                    "extend_correct": sum(map(sum, ca)) / n, "baseline_correct": sum(map(sum, cb)) / n})
+    return win
+
+
+def judge_extend(per_seed: list[dict]) -> list[dict]:
+    """The paper's claims about extend, per seed: y⁻ higher after its SFT, less squeezing of y* and y⁺ during DPO,
+    and more wins than losses after the last of the :func:`win_epochs`."""
     claims = []
     add_claim(claims, "extend: y⁻ higher after SFT",
               "after extend's SFT, log π(y⁻) is higher than after the baseline's (y⁻ is lifted out of its valley)",
@@ -475,23 +526,22 @@ def run_extend(cfg: DPODynamicsConfig, mode: str, out: Path) -> dict:
               "extend's sampled answers win more often than they lose (paper: 0.65–0.69 win rate)",
               [{"wins": last(r)["wins"], "ties": last(r)["ties"], "losses": last(r)["losses"],
                 "held": last(r)["wins"] > last(r)["losses"]} for r in per_seed])
-    res = {"claims": claims, "per_seed": per_seed}
-    try:
-        from tinyld.plots import condition_lines
+    return claims
 
-        series = {}
-        for key, label in (("sft_rejected", "log π(y⁻) during SFT"), ("star", "y* during DPO"),
-                           ("chosen", "y⁺ during DPO"), ("rejected", "y⁻ during DPO")):
-            series[label] = {}
-            for arm in ("baseline", "extend"):
-                ys = [r[arm][key] if key.startswith("sft") else r[arm]["run"]["curves"]["train"][key] for r in per_seed]
-                n = len(ys[0])
-                series[label][arm] = (list(range(n)), [statistics.fmean(y[i] for y in ys) for i in range(n)])
-        res["figure"] = str(condition_lines(series, out / f"extend_{mode}.png", f"extend vs baseline, {mode} world "
-                                            f"(mean of {len(per_seed)} seeds)", xlabel="measurement (once per epoch)"))
-    except ImportError as e:
-        print(f"  (no figure: {e})")
-    return res
+
+def extend_figure(per_seed: list[dict], path: Path, title: str) -> Path:
+    """Mean over seeds, extend against the baseline: log π(y⁻) during SFT, and y*, y⁺, y⁻ during DPO."""
+    from tinyld.plots import condition_lines
+
+    series = {}
+    for key, label in (("sft_rejected", "log π(y⁻) during SFT"), ("star", "y* during DPO"),
+                       ("chosen", "y⁺ during DPO"), ("rejected", "y⁻ during DPO")):
+        series[label] = {}
+        for arm in ("baseline", "extend"):
+            ys = [r[arm][key] if key.startswith("sft") else r[arm]["run"]["curves"]["train"][key] for r in per_seed]
+            n = len(ys[0])
+            series[label][arm] = (list(range(n)), [statistics.fmean(y[i] for y in ys) for i in range(n)])
+    return condition_lines(series, path, title, xlabel="measurement (once per epoch)")
 
 
 def win_epochs(cfg: DPODynamicsConfig) -> tuple[int, ...]:
@@ -655,7 +705,7 @@ def _run(cfg: DPODynamicsConfig, out: Path) -> dict:
     if not main:
         return {}
     result["runtime_s"] = round(time.perf_counter() - t0, 1)
-    write_text_atomic(out / "dpo_dynamics.json", json.dumps(_plain_json(result), indent=1, allow_nan=False))
+    write_text_atomic(out / "dpo_dynamics.json", json.dumps(plain_json(result), indent=1, allow_nan=False))
     write_text_atomic(out / "claims.txt", "\n\n".join(texts) + "\n")
     print(f"\nwrote {out / 'dpo_dynamics.json'}, {out / 'claims.txt'} and figures in {out} · {result['runtime_s']} s")
     return result

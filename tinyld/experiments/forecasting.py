@@ -33,13 +33,16 @@ from pathlib import Path
 
 import torch
 
-from tinyld.data import Example, PairData, PreferenceData, Reference
+from tinyld.data import Example, PairData
 from tinyld.evaluate import response_logprobs, sampled_answers
-from tinyld.experiments.sft_dynamics import _plain_json, add_claim, check_shared, claims_table
+from tinyld.experiments.common import (WORLD_SFT, BaseModelConfig, add_claim, check_shared, claims_table, plain_json,
+                                       sft_stage, stage_config, stage_steps, world_base)
 from tinyld.forecast import ches, memorized, pre_memorization_accuracy, solution_perplexity
+from tinyld.preference import PreferenceData, Reference
+from tinyld.pretrained import pretrained
 from tinyld.reasoning import Arithmetic, Problem
 from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, num_threads,
-                            pick_device, versions, write_text_atomic, writable_dir)
+                            pick_device, versions, writable_dir, write_text_atomic)
 from tinyld.train import TrainConfig, Trainer
 
 EXPERIMENTS = ("sweep", "perturb", "curate", "ches", "all")
@@ -121,8 +124,6 @@ class ForecastConfig:
 
 def arithmetic_base(cfg: ForecastConfig, seed: int):
     """(world, tokenizer, model): the cached base model pretrained on :meth:`Arithmetic.pretrain_docs`."""
-    from tinyld.demo import pretrained
-
     world, tok, model = pretrained(seed, steps=cfg.pretrain_steps, task="arithmetic")
     return world, tok, model.to(pick_device(cfg.device).device).eval()
 
@@ -459,16 +460,24 @@ def dpo_change(cfg: ForecastConfig, model, tok, pairs: list[Example], seed: int,
     return change
 
 
+def ches_model(cfg: ForecastConfig, seed: int):
+    """(model, tokenizer, world): the fact world's (easy mode) pretrained model of ``cfg.ches_pretrain_steps`` steps
+    after the SFT stage that dpo-dynamics starts DPO from, with its default settings (:data:`WORLD_SFT`)."""
+    base = BaseModelConfig(pretrain_steps=cfg.ches_pretrain_steps, device=cfg.device)  # preset tiny
+    model, tok, world = world_base(base, seed, "easy")
+    items = world.train_items()
+    epochs = min(WORLD_SFT.epochs, WORLD_SFT.fast_epochs) if cfg.fast else WORLD_SFT.epochs
+    steps = stage_steps(epochs, len(items), WORLD_SFT.batch_size)
+    tc = stage_config("sft", steps, seed, WORLD_SFT.optimizer, WORLD_SFT.lr)
+    return sft_stage(model, tok, [it.example() for it in items], tc, WORLD_SFT.batch_size), tok, world
+
+
 def ches_seed(cfg: ForecastConfig, seed: int) -> dict:
     """CHES, edit distance and the change of log π(y⁺) under a few DPO steps on each pair alone, for every
-    training prompt of the fact world (easy mode) paired with each kind of y⁻ in :data:`CHES_KINDS`."""
-    from tinyld.experiments.dpo_dynamics import DPODynamicsConfig, base, sft, sft_steps
-
-    dcfg = DPODynamicsConfig(seeds=[seed], modes=["easy"], device=cfg.device,
-                             pretrain_steps=cfg.ches_pretrain_steps, fast=cfg.fast)
-    model, tok, world = base(dcfg, seed, "easy")
+    training prompt of the fact world (easy mode, after SFT: :func:`ches_model`) paired with each kind of y⁻ in
+    :data:`CHES_KINDS`."""
+    model, tok, world = ches_model(cfg, seed)
     items = world.train_items()
-    model = sft(dcfg, seed, model, tok, [it.example() for it in items], sft_steps(dcfg, len(items)))
     pairs = [(kind, Example(it.prompt, it.chosen, world.probes(it)[kind])) for it in items for kind in CHES_KINDS]
     prompts, chosen, rejected = ([e.prompt for _, e in pairs], [e.chosen for _, e in pairs],
                                  [e.rejected for _, e in pairs])
@@ -645,7 +654,7 @@ def _run(cfg: ForecastConfig, out: Path) -> dict:
     except ImportError as e:
         print(f"  (no figures: {e})")
     result["runtime_s"] = round(time.perf_counter() - t0, 1)
-    write_text_atomic(out / "forecast.json", json.dumps(_plain_json(result), indent=1, allow_nan=False))
+    write_text_atomic(out / "forecast.json", json.dumps(plain_json(result), indent=1, allow_nan=False))
     write_text_atomic(out / "claims.txt", "\n\n".join(texts) + "\n")
     print(f"\nwrote {out / 'forecast.json'}, {out / 'claims.txt'} and figures in {out} · {result['runtime_s']} s")
     return result

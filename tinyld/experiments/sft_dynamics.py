@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,11 +29,19 @@ from pathlib import Path
 import torch
 
 from tinyld.data import PairData, make_batch
+from tinyld.distributed import is_main
+from tinyld.dynamics import contributions
 from tinyld.evaluate import greedy_answers, response_logprobs, valley_depth
-from tinyld.probes import FAMILIES, ProbeSet, Tracker, position_stats
-from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, check_seed,
-                            num_threads, pick_device, versions, write_text_atomic, writable_dir)
-from tinyld.train import OPTIMIZERS, TrainConfig, Trainer, is_main
+from tinyld.experiments.common import (add_claim, check_base_model, check_shared, figure, plain_json, regime, summary,
+                                       world_base)
+from tinyld.experiments.common import claims_table as shared_claims_table
+from tinyld.model import GPT, PRESETS, GPTConfig
+from tinyld.probes import FAMILIES, ProbeSet, Tracker
+from tinyld.runtime import (TinyldError, TrainingDiverged, check_choice, check_int, check_number, num_threads,
+                            pick_device, versions, writable_dir, write_text_atomic)
+from tinyld.tokenizers import GPT2BPE
+from tinyld.train import OPTIMIZERS, TrainConfig, Trainer
+from tinyld.updates import SFTUpdate, lm_rows
 from tinyld.world import ANSWER_KINDS, MODES, World
 
 SIMILAR = ("rejected", "gpts_chosen", "gpts_rejected", "init", "test_chosen")  # "rise first, then fall"
@@ -52,7 +58,7 @@ class SFTDynamicsConfig:
     batch_size: int = 8  # prompts per step (40 training prompts: 5 steps per epoch)
     grad_clip: float = 0.0  # global gradient-norm clipping of the SFT runs (0: none, as the first-order picture)
     every: int = 0  # steps between measurements (0: once per epoch)
-    pretrain_steps: int | None = None  # of the base model (tinyld.demo.pretrained, cached): 3000 tiny, 1000 gpt2
+    pretrain_steps: int | None = None  # of the base model (tinyld.pretrained.pretrained, cached): 3000 tiny, 1000 gpt2
     preset: str | None = None  # the base model: tiny (default; the world's words) or gpt2 (GPT-2 small, BPE)
     hf: str | None = None  # a local Hugging Face GPT-2 folder to start the gpt2 pretraining from (GPT.from_hf)
     attribution: bool = True  # the SGD attribution run (first mode; in fast mode first seed only)
@@ -101,69 +107,17 @@ class SFTDynamicsConfig:
 # --------------------------------------------------------------------------------------------------------------
 
 
-
-def check_shared(cfg, command: str) -> None:
-    """Check (and normalise) the fields every experiment config has: distinct seeds, threads, device, out."""
-    if isinstance(cfg.seeds, int) or not isinstance(cfg.seeds, (list, tuple)) or not cfg.seeds \
-            or not all(isinstance(s, int) for s in cfg.seeds):
-        raise TinyldError(f"{command} --seeds must be a list of integers, got {cfg.seeds!r}")
-    cfg.seeds = [check_seed(f"{command} --seeds", s) for s in cfg.seeds]
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise TinyldError(f"{command} --seeds repeats a seed: {cfg.seeds}")
-    cfg.threads = check_int(f"{command} --threads", cfg.threads, 1, 256)
-    check_choice(f"{command} --device", cfg.device, ("auto", "cpu", "cuda", "mps"))
-    if not isinstance(cfg.out, (str, os.PathLike)) or not str(cfg.out).strip():
-        raise TinyldError(f"{command} --out must be a folder path, got {cfg.out!r}")
-
-def check_base_model(cfg, command: str) -> None:
-    """Resolve and check the base-model fields the world experiments share: preset, hf, pretrain_steps, device."""
-    from tinyld.demo import GPT2_RECIPE
-
-    if cfg.hf is not None:
-        if not isinstance(cfg.hf, (str, os.PathLike)) or not str(cfg.hf).strip() or not Path(cfg.hf).is_dir():
-            raise TinyldError(f"{command} --hf {cfg.hf!r} is not a folder: give a local Hugging Face GPT-2 folder "
-                              "(config.json + model.safetensors or pytorch_model.bin)")
-        cfg.hf = str(cfg.hf)
-        if cfg.preset == "tiny":
-            raise TinyldError(f"{command}: --hf loads GPT-2 with the GPT-2 BPE; it goes with --preset gpt2 (or no "
-                              "--preset), not tiny")
-    if cfg.preset is None:
-        cfg.preset = "gpt2" if cfg.hf is not None else "tiny"
-    check_choice(f"{command} --preset", cfg.preset, ("tiny", "gpt2"))
-    if cfg.pretrain_steps is None:
-        cfg.pretrain_steps = GPT2_RECIPE["steps"] if cfg.preset == "gpt2" else 3000
-    cfg.pretrain_steps = check_int(f"{command} --pretrain-steps", cfg.pretrain_steps, 1)
-    if cfg.device is None:
-        cfg.device = "auto" if cfg.preset == "gpt2" else "cpu"
-
-
-def base_model(cfg, seed: int, steps: int | None = None):
-    """(tokenizer, model on cfg.device) for one seed: the cached pretrained world model of ``cfg.preset``. A GPT-2
-    on a GPU trains on the fast path (fused attention, bf16 autocast)."""
-    from tinyld.demo import pretrained
-
-    dev = pick_device(cfg.device).device
-    _, tok, model = pretrained(seed, steps=steps or cfg.pretrain_steps, preset=cfg.preset, hf=cfg.hf,
-                               device=cfg.device)
-    model = model.to(dev).eval()
-    return tok, model.use_fast(cfg.preset == "gpt2" and dev.type == "cuda")
-
-
 def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
     """(model, tokenizer, probes with y_init, world or None) for one seed and world mode (under torchrun the ranks
     other than 0 get no y_init: only rank 0 measures)."""
     if cfg.probes is not None:
         return _user_setup(cfg, seed)
-    tok, model = base_model(cfg, seed)
-    world = World(seed, mode=mode)
+    model, tok, world = world_base(cfg, seed, mode)
     probes = ProbeSet.from_world(world)
     return model, tok, probes.with_init(model, tok) if is_main() else probes, world  # y_init: a measurement
 
 
 def _user_setup(cfg: SFTDynamicsConfig, seed: int):
-    from tinyld.model import GPT, GPTConfig, PRESETS
-    from tinyld.tokenizers import GPT2BPE
-
     probes = ProbeSet.load(cfg.probes)
     tok = GPT2BPE()
     if cfg.model in PRESETS:
@@ -183,29 +137,6 @@ def _user_setup(cfg: SFTDynamicsConfig, seed: int):
               "weights: its curves say nothing about a pretrained model")
     model = model.to(pick_device(cfg.device).device)
     return model.eval(), tok, probes.with_init(model, tok) if is_main() else probes, None
-
-
-def regime(model, tok, probes: ProbeSet, world: World | None) -> dict:
-    """Where the base model starts (train split): log π(y⁺) per response and per token, the fraction of training
-    prompts answered correctly, the fraction of y⁺ positions where y* ≠ y⁺, and valley depth."""
-    train = probes.split("train")
-    prompts, chosen = [p.prompt for p in train], [p.responses["chosen"] for p in train]
-    b = make_batch(tok, prompts, chosen, model.config.block_size).to(next(model.parameters()).device)
-    with torch.no_grad():
-        logits = model.eval()(b.idx)  # (B, T, V)
-    st = position_stats(logits, b.targets)
-    mask = b.mask  # (B, T) the positions of y⁺
-    differ = ((logits.argmax(-1) != b.targets) & mask).sum().item() / mask.sum().item()
-    answers = [p.responses.get("init", "") for p in train]
-    exact = sum(a == c for a, c in zip(answers, chosen)) / len(train)
-    res = {"logp_chosen": st["logp"].mean().item(), "logp_chosen_per_token": (st["logp"].sum() /
-                                                                              st["tokens"].sum()).item(),
-           "answered_exactly": exact, "ystar_differs": differ, "valley_depth": valley_depth(model, tok)}
-    if world is not None:
-        items = world.train_items()
-        res["answered_fact_correctly"] = sum(world.classify(it, a) == "correct" for it, a in
-                                             zip(items, answers)) / len(items)
-    return res
 
 
 def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: ProbeSet, world: World | None,
@@ -289,8 +220,6 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
     Observed: for the first ``attr_prompts`` training prompts u, y_{j≠u}⁺ and y_u⁺ under x_u (columns 2k, 2k+1).
     ``r2``, ``final_rel_err`` and the two curves are about the y_{j≠u}⁺ columns: summed predictions vs actual.
     Under torchrun the ranks other than 0 only train (and return ``{}``)."""
-    from tinyld.dynamics import SFTUpdate, contributions, lm_rows
-
     model = copy.deepcopy(model).use_fast(False)  # float32 steps: the first-order comparison is exact to rounding
     train = probes.split("train")
     examples = probes.examples("train")
@@ -337,6 +266,20 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
         return {}
     act = torch.stack(actual) - actual[0]  # (steps+1, n_obs) accumulated actual change
     prd = torch.stack(pred_curves)  # (steps+1, n_obs) accumulated predicted change
+    per_probe = attributed_probes(train, us, fam, pred, act)
+    r2, rel = first_order_fit(act[:, 0::2], prd[:, 0::2])
+    return {"seed": seed, "optimizer": "sgd", "lr": cfg.attr_lr, "steps": steps, "family": fam,
+            "probes": per_probe, "per_example": pred.tolist(), "observed": list(zip(obs_p, obs_y)),
+            "seconds": time.perf_counter() - t0,
+            "curve_actual": act[:, 0::2].mean(1).tolist(), "curve_predicted": prd[:, 0::2].mean(1).tolist(),
+            "r2": r2, "final_rel_err": rel}
+
+
+def attributed_probes(train: list, us: list, fam: str, pred: torch.Tensor, act: torch.Tensor) -> list[dict]:
+    """Per observed prompt u (``us``, the first of the training probes ``train``): the actual and predicted change of
+    y_{j≠u}⁺ under x_u, split into the share of the example j whose answer it is, of u itself and of the rest, the top
+    contributor, and the same totals for y_u⁺. ``pred``: (examples, observed) summed predictions; ``act``: (steps+1,
+    observed) accumulated actual change; observed columns 2k (``fam``) and 2k + 1 (y_u⁺)."""
     prompt_index = {p.prompt: k for k, p in enumerate(train)}
     chosen_index = {p.responses["chosen"]: k for k, p in enumerate(train)}
     per_probe = []
@@ -352,16 +295,19 @@ def attribution(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet)
                           "from_rest": (col.sum() - (col[j] if j is not None else 0) - col[u]).item(),
                           "top_example": int(col.argmax()), "top_is_j": j is not None and int(col.argmax()) == j,
                           "chosen_actual": act[-1, o + 1].item(), "chosen_predicted": pred[:, o + 1].sum().item()})
-    a, pr = act[1:, 0::2].flatten(), prd[1:, 0::2].flatten()  # the y_{j≠u}⁺ columns, every step after the first
+    return per_probe
+
+
+def first_order_fit(act: torch.Tensor, prd: torch.Tensor) -> tuple[float | None, float | None]:
+    """(R², final relative error) of the summed predictions ``prd`` against the actual changes ``act``, both
+    (steps+1, columns) accumulated from step 0: R² over every step after the first, the relative error of the last
+    step's vector. None where the actual change is flat (R²) or zero (relative error)."""
+    a, pr = act[1:].flatten(), prd[1:].flatten()
     ss = ((a - a.mean()) ** 2).sum()
     r2 = (1 - ((a - pr) ** 2).sum() / ss).item() if ss > 0 else None  # None: the actual curve is flat
-    norm = act[-1, 0::2].norm()
-    rel = ((act[-1, 0::2] - prd[-1, 0::2]).norm() / norm).item() if norm > 0 else None
-    return {"seed": seed, "optimizer": "sgd", "lr": cfg.attr_lr, "steps": steps, "family": fam,
-            "probes": per_probe, "per_example": pred.tolist(), "observed": list(zip(obs_p, obs_y)),
-            "seconds": time.perf_counter() - t0,
-            "curve_actual": act[:, 0::2].mean(1).tolist(), "curve_predicted": prd[:, 0::2].mean(1).tolist(),
-            "r2": r2, "final_rel_err": rel}
+    norm = act[-1].norm()
+    rel = ((act[-1] - prd[-1]).norm() / norm).item() if norm > 0 else None
+    return r2, rel
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -433,22 +379,9 @@ def _fmt(m: dict) -> str:
     return f"{m['change']:+.1f}"
 
 
-def add_claim(out: list, key: str, paper: str, per: list[dict]) -> None:
-    """Append one claim, measured per seed (each with a ``held`` flag), with its verdict: held · not held ·
-    mixed (n/seeds)."""
-    n = sum(m["held"] for m in per)
-    verdict = "held" if n == len(per) else ("not held" if n == 0 else f"mixed ({n}/{len(per)})")
-    out.append({"claim": key, "paper": paper, "per_seed": per, "held": n, "of": len(per), "verdict": verdict})
-
-
-def claims_table(claims: list[dict], title: str, fmt=None, width: int = 40,
-                 unit: str = " (nats, summed over the response)") -> str:
-    """One line per claim: its verdict, then each seed's measurement written by ``fmt`` (default: this module's)."""
-    fmt = fmt or _fmt
-    lines = [title, f"  {'claim':{width}s} {'verdict':13s} per seed{unit}"]
-    for c in claims:
-        lines.append(f"  {c['claim']:{width}s} {c['verdict']:13s} " + " | ".join(fmt(m) for m in c["per_seed"]))
-    return "\n".join(lines)
+def claims_table(claims: list[dict], title: str) -> str:
+    """The claims with this experiment's per-seed measurements (:func:`tinyld.experiments.common.claims_table`)."""
+    return shared_claims_table(claims, title, _fmt)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -511,7 +444,7 @@ def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
         if not main:
             continue
         claims = judge(runs)
-        res = {"regime": _summary(regimes), "regime_per_seed": regimes, "claims": claims, "runs": runs}
+        res = {"regime": summary(regimes), "regime_per_seed": regimes, "claims": claims, "runs": runs}
         if attrs:
             res["attribution"] = attrs
         result["modes"][mode] = res
@@ -526,30 +459,13 @@ def _run(cfg: SFTDynamicsConfig, out: Path) -> dict:
     if not main:
         return {}
     result["runtime_s"] = round(time.perf_counter() - t0, 1)
-    write_text_atomic(out / "sft_dynamics.json", json.dumps(_plain_json(result), indent=1, allow_nan=False))
+    write_text_atomic(out / "sft_dynamics.json", json.dumps(plain_json(result), indent=1, allow_nan=False))
     text = "\n\n".join(claims_table(m["claims"], f"claims, {k} mode ({cfg.optimizer}, lr {cfg.lr:g})")
                        for k, m in result["modes"].items())
     write_text_atomic(out / "claims.txt", text + "\n")
     print(f"\nwrote {out / 'sft_dynamics.json'}, {out / 'claims.txt'}, figures and track_*.csv in {out} · "
           f"{result['runtime_s']} s")
     return result
-
-
-def _plain_json(x):
-    """NaN and ±inf become null: strict JSON readers refuse them."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _plain_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain_json(v) for v in x]
-    return x
-
-
-def _summary(per_seed: list[dict]) -> dict:
-    return {k: {"mean": statistics.fmean(d[k] for d in per_seed),
-                "sd": statistics.stdev([d[k] for d in per_seed]) if len(per_seed) > 1 else 0.0}
-            for k in per_seed[0]}
 
 
 def print_mode(mode: str, res: dict, cfg: SFTDynamicsConfig) -> None:
@@ -591,22 +507,6 @@ def print_mode(mode: str, res: dict, cfg: SFTDynamicsConfig) -> None:
 
 def _num(x, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
-
-
-def figure(runs: list[dict], path: Path, title: str) -> Path:
-    """The paper's Fig. 3 layout: one panel per family, mean over prompts; line = mean over seeds, band = min…max
-    over seeds; training prompts solid, held-out prompts dashed."""
-    from tinyld.plots import panels
-
-    fams = list(runs[0]["curves"]["train"])
-    x = [s / runs[0]["steps_per_epoch"] for s in runs[0]["measured_steps"]]
-    data = {}
-    for f in fams:
-        sym = FAMILIES.get(f, f)
-        data[f if sym.replace(" ", "_") == f else f"{f} ({sym})"] = {
-            split: [[r["curves"][split][f][i] for r in runs] for i in range(len(x))]
-            for split in ("train", "test") if all(f in r["curves"][split] and r["curves"][split][f] for r in runs)}
-    return panels(x, data, path, title, xlabel="epoch", ylabel="log π(y|x)")
 
 
 # --------------------------------------------------------------------------------------------------------------
