@@ -12,7 +12,7 @@ import torch
 
 from tinyld import GPT, GPTConfig
 from tinyld.data import PairData, TextStream
-from tinyld.distributed import close_distributed, dist_info, from_rank0
+from tinyld.distributed import close_distributed, dist_info, end_worker, from_rank0
 from tinyld.preference import PreferenceData, Reference
 from tinyld.train import TrainConfig, Trainer
 from tinyld.world import World
@@ -60,4 +60,6 @@ if __name__ == "__main__":
     for out, steps in zip(jobs[::2], jobs[1::2]):  # OUT STEPS [OUT STEPS …]: one launch, several runs
         train_all(out, int(steps), "--resume" in sys.argv)
     hand_out(jobs[0])
-    close_distributed()  # every rank waits for the others, then the group closes (never left to interpreter exit)
+    if torch.distributed.is_initialized():  # every rank waits for the others, the group closes, the worker ends
+        close_distributed()
+        end_worker(0)

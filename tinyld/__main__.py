@@ -327,8 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run one command; the exit status (2: a user mistake, said in one line on stderr)."""
+    """Run one command; the exit status (2: a user mistake, said in one line on stderr). A torchrun worker whose
+    process group this call started ends its process here, once the group is closed (tinyld.distributed.end_worker)."""
     args = build_parser().parse_args(argv)
+    started: list[bool] = []  # True once this call has started a torchrun process group
+    rc = _dispatch(args, started)
+    if started:
+        from tinyld.distributed import end_worker
+
+        end_worker(rc)
+    return rc
+
+
+def _dispatch(args, started: list) -> int:
+    """Run the parsed command with its errors said in one line; under torchrun, start and close the process group."""
     from tinyld.runtime import TinyldError
 
     try:
@@ -339,7 +351,8 @@ def main(argv=None) -> int:
                 raise TinyldError("forecast does not run under torchrun (it trains tiny models in many short runs, "
                                   "which one process does as fast, and CHES trains on one pair at a time, which "
                                   "processes cannot share): run it with python -m tinyld forecast")
-            init_distributed()
+            if init_distributed()[1] > 1:
+                started.append(True)
             rc = run_config(args)
         else:
             rc = {"env": cmd_env, "golden": cmd_golden, "bench": cmd_bench}[args.cmd](args)
