@@ -2,10 +2,11 @@
 never a raw traceback; no number it prints is silently wrong; no work is lost or poisoned.
 
 Sections: the six cases that once broke a promise · the command line · configs and public arguments · the
-dynamics engine · training, checkpoints and resume · files.
+dynamics engine · training, checkpoints and resume · files · library helpers.
 """
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -835,3 +836,110 @@ def test_sft_dynamics_config_refuses_repeated_or_malformed_modes():
             SFTDynamicsConfig(modes=modes)
     with pytest.raises(TinyldError, match="attribution must be True or False"):
         SFTDynamicsConfig(attribution="no")
+
+
+# ---- library helpers: one clear error, never a traceback or a wrong number
+
+
+def test_memorization_threshold_refuses_a_tau_whose_threshold_overflows():
+    from tinyld.forecast import memorization_threshold, memorized
+
+    tau_max = math.log(math.log(sys.float_info.max))  # exp(e^τ) is the largest float here
+    assert memorization_threshold(tau_max) == pytest.approx(sys.float_info.max, rel=1e-12)
+    for tau in (7, 6.57, 1e6):
+        with pytest.raises(TinyldError, match=rf"tau = {tau!r} is too large.*largest τ that works is {tau_max!r}"):
+            memorization_threshold(tau)
+    with pytest.raises(TinyldError, match="largest τ that works"):
+        memorized(torch.tensor([1.5]), tau=7)
+    for tau in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(TinyldError, match="tau must be a finite number"):
+            memorization_threshold(tau)
+
+
+@pytest.mark.parametrize("bad, shown", [(["a"], r"list \['a'\]"), (None, "NoneType None"), ({"x": 2.0}, "dict"),
+                                        ("1.5", "str '1.5'"), ([[1.0, 2.0], [3.0]], "list"), ([True], "list")])
+def test_memorized_refuses_what_is_not_perplexities(bad, shown):
+    from tinyld.forecast import memorized
+
+    with pytest.raises(TinyldError, match=rf"perplexity must be a tensor or a list of perplexities.*got {shown}"):
+        memorized(bad)
+    assert memorized([1.0, 2.0]).tolist() == [True, False]  # a plain list of numbers is fine
+
+
+@pytest.mark.parametrize("h_plus, what", [([[1.0, 0.0]], "got list"), (None, "got NoneType"),
+                                          (torch.ones(1, 2, dtype=torch.long), "got a torch.int64 tensor")])
+def test_ches_from_hidden_refuses_what_is_not_a_float_tensor(h_plus, what):
+    from tinyld.forecast import ches_from_hidden
+
+    with pytest.raises(TinyldError, match=f"h_plus must be a float tensor of hidden states.*{what}"):
+        ches_from_hidden(h_plus, torch.ones(1, 2))
+    with pytest.raises(TinyldError, match=f"h_minus must be a float tensor of hidden states.*{what}"):
+        ches_from_hidden(torch.ones(1, 2), h_plus)
+
+
+@pytest.mark.parametrize("lengths", [(3, 2, 3, 3, 3, 3), (3, 1, 3, 3, 3, 3), (1, 1, 1, 1, 1, 4), (2, 2, 1, 2, 2, 2)])
+def test_pair_loss_refuses_inputs_of_different_batch_sizes(lengths):
+    """A (1,) tensor among (B,) ones would broadcast silently into a wrong loss: every input must be (B,)."""
+    from tinyld.losses import pair_loss
+
+    args = [torch.full((n,), -2.0, dtype=torch.float64) for n in lengths]
+    for name in ("sigmoid", "ipo", "simpo"):
+        loss = pair_loss(name)
+        for method in (loss.per_pair, loss.value, loss.coefficients):
+            with pytest.raises(TinyldError, match="must all hold one value per pair.*got lengths"):
+                method(*args)
+    with pytest.raises(TinyldError, match=r"lc must be a 1-D float tensor \(B,\).*got a list"):
+        pair_loss().value([-2.0], *args[1:])
+    with pytest.raises(TinyldError, match=r"nr must be a 1-D tensor \(B,\).*shape \(2, 1\)"):
+        pair_loss().coefficients(*[torch.zeros(2)] * 5, torch.ones(2, 1))
+    ok = [torch.full((2,), -2.0, dtype=torch.float64)] * 4 + [torch.tensor([3, 4])] * 2  # integer lengths are fine
+    assert pair_loss("ipo").per_pair(*ok).shape == (2,)
+
+
+def _squeeze_by_hand(z, label, eta, sign):
+    """One step on a softmax in float64, written out: (π, π′) as log-probabilities."""
+    z = z.double()
+    pi = torch.softmax(z, -1)
+    e = torch.zeros_like(z)
+    e[label] = 1.0
+    return torch.log_softmax(z, -1), torch.log_softmax(z + sign * eta * (e - pi), -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eta", [1e308, 1e39, 1e20])
+@pytest.mark.parametrize("label, sign", [(0, -1), (4, -1), (0, 1), (4, 1)])
+def test_who_moves_names_the_labels_that_rise_for_any_step_size(dtype, eta, label, sign):
+    """In float32, η′·π overflows (nothing rises); in float64, Δz_i and log Z of the top label agree to every digit
+    though they differ by −log π_i: the labels that rise must still be the ones that do."""
+    from tinyld.squeeze import who_moves
+
+    z = torch.tensor([3.0, 2.0, 0.0, -1.0, -4.0], dtype=dtype)
+    lp, after = _squeeze_by_hand(z, label, eta, sign)
+    m = who_moves(z, label, eta, sign)
+    assert m["rises"].tolist() == (after > lp).tolist()
+    assert int(m["rises"].sum()) == 1  # a huge step puts all the mass on one label
+    assert torch.allclose(m["pi_after"], after.exp(), rtol=0, atol=1e-12) and m["pi_after"].dtype == torch.float64
+    assert math.isfinite(m["log_Z"]) and math.isfinite(m["threshold"])
+
+
+def test_who_moves_splits_a_near_tie_by_the_larger_logit():
+    """Two logits one ulp apart: with η′ = 1e38 the larger one takes all the mass, whatever rounding does to π."""
+    from tinyld.squeeze import who_moves
+
+    z = torch.tensor([1.0, math.nextafter(1.0, 2.0), -3.0], dtype=torch.float64)
+    m = who_moves(z, 2, 1e38)
+    assert m["rises"].tolist() == [False, True, False]
+    assert m["pi_after"].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_logit_step_stays_finite_or_refuses():
+    from tinyld.squeeze import logit_step
+
+    z = torch.tensor([3.0, 2.0, 0.0, -1.0, -4.0])  # float32: 1e308 is beyond its range
+    pi = torch.softmax(z.double(), -1)
+    want = z.double() + 1e308 * (pi - torch.eye(5, dtype=torch.float64)[0])  # a negative step on label 0, by hand
+    out = logit_step(z, 0, 1e308)
+    assert bool(torch.isfinite(out).all()) and out.dtype == torch.float64
+    assert torch.allclose(out, want, rtol=1e-12, atol=0)
+    with pytest.raises(TinyldError, match="overflows float64.*take a smaller eta"):
+        logit_step(torch.tensor([1.5e308, 0.0], dtype=torch.float64), 1, 1e308)  # z₀ + η′π₀ > float64's max

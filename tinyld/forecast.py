@@ -15,6 +15,8 @@ pre-memorization train accuracy (Kang et al.) and CHES (Razin et al.).
 from __future__ import annotations
 
 import math
+import reprlib
+import sys
 from typing import Sequence
 
 import torch
@@ -24,14 +26,29 @@ from tinyld.losses import token_logprobs
 from tinyld.runtime import TinyldError, check_number
 
 
+TAU_MAX = math.log(math.log(sys.float_info.max))  # ≈ 6.565: the largest τ whose threshold exp(e^τ) is a float
+
+
 def memorization_threshold(tau: float = -2.3) -> float:
     """The perplexity below which a reference solution counts as memorized: exp(e^τ)."""
-    return math.exp(math.exp(check_number("tau", tau)))
+    tau = check_number("tau", tau)
+    if tau > TAU_MAX:
+        raise TinyldError(f"tau = {tau!r} is too large: the threshold exp(e^τ) overflows a float; the largest τ that "
+                          f"works is {TAU_MAX!r} (τ is on a log-log scale: the published values are −2.3 for GSM8k "
+                          "and −1.7 for MATH)")
+    return math.exp(math.exp(tau))
 
 
 def memorized(perplexity: torch.Tensor, tau: float = -2.3) -> torch.Tensor:
     """perplexity < exp(e^τ), elementwise (bool, same shape)."""
-    p = torch.as_tensor(perplexity, dtype=torch.float64)
+    try:
+        p = torch.as_tensor(perplexity)
+    except (TypeError, ValueError, RuntimeError):
+        p = None
+    if p is None or p.dtype == torch.bool or p.is_complex():
+        raise TinyldError(f"perplexity must be a tensor or a list of perplexities (numbers ≥ 1), got "
+                          f"{type(perplexity).__name__} {reprlib.repr(perplexity)}")
+    p = p.to(torch.float64)
     if not bool(torch.isfinite(p).all()) or bool((p < 1).any()):
         raise TinyldError("perplexities must be finite and ≥ 1 (exp of a mean negative log-likelihood)")
     return p < memorization_threshold(tau)
@@ -64,6 +81,10 @@ def pre_memorization_accuracy(acc: torch.Tensor, is_memorized: torch.Tensor) -> 
 def ches_from_hidden(h_plus: torch.Tensor, h_minus: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """CHES from the hidden states of one pair: ``h_plus`` (|y⁺|, C) and ``h_minus`` (|y⁻|, C) at the positions that
     predict each response's tokens. ⟨H⁺, H⁻⟩ − ‖H⁺‖² with H = Σ h (or the mean, if ``normalize``)."""
+    for name, h in (("h_plus", h_plus), ("h_minus", h_minus)):
+        if not isinstance(h, torch.Tensor) or not h.is_floating_point():
+            what = f"a {h.dtype} tensor" if isinstance(h, torch.Tensor) else type(h).__name__
+            raise TinyldError(f"{name} must be a float tensor of hidden states (positions, C), got {what}")
     if h_plus.dim() != 2 or h_minus.dim() != 2 or h_plus.shape[1] != h_minus.shape[1] or not len(h_plus) \
             or not len(h_minus):
         raise TinyldError(f"hidden states must be (positions, C) for both responses, got {tuple(h_plus.shape)} and "

@@ -173,8 +173,25 @@ class PairLoss:
     def note(self) -> str:
         return PAIR_LOSSES[self.name]
 
+    def _check_pairs(self, lc, lr, rc, rr, nc, nr) -> None:
+        """Each of the six inputs is a 1-D tensor of the same length B ≥ 1 (no broadcasting between pairs)."""
+        args = {"lc": lc, "lr": lr, "rc": rc, "rr": rr, "nc": nc, "nr": nr}
+        for k, t in args.items():
+            want = "tensor" if k in ("nc", "nr") else "float tensor"  # lengths may be integers
+            if not isinstance(t, torch.Tensor):
+                raise TinyldError(f"{self.name} loss: {k} must be a 1-D {want} (B,), one value per pair; got a "
+                                  f"{type(t).__name__}")
+            if t.dim() != 1 or len(t) == 0 or t.dtype == torch.bool or t.is_complex() \
+                    or (want == "float tensor" and not t.is_floating_point()):
+                raise TinyldError(f"{self.name} loss: {k} must be a 1-D {want} (B,), one value per pair, B ≥ 1; got "
+                                  f"a {t.dtype} tensor of shape {tuple(t.shape)}")
+        if len({len(t) for t in args.values()}) > 1:
+            raise TinyldError(f"{self.name} loss: lc, lr, rc, rr, nc, nr must all hold one value per pair (the same "
+                              "length B); got lengths " + ", ".join(f"{k} {len(t)}" for k, t in args.items()))
+
     def per_pair(self, lc, lr, rc, rr, nc, nr) -> torch.Tensor:
         """ℓ for each pair: (B,)."""
+        self._check_pairs(lc, lr, rc, rr, nc, nr)
         b, eps = self.beta, self.label_smoothing
         m = (lc - rc) - (lr - rr)  # (B,)
         if self.name == "sigmoid":
@@ -209,6 +226,7 @@ class PairLoss:
         (At a kink, hinge at βm = 1 and dpop at lc = rc, the coefficient is the one-sided value that
         torch.relu's gradient takes: the penalty's derivative counts only when it is strictly active.)
         """
+        self._check_pairs(lc, lr, rc, rr, nc, nr)
         b, eps = self.beta, self.label_smoothing
         m = (lc - rc) - (lr - rr)
         if self.name in ("sigmoid", "rpo"):

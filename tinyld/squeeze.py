@@ -35,14 +35,44 @@ def _check(logits, label: int, eta: float, sign: int) -> torch.Tensor:
     check_number("eta", eta, 0, strict=True)
     if isinstance(sign, bool) or not isinstance(sign, int) or sign not in (-1, 1):
         raise TinyldError(f"sign must be -1 (a negative step, as on y⁻) or +1 (a positive step, as SFT), got {sign!r}")
-    return logits
+    return logits.to("cpu", torch.float64)  # the model computes in float64: η′ up to float64's range
+
+
+def _step(z: torch.Tensor, label: int, eta: float, sign: int) -> torch.Tensor:
+    """Δz = sign·η′·(e_label − π): (V,), finite for any finite η′ since |e_label − π| ≤ 1."""
+    return sign * eta * (F.one_hot(torch.tensor(label), z.numel()).to(z.dtype) - F.softmax(z, -1))
 
 
 def logit_step(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> torch.Tensor:
-    """z′ = z + sign·η′·(e_label − π): sign −1 pushes ``label`` down (Δz = η′(π − e_label)), +1 pushes it up."""
+    """z′ = z + sign·η′·(e_label − π): sign −1 pushes ``label`` down (Δz = η′(π − e_label)), +1 pushes it up.
+    Computed and returned in float64 (on the CPU), whatever the dtype of ``logits``."""
     z, label = _check(logits, label, eta, sign), int(label)
-    pi = F.softmax(z, -1)
-    return z + sign * eta * (F.one_hot(torch.tensor(label), z.numel()).to(z.dtype) - pi)
+    out = z + _step(z, label, eta, sign)
+    if not bool(torch.isfinite(out).all()):
+        raise TinyldError(f"logit_step: z + η′(e − π) overflows float64 with eta = {eta!r} and logits as large as "
+                          f"{z.abs().max().item():g}: take a smaller eta")
+    return out
+
+
+def _large_step(z: torch.Tensor, pi: torch.Tensor, dz: torch.Tensor, label: int, eta: float, sign: int):
+    """(rises, π′, log Z) for a step with |Δz| ≥ 1, measured from the label k that gains most: Δz_i − Δz_k is
+    formed from π_i − π_k, never from two huge Δz's, so ``rises`` stays right when η′·π is beyond 1/ε."""
+    k = int((F.log_softmax(z, -1) + dz).argmax())
+    gap = z - z[k]  # log π_i − log π_k
+    diff = torch.where(gap.abs() < 1, pi[k] * torch.expm1(gap.clamp(max=1)), pi - pi[k])  # π_i − π_k
+    rest = pi.sum() - pi[label]  # 1 − π_label, without the cancellation when π_label ≈ 1
+    if k != label:
+        c = -sign * eta * diff  # Δz_i − Δz_k
+        c[label] = sign * eta * (rest + pi[k])
+    else:
+        c = -sign * eta * (rest + pi)
+        c[label] = 0.0
+    b = gap + c  # log π′_i − log π′_k
+    log_Zk = F.log_softmax(z, -1)[k] + torch.logsumexp(b, -1)  # log Z − Δz_k
+    log_Z = dz[k] + log_Zk
+    if not bool(torch.isfinite(log_Z)) or bool(torch.isnan(b).any()):
+        raise TinyldError(f"who_moves: the step with eta = {eta!r} overflows float64: take a smaller eta")
+    return c > log_Zk, F.softmax(b, -1), log_Z
 
 
 def who_moves(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> dict:
@@ -52,22 +82,23 @@ def who_moves(logits: torch.Tensor, label: int, eta: float, sign: int = -1) -> d
     log(Z)/η′ (a label i ≠ label rises exactly when π_i is above it) and ``share_threshold`` = log(Z)/(η′(1 − π_label))
     (the same rule on the share π_i/(1 − π_label); it rises as π_label falls with the other logits fixed; −1, its
     limit, when π_label = 1). For a positive step ``threshold`` = −log(Z)/η′ and a label i ≠ label rises exactly
-    when π_i is *below* it: the small labels gain share, the large ones lose it."""
+    when π_i is *below* it: the small labels gain share, the large ones lose it. Computed in float64; the tensors
+    are float64 on the CPU."""
     z, label = _check(logits, label, eta, sign), int(label)
     pi = F.softmax(z, -1)
-    dz = sign * eta * (F.one_hot(torch.tensor(label), z.numel()).to(z.dtype) - pi)  # (V,) the step itself, not z′ − z
+    dz = _step(z, label, eta, sign)  # (V,) the step itself, not z′ − z
     if dz.abs().max() < 1:  # log Σ_j π_j exp(Δz_j): log1p form, accurate when the step is small
         log_Z = torch.log1p((pi * torch.expm1(dz)).sum())
-    else:  # large steps: exp(Δz) would overflow
-        log_Z = torch.logsumexp(F.log_softmax(z, -1) + dz, -1)
-    pi_after = F.softmax(z + dz, -1)
-    out = {"pi": pi, "pi_after": pi_after, "rises": dz > log_Z, "log_Z": log_Z.item()}
+        rises, pi_after = dz > log_Z, F.softmax(z + dz, -1)
+    else:  # large steps: exp(Δz) would overflow, and Δz_i − log Z would cancel
+        rises, pi_after, log_Z = _large_step(z, pi, dz, label, eta, sign)
+    out = {"pi": pi, "pi_after": pi_after, "rises": rises, "log_Z": log_Z.item()}
     if sign == 1:  # a positive step: a label i ≠ label rises exactly when π_i is *below* −log(Z)/η′
         out["threshold"] = -log_Z.item() / eta
     else:
         out["threshold"] = log_Z.item() / eta
         rest = (pi.sum() - pi[label]).item()  # 1 − π_label, without the cancellation when π_label ≈ 1
-        out["share_threshold"] = log_Z.item() / (eta * rest) if rest > 0 else -1.0
+        out["share_threshold"] = log_Z.item() / eta / rest if rest > 0 else -1.0
     return out
 
 
