@@ -943,3 +943,32 @@ def test_logit_step_stays_finite_or_refuses():
     assert torch.allclose(out, want, rtol=1e-12, atol=0)
     with pytest.raises(TinyldError, match="overflows float64.*take a smaller eta"):
         logit_step(torch.tensor([1.5e308, 0.0], dtype=torch.float64), 1, 1e308)  # z₀ + η′π₀ > float64's max
+
+
+# ---- the last update of a run is checked, like every other -----------------------------------------------------
+
+
+def test_the_last_update_of_a_run_is_checked(world, wtok):
+    """Each update is checked by the next step's loss; the last one by the run itself. AdamW at lr 1e6 for a single
+    step leaves finite weights whose logits are not: the run stops instead of ending quietly."""
+    tr = _trainer(world, wtok, steps=1, lr=1e6)
+    tr.model.float()
+    tr.opt = torch.optim.AdamW(tr.model.parameters(), lr=1e6)
+    with pytest.raises(TrainingDiverged, match=r"logits .* not finite after the last update \(step 0\)"):
+        tr.run()
+    with pytest.raises(TinyldError, match="half-taken"):  # and nothing is saved from that model
+        tr.save("never.pt")
+
+
+def test_an_experiment_whose_last_update_diverges_fails_instead_of_reporting_nan(tmp_path, capsys):
+    """sft-dynamics with one epoch at lr 1e6 on your own probes used to exit 0 with '+nan' claims."""
+    from tinyld.__main__ import main
+
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in [
+        ("What is the capital of France?", "Paris.", "Rome."), ("What color is the sky?", "Blue.", "Green.")]))
+    rc = main(["sft-dynamics", "--probes", str(probes), "--model", "tiny", "--epochs", "1", "--lr", "1e6",
+               "--seeds", "0", "--threads", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not finite after the last update" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "claims.txt").exists()

@@ -6,7 +6,8 @@ Notable choices
 - A checkpoint only ever holds finite weights whose logits are finite. It is written atomically (a temp file +
   rename), so a crash, a full disk or a diverged update never destroys the last good one.
 - A NaN/inf loss or gradient stops the run *before* the bad update. An update that makes the weights non-finite
-  stops the run *after* it, and nothing is saved from then on. Both errors name the step and the last good
+  stops the run *after* it, and nothing is saved from then on. The next step's loss checks each update; the last
+  update is checked by the logits it gives on the next batch. Every such error names the step and the last good
   checkpoint.
 - Ctrl-C during a step lets the step finish, saves a checkpoint at that step boundary and then stops (a second
   Ctrl-C stops at once). Only one run at a time may write to an ``out_dir`` (a lock file says which).
@@ -294,9 +295,29 @@ class Trainer:
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 self._on_interrupt(out)
+            if self.step > first and (bad := self.not_finite()):  # each update is checked by the next; the last
+                self._between_steps = False  # by this: a model with bad weights is never checkpointed
+                raise TrainingDiverged(f"{bad} are not finite after the last update (step {self.step - 1}), so the "
+                                       f"model in memory is unusable and nothing more is saved. {self._where()}. "
+                                       f"Lower lr (now {cfg.lr_at(self.step - 1):g}) or grad_clip, then resume.")
             if out and (self.last_ckpt, self._ckpt_step) != (out / "last.pt", self.step):  # not saved just now
                 self.save(out / "last.pt")
         return self.history
+
+    def not_finite(self) -> str | None:
+        """What is not finite in the model as it stands: its weights, or the logits they give on the next batch (the
+        one the next step would train on); None when both are finite."""
+        bad = first_nonfinite(self.model)
+        if bad:
+            return f"the weights of {bad!r}"
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            b = self.data.batch(self.step)
+            b = b.seqs if isinstance(b, PrefBatch) else b  # preference data: its 2B sequences
+            logits = self.model(b.idx.to(self.device))  # (B, T, V)
+        self.model.train(was)
+        return None if bool(torch.isfinite(logits).all()) else "the logits the weights give on the next batch"
 
     def _owns(self, path: Path) -> bool:
         try:
@@ -367,18 +388,7 @@ class Trainer:
             raise TinyldError(f"save() needs a file path, got {path!r}")
         if not self._between_steps:
             raise TinyldError("an update is half-taken: a checkpoint can only be written between steps")
-        bad = first_nonfinite(self.model)
-        bad = f"the weights of {bad!r}" if bad else None
-        if bad is None:
-            was = self.model.training
-            self.model.eval()
-            with torch.no_grad():
-                b = self.data.batch(self.step)
-                b = b.seqs if isinstance(b, PrefBatch) else b  # preference data: its 2B sequences
-                logits = self.model(b.idx.to(self.device))  # (B, T, V)
-            self.model.train(was)
-            if not torch.isfinite(logits).all():
-                bad = "the logits the weights give on the next batch"
+        bad = self.not_finite()
         if bad:
             raise TrainingDiverged(f"not saving step {self.step} to {path}: {bad} are not finite. {self._where()}. "
                                    "Lower lr or grad_clip and resume from there.")
