@@ -1,6 +1,6 @@
 """Play one rank of a torchrun group inside this process, with no process group: ``tinyld.distributed.dist_info``
-answers (rank, 1), so the experiments take rank 0's branches or the other ranks', while the Trainer trains alone. Used to
-check that the ranks other than 0 join every training run of an experiment and measure nothing."""
+answers (rank, 1), so the experiments take rank 0's branches or the other ranks', while the Trainer trains alone.
+Used to check that the ranks other than 0 join every training run of an experiment and measure nothing."""
 import torch
 
 import tinyld.distributed
