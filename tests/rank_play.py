@@ -1,6 +1,9 @@
 """Play one rank of a torchrun group inside this process, with no process group: ``tinyld.distributed.dist_info``
 answers (rank, 1), so the experiments take rank 0's branches or the other ranks', while the Trainer trains alone.
 Used to check that the ranks other than 0 join every training run of an experiment and measure nothing."""
+import importlib
+import pkgutil
+
 import torch
 
 import tinyld.distributed
@@ -33,6 +36,16 @@ def forbid(mp, targets) -> None:
         raise AssertionError("a rank other than 0 measured")
     for owner, name in targets:
         mp.setattr(owner, name, refuse)
+
+
+def forbid_in(mp, package, names) -> None:
+    """Each of ``names`` raises when called from any module of ``package`` (an experiment package: each of its
+    modules calls the names it imported). A name that no module holds is an error: the list has gone stale."""
+    modules = [package] + [importlib.import_module(f"{package.__name__}.{m.name}")
+                           for m in pkgutil.iter_modules(package.__path__)]
+    found = {n for mod in modules for n in names if hasattr(mod, n)}
+    assert found == set(names), sorted(set(names) - found)
+    forbid(mp, [(mod, n) for mod in modules for n in names if hasattr(mod, n)])
 
 
 def forward_passes_without_grad(mp) -> list:

@@ -113,9 +113,11 @@ def test_every_config_field_has_a_flag_and_flags_default_to_none(cmd):
     names, internal = {f.name for f in dataclasses.fields(CONFIGS[cmd])}, set(CONFIG_COMMANDS[cmd].internal)
     flags = _flags(cmd)
     assert internal <= names
-    assert set(flags) == names - internal  # every flag fills a field of its own name
+    lifecycle = {"overwrite", "resume"} if CONFIG_COMMANDS[cmd].used_by is not None else set()
+    assert lifecycle <= set(flags) and lifecycle.isdisjoint(names)  # the run's folder, not its science
+    assert set(flags) - lifecycle == names - internal  # every other flag fills a field of its own name
     for dest, action in flags.items():  # None: only the flags given reach the config
-        assert action.default is (False if dest == "fast" else None), (cmd, dest)
+        assert action.default is (False if dest in {"fast"} | lifecycle else None), (cmd, dest)
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -135,7 +137,7 @@ def test_every_config_field_has_a_flag_and_flags_default_to_none(cmd):
 def test_argv_builds_the_config(argv, expected, monkeypatch):
     got = []
     monkeypatch.delenv("TINYLD_FAST", raising=False)
-    monkeypatch.setattr(RUNS[argv[0]], got.append)  # the config, not the experiment
+    monkeypatch.setattr(RUNS[argv[0]], lambda cfg, **kw: got.append(cfg))  # the config, not the experiment
     assert main(argv) == 0
     cfg = got[0]
     assert cfg == CONFIGS[argv[0]](**expected)  # the flags given, and the config's defaults for the rest
@@ -146,5 +148,45 @@ def test_argv_builds_the_config(argv, expected, monkeypatch):
 def test_tinyld_fast_in_the_environment_is_fast(monkeypatch):
     got = []
     monkeypatch.setenv("TINYLD_FAST", "1")
-    monkeypatch.setattr(RUNS["forecast"], got.append)
+    monkeypatch.setattr(RUNS["forecast"], lambda cfg, **kw: got.append(cfg))
     assert main(["forecast"]) == 0 and got[0].fast and got[0] == ForecastConfig(fast=True)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["forecast", "--experiment", "ches", "--lrs", "0.01"], "forecast --lrs is used by --experiment sweep / perturb"),
+    (["forecast", "--experiment", "sweep", "--curate-lr", "0.01"], "--curate-lr is used by --experiment curate"),
+    (["forecast", "--experiment", "ches", "--temperature", "1"], "not by --experiment ches"),
+    (["dpo-dynamics", "--experiment", "dynamics", "--samples", "2"], "--samples is used by --experiment extend"),
+    (["dpo-dynamics", "--experiment", "conditions", "--modes", "hard", "easy"], "runs in one world mode"),
+    (["sft-dynamics", "--probes", "p.jsonl", "--model", "tiny", "--modes", "easy"], "--modes choose the world's"),
+    (["sft-dynamics", "--probes", "p.jsonl", "--model", "tiny", "--conditions"], "--conditions choose the world's"),
+    (["bench", "step", "--seq", "100"], "the tiny preset's context is 64 tokens"),
+    (["bench", "step", "--preset", "gpt2", "--vocab", "5"], "gpt2 has GPT-2's 50257"),
+])
+def test_a_flag_the_run_would_ignore_or_rewrite_is_refused(argv, says, monkeypatch, capsys):
+    ran = []
+    for cmd, path in RUNS.items():
+        monkeypatch.setattr(path, lambda *a, **kw: ran.append(a))
+    assert main(argv) == 2 and ran == []
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in " ".join(err.split()) and err.count("\n") == 1, err
+
+
+def test_an_experiment_gets_the_command_that_continues_it(monkeypatch):
+    got = []
+    monkeypatch.setattr(RUNS["sft-dynamics"], lambda cfg, **kw: got.append(kw))
+    assert main(["sft-dynamics", "--fast", "--out", "my out", "--overwrite"]) == 0
+    assert got == [dict(overwrite=True, resume=False,
+                        again="python -m tinyld sft-dynamics --fast --out 'my out' --resume")]
+
+
+def test_fast_mode_says_what_it_changed(capsys):
+    from tinyld.experiments.kit import header
+
+    cfg = ForecastConfig(fast=True, data=[9999], epochs=[3])
+    assert cfg.data == [32] and cfg.epochs == [3]  # recorded as used
+    header("forecast", "t", cfg, dataclasses.asdict(cfg))
+    note = [x for x in capsys.readouterr().out.splitlines() if "note:" in x]
+    assert len(note) == 1 and "data 9999 → 32" in note[0] and " epochs" not in note[0], note  # 3 is kept
+    assert SFTDynamicsConfig(fast=True, epochs=5).changed == ["fast mode uses pretrain_steps 3000 → 400"]
+    assert SFTDynamicsConfig(epochs=50).changed == []

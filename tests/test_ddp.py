@@ -119,8 +119,8 @@ def test_an_experiment_runs_under_torchrun(tmp_path, monkeypatch):
             "--threads", "1"]
     out = torchrun("-m", "tinyld", "sft-dynamics", *args, "--out", "two", cwd=tmp_path)
     assert out.count("wrote ") == 1 and out.count("seed 0:") == 1  # rank 1 prints nothing
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["claims.txt", "fig3_easy.png", "sft_dynamics.json",
-                                                                     "track_easy_seed0.csv"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["claims.txt", "fig3_easy.png", "manifest.json",
+                                                                     "parts", "sft_dynamics.json", "track_easy_seed0.csv"]
     monkeypatch.chdir(tmp_path)  # the same cached base model (rank 0 saved it)
     one = run(SFTDynamicsConfig(seeds=[0], modes=["easy"], epochs=2, pretrain_steps=20, attribution=False,
                                 threads=1, out=str(tmp_path / "one")))
@@ -148,14 +148,23 @@ def test_on_policy_dpo_runs_under_torchrun(tmp_path):
     assert len(ys) == 3 and ys[-1] != ys[0]  # measured before and after each round, and DPO moved y⁺
 
 
-def test_forecast_refuses_torchrun(monkeypatch, capsys):
+def test_forecast_refuses_torchrun_in_one_line_said_by_the_first_rank(monkeypatch, capsys, tmp_path):
+    """Under torchrun every rank meets the refusal, or one meets an error alone (rank 1 first, say): the first to
+    report says it, once, and the others stay quiet."""
+    import tempfile
+
     from tinyld.__main__ import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["forecast", "--fast"]) == 2
-    assert "forecast does not run under torchrun" in capsys.readouterr().err
-    monkeypatch.setenv("RANK", "1")  # the other ranks stay quiet: one line in all
-    assert main(["forecast", "--fast"]) == 2 and capsys.readouterr().err == ""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the markers of who has spoken go here
+    for port, ranks in (("29501", ("0", "1")), ("29502", ("1", "0"))):  # two launches; rank 1 first in the second
+        monkeypatch.setenv("MASTER_PORT", port)
+        said = []
+        for rank in ranks:
+            monkeypatch.setenv("RANK", rank)
+            assert main(["forecast", "--fast"]) == 2
+            said.append(capsys.readouterr().err)
+        assert "forecast does not run under torchrun" in said[0] and said[1] == ""
 
 
 @pytest.mark.parametrize("value, says", [("abc", "not a whole number"), ("0", "at least 1"),

@@ -443,7 +443,7 @@ def test_two_runs_cannot_write_one_folder(world, wtok, tmp_path):
     keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / ".lock").write_text(str(keeper.pid))  # another live run holds the folder
-        with pytest.raises(TinyldError, match=f"in use by another training run \\(pid {keeper.pid}\\)"):
+        with pytest.raises(TinyldError, match=f"in use by another run \\(pid {keeper.pid}\\)"):
             _trainer(world, wtok, tmp_path, steps=2).run()
     finally:
         keeper.kill()
@@ -759,7 +759,7 @@ def test_a_one_epoch_world_run_finishes_and_writes_its_results(tmp_path, monkeyp
 def test_ctrl_c_outside_training_prints_one_line(monkeypatch, capsys):
     import tinyld.experiments.sft_dynamics as sd
 
-    def interrupted(cfg):
+    def interrupted(cfg, **kw):
         raise KeyboardInterrupt  # as Python raises it: no message
 
     monkeypatch.setattr(sd, "run", interrupted)
@@ -769,7 +769,7 @@ def test_ctrl_c_outside_training_prints_one_line(monkeypatch, capsys):
 
 def test_a_flat_attribution_curve_gives_no_infinite_numbers(world, wtok):
     """R² of a curve that does not move is undefined: None, and the JSON stays strict (no Infinity)."""
-    from tinyld.experiments.common import plain_json
+    from tinyld.experiments.kit import plain_json
     from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, attribution
     from tinyld.probes import ProbeSet
 
@@ -831,7 +831,7 @@ def test_sft_dynamics_config_refuses_repeated_or_malformed_modes():
     from tinyld.experiments.sft_dynamics import SFTDynamicsConfig
 
     for modes, match in ((["easy", "easy"], "repeats a mode"), ("hard", "non-empty list"), ([], "non-empty list"),
-                         (None, "non-empty list")):
+                         (0, "non-empty list")):  # None is the default: hard and easy
         with pytest.raises(TinyldError, match=match):
             SFTDynamicsConfig(modes=modes)
     with pytest.raises(TinyldError, match="attribution must be True or False"):

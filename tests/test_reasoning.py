@@ -186,7 +186,7 @@ def test_end_to_end_tiny(tmp_path, monkeypatch):
     cfg = ForecastConfig(experiment="all", seeds=[0], lrs=[1e-2], epochs=[1], data=[8], measured=8, samples=1,
                          taus=[-2.3, -1.0], curate_start=4, curate_add=4, curate_rounds=1, curate_epochs=1,
                          ches_steps=1, pretrain_steps=5, ches_pretrain_steps=5, out=str(tmp_path / "out"), threads=1)
-    monkeypatch.setattr("tinyld.experiments.forecasting.CHES_KINDS", ("rejected", "hum"))
+    monkeypatch.setattr("tinyld.experiments.forecasting.ches.CHES_KINDS", ("rejected", "hum"))
     with torch.random.fork_rng():
         res = run(cfg)
     data = json.loads((tmp_path / "out" / "forecast.json").read_text())

@@ -3,6 +3,7 @@ curves with known verdicts, a hand replay of the attribution's SGD run with grad
 log-probabilities of a Hugging Face GPT-2 loaded from a folder, and the claims' rules recomputed from the curves."""
 import contextlib
 import copy
+import dataclasses
 import csv
 import json
 import math
@@ -321,7 +322,7 @@ def user_run(tmp_path_factory):
 
     bpe = GPT2BPE()  # built once (≈2 s): the run and the test's oracle share it; it holds no state
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("tinyld.experiments.sft_dynamics.GPT2BPE", lambda: bpe)  # where _user_setup looks it up
+        mp.setattr("tinyld.experiments.sft_dynamics.tracking.GPT2BPE", lambda: bpe)  # where _user_setup looks it up
         res = run(cfg)
     return tmp, bpe, res, hf
 
@@ -556,7 +557,7 @@ MEASUREMENTS = ("regime", "greedy_answers", "response_logprobs", "valley_depth",
 def _play_rank_1(mp, tmp) -> tuple[list, list]:
     """From now on this process is rank 1 of a torchrun group (rank_play) and measuring fails. Returns the lists of
     the training runs it takes and of its forward passes outside training."""
-    from rank_play import as_rank, forbid, forward_passes_without_grad, record_training
+    from rank_play import as_rank, forbid, forbid_in, forward_passes_without_grad, record_training
 
     from tinyld.experiments import sft_dynamics
     from tinyld.probes import Tracker
@@ -565,8 +566,8 @@ def _play_rank_1(mp, tmp) -> tuple[list, list]:
     mp.setattr("tinyld.pretrained.num_threads", lambda n: contextlib.nullcontext())
     runs = record_training(mp)
     as_rank(mp, 1)
-    forbid(mp, [(Tracker, "measure"), (ProbeSet, "with_init")] +
-           [(sft_dynamics, f) for f in MEASUREMENTS + ("contributions",)])  # the names sft_dynamics calls
+    forbid(mp, [(Tracker, "measure"), (ProbeSet, "with_init")])
+    forbid_in(mp, sft_dynamics, MEASUREMENTS + ("contributions",))  # the names sft_dynamics's modules call
     return runs, forward_passes_without_grad(mp)
 
 
@@ -579,10 +580,10 @@ def test_under_torchrun_the_other_ranks_only_train(world_run):
     assert [r[1:3] for r in main_runs] == [(10, "adamw"), (10, "sgd"), (10, "adamw"), (10, "adamw")]
     with pytest.MonkeyPatch.context() as mp:
         runs, quiet = _play_rank_1(mp, tmp)
-        assert run(SFTDynamicsConfig(**{**vars(cfg), "out": str(tmp / "rank1")})) == {}
+        assert run(dataclasses.replace(cfg, out=str(tmp / "rank1"))) == {}
     assert quiet == []
     assert runs == main_runs
-    assert list((tmp / "rank1").iterdir()) == []  # checked writable, as by every rank, and left empty
+    assert not (tmp / "rank1").exists()  # rank 0 alone checks and writes the folder
 
 
 def test_conditions_table_and_the_other_ranks(tmp_path):
@@ -591,7 +592,8 @@ def test_conditions_table_and_the_other_ranks(tmp_path):
     and nothing else."""
     from rank_play import record_training
 
-    from tinyld.experiments.sft_dynamics import conditions
+    from tinyld.experiments.kit import RunFolder
+    from tinyld.experiments.sft_dynamics.conditions import conditions, conditions_outputs
 
     cfg = SFTDynamicsConfig(seeds=[0], modes=["easy"], epochs=1, pretrain_steps=5, out=str(tmp_path / "out"),
                             threads=1)
@@ -599,8 +601,8 @@ def test_conditions_table_and_the_other_ranks(tmp_path):
         mp.chdir(tmp_path)
         mp.setattr("tinyld.pretrained.num_threads", lambda n: contextlib.nullcontext())
         main_runs = record_training(mp)
-        (tmp_path / "out").mkdir()
-        res = conditions(cfg, tmp_path / "out")
+        with RunFolder(tmp_path / "out", "sft-dynamics", {}, conditions_outputs(cfg)) as folder:
+            res = conditions(cfg, folder)
     rows = res["rows"]
     assert [(r["optimizer"], r["lr"], r["grad_clip"], r["pretrain_steps"]) for r in rows] == [
         ("adamw", 1e-3, 0.0, 5), ("adamw", 1e-3 / 3, 0.0, 5), ("adamw", 1e-3 * 3, 0.0, 5), ("adamw", 1e-3, 1.0, 5),
@@ -611,5 +613,6 @@ def test_conditions_table_and_the_other_ranks(tmp_path):
     assert [(r[1], r[2], r[3]) for r in main_runs] == [(5, r["optimizer"], r["lr"]) for r in rows]
     with pytest.MonkeyPatch.context() as mp:
         runs, quiet = _play_rank_1(mp, tmp_path)
-        assert conditions(cfg, tmp_path / "rank1") == {}
+        with RunFolder(tmp_path / "rank1", "sft-dynamics", {}, conditions_outputs(cfg)) as folder:
+            assert conditions(cfg, folder) == {}
     assert quiet == [] and runs == main_runs and not (tmp_path / "rank1").exists()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
+import shlex
 import sys
 import types
 import typing
@@ -106,7 +106,11 @@ def cmd_golden(args) -> int:
 def cmd_bench(args) -> int:
     from tinyld.bench import bench_decompose, bench_step
 
-    kw = dict(preset=args.preset, vocab=args.vocab, batch=args.batch, seq=args.seq, device=args.device,
+    from tinyld.runtime import TinyldError
+
+    if args.vocab is not None and args.preset == "gpt2":
+        raise TinyldError("bench --vocab sets the vocabulary of tiny and mini; gpt2 has GPT-2's 50257: leave it out")
+    kw = dict(preset=args.preset, vocab=args.vocab or 128, batch=args.batch, seq=args.seq, device=args.device,
               repeat=args.repeat, warmup=args.warmup)
     res = bench_step(**kw) if args.what == "step" else bench_decompose(**kw, eta=args.eta)
     print(json.dumps(res))
@@ -207,6 +211,8 @@ class ConfigCommand(NamedTuple):
     fast_help: str  # what --fast does
     flags: list  # flag rows (see above)
     internal: tuple = ()  # fields with no flag: fixed settings of the experiment, set in Python only
+    used_by: dict | None = None  # field → the --experiment values that use it (others refuse it); None: an
+    # experiment's run folder is not managed (the demo starts over each time), so no --overwrite / --resume
 
 
 CONFIG_COMMANDS = {
@@ -217,17 +223,21 @@ CONFIG_COMMANDS = {
     "sft-dynamics": ConfigCommand(
         "tinyld.experiments.sft_dynamics:SFTDynamicsConfig", "tinyld.experiments.sft_dynamics:run",
         "what SFT does to every other answer (paper Fig. 3), with claims",
-        "8 epochs on a 400-step base model, ≤ 60 s (also TINYLD_FAST=1)", _SFT_FLAGS),
+        "8 epochs on a 400-step base model, ≤ 60 s (also TINYLD_FAST=1)", _SFT_FLAGS, used_by={}),
     "dpo-dynamics": ConfigCommand(
         "tinyld.experiments.dpo_dynamics:DPODynamicsConfig", "tinyld.experiments.dpo_dynamics:run",
         "what DPO does to every answer (paper Fig. 4), squeezing, extend, on-policy, conditions",
-        "2 SFT + 4 DPO epochs on a 400-step base model (also TINYLD_FAST=1)", _DPO_FLAGS),
+        "2 SFT + 4 DPO epochs on a 400-step base model (also TINYLD_FAST=1)", _DPO_FLAGS,
+        used_by={"samples": ("extend", "on-policy")}),
     "forecast": ConfigCommand(
         "tinyld.experiments.forecasting:ForecastConfig", "tinyld.experiments.forecasting:run",
         "pre-memorization accuracy on a reasoning task, and CHES for DPO pairs",
         "a small sweep on 400-step base models (also TINYLD_FAST=1)", _FORECAST_FLAGS,
         internal=("measured", "batch_size", "taus", "curate_start", "curate_add", "curate_rounds", "ches_lr",
-                  "ches_steps", "ches_beta", "ches_pretrain_steps")),
+                  "ches_steps", "ches_beta", "ches_pretrain_steps"),
+        used_by={**dict.fromkeys(("lrs", "epochs", "data"), ("sweep", "perturb")),
+                 **dict.fromkeys(("samples", "temperature", "tau", "pretrain_steps"), ("sweep", "perturb", "curate")),
+                 **dict.fromkeys(("curate_lr", "curate_epochs"), ("curate",))}),
 }
 
 
@@ -261,10 +271,11 @@ def _value_kind(hint) -> dict:
     return {} if hint is str else dict(type=hint)
 
 
-def add_config_command(sub, name: str, config_cls, flags, help: str, fast_help: str):
+def add_config_command(sub, name: str, config_cls, flags, help: str, fast_help: str, lifecycle: bool = False):
     """Add subcommand ``name``: one flag per row of ``flags``, with its type from the field's annotation and
-    "(default X)" from the field's default, and --fast. Flag defaults stay None (--fast: False), so that only the
-    flags given reach the config and its own defaults apply otherwise."""
+    "(default X)" from the field's default, and --fast (``lifecycle``: also --overwrite and --resume). Flag
+    defaults stay None (--fast: False), so that only the flags given reach the config and its own defaults apply
+    otherwise."""
     p = sub.add_parser(name, help=help)
     hints, defaults = typing.get_type_hints(config_cls), field_defaults(config_cls)
     for field_name, text, *extra in flags:
@@ -277,18 +288,35 @@ def add_config_command(sub, name: str, config_cls, flags, help: str, fast_help: 
             text = text if shown is None else f"{text} (default {shown_default(shown)})"
         p.add_argument(flag, dest=field_name, default=None, help=text, **kw)
     p.add_argument("--fast", action="store_true", help=fast_help)
+    if lifecycle:
+        p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds (the files its "
+                       "manifest lists)")
+        p.add_argument("--resume", action="store_true", help="continue the run that --out holds from its finished "
+                       "parts (the same flags)")
     return p
 
 
 def run_config(args) -> int:
     """Build the command's config from the flags given (its defaults for the rest) and run the experiment."""
-    from tinyld.runtime import fast_mode
+    from tinyld.runtime import TinyldError, fast_mode
 
     command = CONFIG_COMMANDS[args.cmd]
     config_cls, run = _load(command.config), _load(command.run)
     kw = {f.name: getattr(args, f.name) for f in fields(config_cls) if getattr(args, f.name, None) is not None}
     kw["fast"] = args.fast or fast_mode()
-    run(config_cls(**kw))
+    cfg = config_cls(**kw)
+    if command.used_by is None:
+        run(cfg)
+        return 0
+    experiment = getattr(cfg, "experiment", "all")
+    unused = [k for k, users in command.used_by.items() if k in kw and experiment not in (*users, "all")]
+    if unused:
+        flag = "--" + unused[0].replace("_", "-")
+        raise TinyldError(f"{args.cmd} {flag} is used by --experiment {' / '.join(command.used_by[unused[0]])} (or "
+                          f"all), not by --experiment {experiment}: leave it out")
+    given = [a for a in (getattr(args, "argv", None) or []) if a not in ("--overwrite", "--resume")]
+    again = " ".join(["python -m tinyld", *map(shlex.quote, given), "--resume"])
+    run(cfg, overwrite=args.overwrite, resume=args.resume, again=again)
     return 0
 
 
@@ -299,7 +327,7 @@ def _add_bench(sub) -> None:
                    help="step: one training step, plain vs fast path · decompose: predicted full-vocab Δ log π vs a "
                         "step")
     b.add_argument("--preset", default="tiny", help="model preset (default tiny)")
-    b.add_argument("--vocab", type=int, default=128, help="vocabulary for tiny/mini (default 128)")
+    b.add_argument("--vocab", type=int, default=None, help="vocabulary for tiny/mini (default 128)")
     b.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
     b.add_argument("--seq", type=int, default=64, help="sequence length T (default 64)")
     b.add_argument("--repeat", type=int, default=5, help="timed repeats, median reported (default 5)")
@@ -319,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("env", help="versions, device choice and OK/FAIL checks")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     for name, c in CONFIG_COMMANDS.items():
-        add_config_command(sub, name, _load(c.config), c.flags, c.help, c.fast_help)
+        add_config_command(sub, name, _load(c.config), c.flags, c.help, c.fast_help, c.used_by is not None)
     g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
     _add_bench(sub)
@@ -329,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run one command; the exit status (2: a user mistake, said in one line on stderr). A torchrun worker whose
     process group this call started ends its process here, once the group is closed (tinyld.distributed.end_worker)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line, for the command that continues a run
     started: list[bool] = []  # True once this call has started a torchrun process group
     rc = _dispatch(args, started)
     if started:
@@ -359,18 +389,26 @@ def _dispatch(args, started: list) -> int:
         _close_process_group(wait=True)  # under torchrun the ranks finish together
         return rc
     except TinyldError as err:  # a user mistake: one clear line, no traceback
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets it; rank 0 says it
-            print(f"error: {err}", file=sys.stderr)
+        _say(f"error: {err}")  # under torchrun: by the first rank that meets it, once
         return 2
     except OSError as err:  # a path, a permission, a full disk: say which, no traceback
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        _say(f"error: {err.strerror or err}{where}")
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C: training saved what it could and says how to go on
-        print(f"\n{str(err) or 'interrupted'}", file=sys.stderr)
+        _say(f"\n{str(err) or 'interrupted'}")
         return 130
     finally:  # under torchrun: close the process group, so that no rank exits holding a connection to another
         _close_process_group(wait=False)
+
+
+def _say(line: str) -> None:
+    """Print ``line`` on stderr; under torchrun only in the first rank to get here (tinyld.distributed.first_to_say):
+    the ranks meet the same error, or one meets it alone, and the line is said once either way."""
+    from tinyld.distributed import first_to_say
+
+    if first_to_say():
+        print(line, file=sys.stderr)
 
 
 def _close_process_group(wait: bool) -> None:

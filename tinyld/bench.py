@@ -13,7 +13,7 @@ from tinyld.dynamics import one_step, sequence_change, step_size_for
 from tinyld.kernel import predict
 from tinyld.losses import sft_loss
 from tinyld.model import GPT, PRESETS, GPTConfig
-from tinyld.runtime import check_choice, check_int, check_number, pick_device
+from tinyld.runtime import TinyldError, check_choice, check_int, check_number, pick_device
 from tinyld.train import TrainConfig, Trainer, make_optimizer
 from tinyld.updates import SFTUpdate, lm_rows
 
@@ -28,14 +28,17 @@ def _check_args(preset, vocab, batch, seq, repeat, warmup, eta=None) -> None:
     check_int("bench --warmup", warmup, 0, 10_000)
     if eta is not None:
         check_number("bench --eta", eta, 0, strict=True)
+    context = GPTConfig.preset(preset, **({} if preset == "gpt2" else {"vocab_size": vocab})).block_size
+    if seq > context:  # a longer context would be another model than the preset the result names
+        longer = ", ".join(f"{n} {GPTConfig.preset(n, vocab_size=50257).block_size}" for n in PRESETS if n != preset)
+        raise TinyldError(f"bench --seq {seq}: the {preset} preset's context is {context} tokens; give --seq {context} "
+                          f"or less, or a preset with a longer context ({longer})")
 
 
 def _setup(preset: str, vocab: int, batch: int, seq: int, device: str, dtype=torch.float32, fast: bool = False):
     dev = pick_device(device)
     torch.manual_seed(0)
     cfg = GPTConfig.preset(preset, fast=fast, **({} if preset == "gpt2" else {"vocab_size": vocab}))
-    if seq > cfg.block_size:
-        cfg = GPTConfig.from_dict({**cfg.to_dict(), "block_size": seq})
     model = GPT(cfg).to(dev.device, dtype)
     x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=dev.device)
     return dev, model, Batch(x[:, :-1], x[:, 1:])  # every position scored: "the same tokens" for both

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import threading
@@ -34,10 +35,12 @@ def data_identity(data) -> dict | None:
 
 
 class FolderLock:
-    """``out_dir/.lock`` holds the pid of the run writing there; a second live run is refused, a stale lock taken."""
+    """``out/.lock`` names the process writing there (its pid, and ``what`` it runs); a second live run is refused,
+    a stale lock (its process is gone) taken over."""
 
-    def __init__(self, out: Path | None):
+    def __init__(self, out: Path | None, what: str = "a training run"):
         self.path = out / ".lock" if out else None
+        self.what = what
         self.held = False
 
     def __enter__(self):
@@ -50,20 +53,22 @@ class FolderLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 try:
-                    pid = int(self.path.read_text().strip() or 0)
+                    pid, _, holder = self.path.read_text().partition("\n")
+                    pid = int(pid.strip() or 0)
                 except (OSError, ValueError):
-                    pid = 0
+                    pid, holder = 0, ""
                 if pid and _alive(pid):
-                    raise TinyldError(f"{self.path.parent} is in use by another training run (pid {pid}): two runs "
-                                      "writing one folder would overwrite each other's checkpoints; give this run "
-                                      "its own out_dir") from None
+                    raise TinyldError(f"{self.path.parent} is in use by {holder.strip() or 'another run'} (pid {pid}):"
+                                      " two runs writing one folder would mix their files; wait for it to end, or "
+                                      f"give this run another folder (if no such process is yours, remove "
+                                      f"{self.path})") from None
                 with contextlib.suppress(OSError):  # stale: its run ended without cleaning up
                     self.path.unlink()
                 continue
             except OSError as e:
                 raise TinyldError(f"cannot write to {self.path.parent} ({e.strerror})") from None
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                f.write(f"{os.getpid()}\n{self.what}")
             self.held = True
             return self
         raise TinyldError(f"could not take the lock {self.path}: another run keeps taking it")
@@ -209,3 +214,12 @@ def load_model(path: str | Path):
     if tok is not None and tok.vocab_size != model.config.vocab_size:
         raise TinyldError(f"{path}: its tokenizer has {tok.vocab_size} tokens but its model {model.config.vocab_size}")
     return model, tok, ck
+
+
+def append_log(out: Path, rec: dict) -> None:
+    """Append one record to ``out/log.jsonl`` (a training run's log: one JSON object per line)."""
+    try:
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    except OSError as e:
+        raise TinyldError(f"cannot append to {out / 'log.jsonl'} ({e.strerror or type(e).__name__})") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import tempfile
 from typing import Callable
 
 import torch
@@ -45,6 +46,24 @@ def from_rank0(make: Callable[[], object]):
     box = [make() if rank == 0 else None]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def first_to_say() -> bool:
+    """Under torchrun: True in the first of this launch's processes on this machine to ask, False in the others
+    (each asks once, when it is about to report an error). A marker file in the temp folder, made with O_EXCL, is
+    keyed by the launcher's pid, port, run id and restart count; without torchrun, always True."""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "1") or "RANK" not in os.environ:
+        return True
+    key = "-".join(os.environ.get(v, "") for v in ("MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                                                   "TORCHELASTIC_RESTART_COUNT"))
+    path = os.path.join(tempfile.gettempdir(), f"tinyld-said-{os.getppid()}-{key}")
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no temp folder to write: rank 0 says it
+        return os.environ.get("RANK", "0") == "0"
 
 
 def launched_processes() -> int:

@@ -30,7 +30,13 @@ class TinyldError(ValueError):
 
 class TrainingDiverged(TinyldError):
     """The loss, the gradient or the weights became NaN or infinite; the message names the step and the last good
-    checkpoint."""
+    checkpoint. ``fact``: what happened, without advice (a caller with its own flags words its own advice);
+    ``updates``: how many updates the run had taken by then (0: the learning rate cannot be the cause)."""
+
+    def __init__(self, message: str, fact: str | None = None, updates: int | None = None):
+        super().__init__(message)
+        self.fact = fact or message
+        self.updates = updates
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -22,7 +22,6 @@ Checkpoint files and the folder lock live in :mod:`tinyld.checkpoints`; torchrun
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -35,7 +34,8 @@ from typing import Callable
 
 import torch
 
-from tinyld.checkpoints import FolderLock, data_identity, load_checkpoint, model_from_checkpoint, save_checkpoint
+from tinyld.checkpoints import (FolderLock, append_log, data_identity, load_checkpoint, model_from_checkpoint,
+                                save_checkpoint)
 from tinyld.data import Batch
 from tinyld.distributed import dist_info, shard
 from tinyld.losses import LOSSES, pair_loss, sequence_logprob
@@ -109,7 +109,6 @@ class TrainConfig:
         return self.lr
 
 
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
@@ -179,6 +178,7 @@ class Trainer:
         self.last_ckpt: Path | None = None
         self._ckpt_step: int | None = None
         self._between_steps = True  # False while an update is half-taken: no checkpoint may be written then
+        self._first = 0  # the step the current run() started at: updates before a divergence are counted from it
         self._stop_requested = False  # set by Ctrl-C: finish this step, save, stop
         torch.manual_seed(cfg.seed)
 
@@ -247,8 +247,12 @@ class Trainer:
         when = ("training stopped before that update" if before else
                 "the update was taken, so the model in memory is unusable and nothing more is saved")
         self._between_steps = before  # a model with bad weights is never checkpointed
-        raise TrainingDiverged(f"{what} became {value} at step {self.step}; {when}. {self._where()}. "
-                               f"Lower lr (now {self.cfg.lr_at(self.step):g}) or grad_clip, then resume.")
+        updates = self.step - self._first + (not before)
+        fact = f"{what} became {value} at step {self.step}"
+        advice = (f"Lower lr (now {self.cfg.lr_at(self.step):g}) or grad_clip, then resume" if updates else
+                  "No update had been taken, so the learning rate is not the cause: check the loss's settings "
+                  "(for DPO, β) and the data")
+        raise TrainingDiverged(f"{fact}; {when}. {self._where()}. {advice}.", fact, updates)
 
     # ------------------------------------------------------------------ the loop
     def run(self, callback: Callable[["Trainer", int], None] | None = None, overwrite: bool = False) -> list[dict]:
@@ -269,10 +273,11 @@ class Trainer:
             if out and self.step == 0 and (out / "log.jsonl").exists():
                 (out / "log.jsonl").unlink()  # a fresh run starts a fresh log
             if out:
-                self._log(out, {"event": "start", "step": self.step, "train_config": asdict(cfg),
+                append_log(out, {"event": "start", "step": self.step, "train_config": asdict(cfg),
                                 "model_config": self.model.config.to_dict(), "versions": versions()})
             show = cfg.progress and cfg.steps - self.step >= 200 and self.rank == 0
             t0, first = time.perf_counter(), self.step
+            self._first = first
             try:
                 while self.step < cfg.steps:
                     rec = self.train_step()
@@ -282,7 +287,7 @@ class Trainer:
                         rec["elapsed_s"] = round(time.perf_counter() - t0, 3)
                         self.history.append(rec)
                         if out:
-                            self._log(out, rec)
+                            append_log(out, rec)
                     if show and (self.step % max(1, cfg.steps // 20) == 0 or self.step == cfg.steps):
                         rate = (self.step - first) / max(1e-9, time.perf_counter() - t0)
                         tty = sys.stderr.isatty()
@@ -297,9 +302,10 @@ class Trainer:
                 self._on_interrupt(out)
             if self.step > first and (bad := self.not_finite()):  # each update is checked by the next; the last
                 self._between_steps = False  # by this: a model with bad weights is never checkpointed
-                raise TrainingDiverged(f"{bad} are not finite after the last update (step {self.step - 1}), so the "
-                                       f"model in memory is unusable and nothing more is saved. {self._where()}. "
-                                       f"Lower lr (now {cfg.lr_at(self.step - 1):g}) or grad_clip, then resume.")
+                fact = f"{bad} are not finite after the last update (step {self.step - 1})"
+                raise TrainingDiverged(f"{fact}, so the model in memory is unusable and nothing more is saved. "
+                                       f"{self._where()}. Lower lr (now {cfg.lr_at(self.step - 1):g}) or grad_clip, "
+                                       "then resume.", fact, self.step - first)
             if out and (self.last_ckpt, self._ckpt_step) != (out / "last.pt", self.step):  # not saved just now
                 self.save(out / "last.pt")
         return self.history
@@ -350,8 +356,9 @@ class Trainer:
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            print(f"\nCtrl-C: finishing step {self.step}, then saving and stopping (Ctrl-C again to stop now)",
-                  file=sys.stderr, flush=True)
+            then = "saving and stopping" if self.cfg.out_dir and self.rank == 0 else "stopping"  # nothing to save
+            print(f"\nCtrl-C: finishing step {self.step}, then {then} (Ctrl-C again to stop now)", file=sys.stderr,
+                  flush=True)
 
         self._stop_requested = False  # before the handler: a Ctrl-C pending from just now must not be lost
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # whoever started us chose to ignore Ctrl-C
@@ -369,14 +376,6 @@ class Trainer:
         if self._stop_requested:  # Ctrl-C after the last step boundary: the run is complete and saved; stop anyway
             where = f"; {self.last_ckpt} holds step {self._ckpt_step}" if self.last_ckpt else ""
             raise TrainingInterrupted(f"interrupted after the last step ({self.step}){where}", self.last_ckpt)
-
-    @staticmethod
-    def _log(out: Path, rec: dict) -> None:
-        try:
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        except OSError as e:
-            raise TinyldError(f"cannot append to {out / 'log.jsonl'} ({e.strerror or type(e).__name__})") from None
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:

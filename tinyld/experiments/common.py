@@ -1,15 +1,13 @@
 """What the experiments share: the checks of the config fields they have in common, the pretrained world model and
-the SFT stage that DPO starts from, the base model's regime, the per-family figure, and the claims: one claim
-measured per seed with its verdict, the claims table, strict JSON and mean ± sd over seeds.
+the SFT stage that DPO starts from, the base model's regime and the per-family figure. The run itself (its folder,
+header, claims and JSON) is the kit's: :mod:`tinyld.experiments.kit`.
 
 No experiment imports another: each takes what it shares with the others from here.
 """
 from __future__ import annotations
 
 import copy
-import math
 import os
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +38,29 @@ def check_shared(cfg, command: str) -> None:
     check_choice(f"{command} --device", cfg.device, ("auto", "cpu", "cuda", "mps"))
     if not isinstance(cfg.out, (str, os.PathLike)) or not str(cfg.out).strip():
         raise TinyldError(f"{command} --out must be a folder path, got {cfg.out!r}")
+
+
+def fast_caps(cfg, caps: dict) -> list[str]:
+    """Fast mode: cap each field of ``cfg`` named in ``caps`` at its value, and say what changed
+    (:func:`changed_note`)."""
+    before = {name: getattr(cfg, name) for name in caps}
+    for name, cap in caps.items():
+        setattr(cfg, name, min(getattr(cfg, name), cap))
+    return changed_note(cfg, before)
+
+
+def changed_note(cfg, before: dict) -> list[str]:
+    """One line naming each field of ``cfg`` whose value differs from ``before`` (none: no line). The config records
+    the values the run uses; this line says that fast mode changed them."""
+    changed = [f"{k} {shown(v)} → {shown(getattr(cfg, k))}" for k, v in before.items() if getattr(cfg, k) != v]
+    return [f"fast mode uses {', '.join(changed)}"] if changed else []
+
+
+def shown(value) -> str:
+    """A value as a message shows it: lists space-separated, floats with :g."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def check_base_model(cfg, command: str) -> None:
@@ -125,6 +146,14 @@ def stage_config(task: str, steps: int, seed: int, optimizer: str, lr: float, pa
                        log_every=max(1, steps), progress=False, **extra)
 
 
+def lower_lr(e: TrainingDiverged, lr: float, also: str = "") -> str:
+    """The advice for a stage that diverged: lower --lr (now ``lr``)``also``; when no update had been taken, the
+    learning rate is not the cause, and the advice says so."""
+    if e.updates == 0:
+        return "the loss was not finite before any update, so the learning rate is not the cause"
+    return f"lower --lr (now {lr:g}){also}"
+
+
 def sft_stage(model, tok, examples: list[Example], tc: TrainConfig, batch_size: int, tracker=None):
     """A copy of ``model`` after ``tc.steps`` SFT steps on ``examples`` (prompt masked, summed log-prob) in batches
     of ``batch_size``, data order seeded by ``tc.seed``; ``tracker``: the Trainer's callback."""
@@ -135,7 +164,8 @@ def sft_stage(model, tok, examples: list[Example], tc: TrainConfig, batch_size: 
     try:
         Trainer(model, data, tc, tok).run(tracker)
     except TrainingDiverged as e:
-        raise TrainingDiverged(f"SFT (seed {tc.seed}) diverged: lower --lr ({e})") from None
+        raise TrainingDiverged(f"SFT (seed {tc.seed}) diverged: {lower_lr(e, tc.lr)} ({e.fact})", e.fact,
+                               e.updates) from None
     return model.eval()
 
 
@@ -181,43 +211,3 @@ def figure(runs: list[dict], path: Path, title: str) -> Path:
             split: [[r["curves"][split][f][i] for r in runs] for i in range(len(x))]
             for split in ("train", "test") if all(f in r["curves"][split] and r["curves"][split][f] for r in runs)}
     return panels(x, data, path, title, xlabel="epoch", ylabel="log π(y|x)")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# claims and results
-# --------------------------------------------------------------------------------------------------------------
-
-
-def add_claim(out: list, key: str, paper: str, per: list[dict]) -> None:
-    """Append one claim, measured per seed (each with a ``held`` flag), with its verdict: held · not held ·
-    mixed (n/seeds)."""
-    n = sum(m["held"] for m in per)
-    verdict = "held" if n == len(per) else ("not held" if n == 0 else f"mixed ({n}/{len(per)})")
-    out.append({"claim": key, "paper": paper, "per_seed": per, "held": n, "of": len(per), "verdict": verdict})
-
-
-def claims_table(claims: list[dict], title: str, fmt, width: int = 40,
-                 unit: str = " (nats, summed over the response)") -> str:
-    """One line per claim: its verdict, then each seed's measurement written by ``fmt`` (the experiment's own)."""
-    lines = [title, f"  {'claim':{width}s} {'verdict':13s} per seed{unit}"]
-    for c in claims:
-        lines.append(f"  {c['claim']:{width}s} {c['verdict']:13s} " + " | ".join(fmt(m) for m in c["per_seed"]))
-    return "\n".join(lines)
-
-
-def plain_json(x):
-    """NaN and ±inf become null: strict JSON readers refuse them."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: plain_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [plain_json(v) for v in x]
-    return x
-
-
-def summary(per_seed: list[dict]) -> dict:
-    """Mean and sd over seeds of every key of the per-seed dicts (sd 0 for one seed)."""
-    return {k: {"mean": statistics.fmean(d[k] for d in per_seed),
-                "sd": statistics.stdev([d[k] for d in per_seed]) if len(per_seed) > 1 else 0.0}
-            for k in per_seed[0]}
