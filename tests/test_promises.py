@@ -972,3 +972,194 @@ def test_an_experiment_whose_last_update_diverges_fails_instead_of_reporting_nan
     err = capsys.readouterr().err
     assert rc == 2 and "not finite after the last update" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "claims.txt").exists()
+
+
+# ==============================================================================================================
+# 8. An experiment never loses or mixes its results (tinyld.experiments.kit.RunFolder)
+# ==============================================================================================================
+
+SFT_RUN = ["sft-dynamics", "--seeds", "0", "1", "--modes", "easy", "--epochs", "1", "--pretrain-steps", "5",
+           "--no-attribution", "--threads", "1", "--out", "o"]
+TIMING = {"seconds", "runtime_s", "tracker_cost"}  # wall-clock fields: the only ones two runs may differ in
+
+
+def _without_timing(x):
+    if isinstance(x, dict):
+        return {k: _without_timing(v) for k, v in x.items() if k not in TIMING}
+    if isinstance(x, list):
+        return [_without_timing(v) for v in x]
+    return x
+
+
+def _count_training(monkeypatch) -> list:
+    """Every SFT run of Trainer.run from now on (pretraining is cached), by its seed."""
+    seen, real = [], Trainer.run
+
+    def run(self, *a, **kw):
+        if self.cfg.task != "pretrain":
+            seen.append(self.cfg.seed)
+        return real(self, *a, **kw)
+    monkeypatch.setattr(Trainer, "run", run)
+    return seen
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def finished(tmp_path, monkeypatch, capsys):
+    """A finished two-seed sft-dynamics run in ./o (and the base model cached in ./tinyld_out)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(SFT_RUN) == 0
+    capsys.readouterr()
+    return tmp_path / "o"
+
+
+def test_the_manifest_ties_every_file_to_its_run(finished):
+    from tinyld.experiments.kit import config_hash
+    from tinyld.runtime import versions
+
+    m = json.loads((finished / "manifest.json").read_text())
+    assert m["status"] == "finished" and m["command"] == "sft-dynamics" and m["versions"] == versions()
+    assert set(m["files"]) == _files(finished) - {"manifest.json"}  # every file the run wrote, and only those
+    assert {"sft_dynamics.json", "claims.txt", "track_easy_seed0.csv", "track_easy_seed1.csv"} <= set(m["files"])
+    assert m["parts"] == ["easy/seed0", "easy/seed1"] and m["started"] <= m["finished"]
+    result = json.loads((finished / "sft_dynamics.json").read_text())
+    assert m["config"] == result["config"] and m["config_hash"] == config_hash(result["config"])
+    assert "overwrite" not in m["config"] and "resume" not in m["config"]  # the science only
+    assert not (finished / ".lock").exists()  # released
+
+
+def test_a_folder_holding_a_finished_run_is_refused_without_overwrite_or_resume(finished, monkeypatch, capsys):
+    trained = _count_training(monkeypatch)
+    before = {p: (finished / p).read_bytes() for p in _files(finished)}
+    assert main(SFT_RUN) == 2 and trained == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a finished run of sft-dynamics" in err and "--overwrite" in err, err
+    assert {p: (finished / p).read_bytes() for p in _files(finished)} == before  # untouched
+    assert main([*SFT_RUN, "--resume"]) == 2 and "holds a finished run" in capsys.readouterr().err
+
+
+def test_overwrite_removes_exactly_the_files_the_old_manifest_lists(finished, capsys):
+    (finished / "notes.txt").write_text("mine")  # not the run's: it stays
+    assert main([*SFT_RUN[:3], *SFT_RUN[4:], "--overwrite"]) == 0  # now seed 0 alone
+    capsys.readouterr()
+    files = _files(finished)
+    assert "notes.txt" in files and "track_easy_seed1.csv" not in files and "parts/easy__seed1.json" not in files
+    m = json.loads((finished / "manifest.json").read_text())
+    assert set(m["files"]) == files - {"manifest.json", "notes.txt"} and m["config"]["seeds"] == [0]
+
+
+def test_a_folder_in_use_is_refused_naming_the_process_and_a_stale_lock_is_taken_over(finished, monkeypatch, capsys):
+    keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    trained = _count_training(monkeypatch)
+    try:
+        (finished / ".lock").write_text(f"{keeper.pid}\ntinyld sft-dynamics")
+        assert main([*SFT_RUN, "--overwrite"]) == 2 and trained == []  # refused before any work
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"in use by tinyld sft-dynamics (pid {keeper.pid})" in err, err
+    finally:
+        keeper.kill()
+        keeper.wait()
+    assert (finished / "sft_dynamics.json").exists()  # the other run's files were not touched
+    assert main([*SFT_RUN, "--overwrite"]) == 0 and trained == [0, 1]  # its process is gone: the lock is stale
+    assert not (finished / ".lock").exists()
+
+
+def test_every_output_path_is_checked_before_the_first_step(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "o" / "track_easy_seed1.csv").mkdir(parents=True)  # where the second seed's table goes
+    trained = _count_training(monkeypatch)
+    assert main(SFT_RUN) == 2 and trained == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "track_easy_seed1.csv is a folder" in err, err
+
+
+def test_ctrl_c_between_seeds_keeps_the_finished_ones_and_resume_ends_with_the_same_json(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """Interrupted after seed 0, continued with --resume: seed 0 is read back, not trained again, and the JSON and
+    the claims are those of an uninterrupted run (timings aside)."""
+    import tinyld.experiments.sft_dynamics.command as command
+
+    monkeypatch.chdir(tmp_path)
+    assert main(SFT_RUN) == 0
+    (tmp_path / "o").rename(tmp_path / "whole")
+    whole = json.loads((tmp_path / "whole" / "sft_dynamics.json").read_text())
+    capsys.readouterr()
+    real = command.seed_part
+
+    def stopped_at_seed_1(cfg, seed, *a):
+        if seed == 1:
+            raise KeyboardInterrupt  # Ctrl-C as the second seed starts
+        return real(cfg, seed, *a)
+    monkeypatch.setattr(command, "seed_part", stopped_at_seed_1)
+    assert main(SFT_RUN) == 130
+    err = capsys.readouterr().err
+    again = "python -m tinyld " + " ".join(SFT_RUN) + " --resume"
+    assert f"1 finished part is kept in o. Continue with: {again}" in err and "out_dir" not in err, err
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and m["parts"] == ["easy/seed0"] and not (tmp_path / "o/claims.txt").exists()
+
+    monkeypatch.setattr(command, "seed_part", real)
+    assert main(SFT_RUN) == 2 and "continue it with --resume" in capsys.readouterr().err  # neither flag: refused
+    trained = _count_training(monkeypatch)
+    assert main([*SFT_RUN, "--resume"]) == 0 and trained == [1]  # seed 0 read back
+    resumed = json.loads((tmp_path / "o" / "sft_dynamics.json").read_text())
+    assert _without_timing(resumed) == _without_timing(whole)
+    assert (tmp_path / "o" / "claims.txt").read_text() == (tmp_path / "whole" / "claims.txt").read_text()
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["status"] == "finished" and len(m["resumed"]) == 1 and set(m["files"]) == _files(tmp_path / "o") - {
+        "manifest.json"}
+
+
+def test_resume_refuses_another_config_and_names_what_differs(tmp_path, monkeypatch, capsys):
+    import tinyld.experiments.sft_dynamics.command as command
+
+    monkeypatch.chdir(tmp_path)
+    real = command.seed_part
+
+    def stopped_at_seed_1(cfg, seed, *a):
+        if seed == 1:
+            raise KeyboardInterrupt
+        return real(cfg, seed, *a)
+    monkeypatch.setattr(command, "seed_part", stopped_at_seed_1)
+    assert main(SFT_RUN) == 130
+    capsys.readouterr()
+    assert main([*SFT_RUN, "--lr", "0.002", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another config (lr 0.001 → 0.002)" in err, err
+    assert main([*SFT_RUN, "--resume", "--overwrite"]) == 2 and "give one of them" in capsys.readouterr().err
+
+
+def test_a_run_that_stopped_before_writing_anything_does_not_block_the_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*SFT_RUN, "--lr", "1e6"]) == 2  # diverges in its first seed: nothing kept
+    err = capsys.readouterr().err
+    assert "lower --lr (now 1e+06)" in err and "out_dir" not in err and "grad_clip" not in err, err
+    assert main(SFT_RUN) == 0  # a run with a sane lr takes the folder
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["status"] == "finished"
+
+
+def test_ctrl_c_in_a_run_that_saves_nothing_does_not_promise_saving(world, wtok, capsys):
+    tr = _trainer(world, wtok, steps=5)
+
+    def press_ctrl_c(trainer, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(TrainingInterrupted):
+        tr.run(press_ctrl_c)
+    err = capsys.readouterr().err
+    assert "Ctrl-C: finishing step" in err and "then stopping" in err and "saving" not in err, err
+
+
+def test_dpo_divergence_before_any_update_blames_beta_not_the_learning_rate(world, wtok, tiny64):
+    from tinyld.experiments.dpo_dynamics import DPODynamicsConfig, dpo
+    from tinyld.probes import ProbeSet
+
+    cfg = DPODynamicsConfig(beta=1e300, dpo_epochs=1, seeds=[0], modes=["easy"])
+    probes = ProbeSet(ProbeSet.from_world(world).probes[:12])
+    with pytest.raises(TrainingDiverged) as e:
+        dpo(cfg, 0, tiny64, wtok, probes, world)
+    assert "learning rate is not the cause: lower --beta (now 1e+300)" in str(e.value) and e.value.updates == 0
+    assert "out_dir" not in str(e.value) and "grad_clip" not in str(e.value)

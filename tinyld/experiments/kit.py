@@ -90,7 +90,7 @@ class RunFolder(Folder):
                               "one of them")
         self.out, self.command, self.config = Path(out), command, config
         self.outputs, self.overwrite, self.resume = list(outputs), overwrite, resume
-        self.again = again or f"{command} with resume=True"
+        self.again = again or "run(cfg, resume=True)"
         self.manifest: dict = {}
         self.done: list[str] = []  # the parts finished, in the order they finished
         self.lock = FolderLock(None)
@@ -115,7 +115,6 @@ class RunFolder(Folder):
     def _open(self) -> list[str]:
         out = writable_dir(self.out, f"{self.command} output folder")
         self.lock = FolderLock(out, f"tinyld {self.command}").__enter__()
-        old = self._old_manifest(out)
         for name in self.outputs:  # every path the run writes, before the first step
             if (out / name).is_dir():
                 raise TinyldError(f"{out / name} is a folder: {self.command} writes a file there; remove or rename "
@@ -123,10 +122,12 @@ class RunFolder(Folder):
         if (out / PARTS).exists() and not (out / PARTS).is_dir():
             raise TinyldError(f"{out / PARTS} is a file: {self.command} keeps its finished parts in a folder there; "
                               "remove or rename it, or choose another --out")
+        old = self._old_manifest(out)
         if old is None:
             return self._fresh(out)
-        if self.overwrite:
-            self._remove(out, old)
+        left = [name for name in old["files"] if (out / name).exists()]
+        if self.overwrite or (old.get("status") != "finished" and not old.get("parts") and not left):
+            self._remove(out, old)  # (a run that stopped before writing anything left nothing to keep)
             return self._fresh(out)
         if old.get("status") == "finished" or not self.resume:
             state = ("a finished run" if old.get("status") == "finished" else
@@ -243,12 +244,14 @@ class RunFolder(Folder):
         self.lock.__exit__(None, None, None)
         if not self.manifest or self.finished or kind is None:
             return False
-        kept = (f"{len(self.done)} finished parts are kept in {self.out}" if self.done else
+        n = len(self.done)
+        kept = (f"{n} finished part{' is' if n == 1 else 's are'} kept in {self.out}" if self.done else
                 f"no part had finished; {self.out} keeps the run's manifest")
         if issubclass(kind, KeyboardInterrupt):
             raise TrainingInterrupted(f"stopped: {kept}. Continue with: {self.again}", None) from None
         if self.done and is_main():
-            print(f"  {kept}: once the cause is fixed, continue with: {self.again}")
+            print(f"  {kept}: the same command with --resume continues from them ({self.again}), or with "
+                  "--overwrite starts again")
         return False
 
 
