@@ -2,7 +2,8 @@
 never a raw traceback; no number it prints is silently wrong; no work is lost or poisoned.
 
 Sections: the six cases that once broke a promise · the command line · configs and public arguments · the
-dynamics engine · training, checkpoints and resume · files · library helpers.
+dynamics engine · training, checkpoints and resume · files · found by adversarial review · the SFT-dynamics
+experiment · an experiment's run in its folder (lock, manifest, parts, --resume, --overwrite).
 """
 import errno
 import json
@@ -741,7 +742,7 @@ def test_ctrl_c_during_the_final_save_still_stops_the_program(world, wtok, tmp_p
 
 
 # ==============================================================================================================
-# 7. The SFT-dynamics experiment and probe files (each found by trying bad input on the new command)
+# 8. The SFT-dynamics experiment and probe files (each found by trying bad input on the new command)
 # ==============================================================================================================
 
 
@@ -975,7 +976,7 @@ def test_an_experiment_whose_last_update_diverges_fails_instead_of_reporting_nan
 
 
 # ==============================================================================================================
-# 8. An experiment never loses or mixes its results (tinyld.experiments.kit.RunFolder)
+# 9. An experiment never loses or mixes its results (tinyld.experiments.kit.RunFolder)
 # ==============================================================================================================
 
 SFT_RUN = ["sft-dynamics", "--seeds", "0", "1", "--modes", "easy", "--epochs", "1", "--pretrain-steps", "5",
