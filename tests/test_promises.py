@@ -1164,3 +1164,14 @@ def test_dpo_divergence_before_any_update_blames_beta_not_the_learning_rate(worl
         dpo(cfg, 0, tiny64, wtok, probes, world)
     assert "learning rate is not the cause: lower --beta (now 1e+300)" in str(e.value) and e.value.updates == 0
     assert "out_dir" not in str(e.value) and "grad_clip" not in str(e.value)
+
+
+def test_a_batch_larger_than_the_data_is_recorded_as_used_and_announced(tmp_path, monkeypatch, capsys):
+    """--batch-size 100000 used to train with the 40 prompts and record 100000."""
+    monkeypatch.chdir(tmp_path)
+    args = [*SFT_RUN[:3], *SFT_RUN[4:], "--batch-size", "100000"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "note: batch_size 100000 → 40: there are 40 training prompts" in out, out
+    res = json.loads((tmp_path / "o" / "sft_dynamics.json").read_text())
+    assert res["config"]["batch_size"] == 40 and res["modes"]["easy"]["runs"][0]["steps_per_epoch"] == 1
