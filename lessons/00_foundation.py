@@ -68,10 +68,10 @@ assert same
 # On held-out world text the model is confident. On random word sequences it is *very* sure they are wrong.
 # The mean log-prob per token of random text is the model's *valley depth*. Why measure it? The squeezing
 # effect of DPO (lessons/NOTES.md §3) holds for any model, but its strength depends on how unlikely the
-# rejected response is. In this project's own small-scale trials, off-policy DPO showed no squeezing on models
-# with shallow valleys (about −14 nats/token) and squeezed in every run on models with deep ones (about −30 to
-# −39). That is a measured condition of those trials, not a claim of the paper, and no script here reproduces it
-# yet (NOTES §5).
+# rejected response is, so valley depth is reported beside every squeezing result. Whether deeper valleys make
+# squeezing *more visible* is an open question here: earlier small-scale trials suggested so, but this
+# project's own conditions run (`dpo-dynamics --experiment conditions`) found squeezing in every form under the
+# *shallowest* valleys, with valley depth confounded with how far training moved the model (NOTES §5).
 # The 400-step model of fast mode is much shallower than the 3000-step model of full mode: compare them.
 
 # %%

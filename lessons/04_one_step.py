@@ -239,7 +239,8 @@ assert abs(rd.actual_seq[rejected]) > abs(rd.actual_seq[chosen])
 #    the rows where the answers differ, and the rows after them.
 # 2. **y⁻'s distinguishing token sits in a valley.** At the answer word, G⁺'s entry for "delhi" is
 #    −(1 − π("delhi")) and G⁻'s entry for "cairo" is +(1 − π("cairo")) (times β/2). The model is sure of
-#    "delhi", so the pull is small. "cairo" is unlikely, so the push is at nearly full strength. This is the push that does not fade (NOTES §3).
+#    "delhi", so the pull is small. "cairo" is unlikely, so the push is at nearly full strength. This is the push
+#    that does not fade (NOTES §3).
 #
 # `DPOUpdate.residuals` returns both halves. A `ResidualUpdate` with one of them predicts that half's effect
 # alone. We drop the shared prefix rows from both halves, which changes nothing in their sum.

@@ -16,6 +16,11 @@ import os
 
 import torch
 
+try:
+    import sklearn  # noqa: F401  (the digits ship with scikit-learn)
+except ImportError:
+    raise SystemExit('lesson 5 needs scikit-learn for its digits: pip install ".[lessons]"') from None
+
 from tinyld.classify import (DigitNet, entk_ranking_stability, lookalike_pairs, mean_prediction_matrix,
                              one_step_picture, train_digits)
 from tinyld.dynamics import one_step

@@ -141,7 +141,7 @@ assert all(pm <= statistics.fmean(pt["acc"]) + 1e-12 for pt, pm in zip(points, p
 # ## Which training number tracks test accuracy?
 # Pool the checkpoints of both runs and fit test accuracy on each training number with least squares. (Two runs
 # are far too few for a verdict; `python -m tinyld forecast` sweeps 12 configurations over 3 seeds, and the
-# README reports what it found.)
+# lab report (`tinyld/experiments/README.md`) says what it found.)
 
 # %%
 xs_pm = [v for pts in results.values() for v in pm_curve(pts, TAU)]
@@ -166,7 +166,7 @@ except ImportError as e:
 # best score stops growing (and is still capped by its accuracy now). But at the published τ only a few of this
 # model's examples ever get there: sixteen forms keep a perplexity near 1.17 even for a model that knows the
 # arithmetic. So PM stays close to train
-# accuracy. The README's sweep (12 configurations, 3 seeds) found the same; exercise 1 shows what a looser
+# accuracy. The lab report's sweep (12 configurations, 3 seeds) found the same; exercise 1 shows what a looser
 # threshold does.
 #
 # ## Exercises

@@ -151,8 +151,9 @@ for name, a in aucs.items():
     print(f"  AUC {name:26s} {'—' if a is None else f'{a:.2f}'}")
 
 # %% [markdown]
-# One seed, one model, a few dozen pairs: the AUCs above are a sample, not a verdict. The README reports the
-# forecast command's result over 3 seeds and 240 pairs per seed, including where CHES did *not* beat edit distance.
+# One seed, one model, a few dozen pairs: the AUCs above are a sample, not a verdict. The lab report
+# (`tinyld/experiments/README.md`) gives the forecast command's result over 3 seeds and 240 pairs per seed,
+# including where CHES did *not* beat edit distance.
 #
 # ## Exercises
 # 1. Rerun the pairs with plain SGD: `dpo_change(ForecastConfig(ches_lr=1e-2), model, tok, pairs, seed=0,

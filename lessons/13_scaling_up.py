@@ -12,7 +12,8 @@
 #    What does it cost next to a training step, and is it still right?
 #
 # Fast mode (`TINYLD_FAST=1`) measures step 3 on the `mini` preset; full mode on GPT-2 small with 256 tokens
-# (about a minute on a 2-core CPU). The README's "More than one GPU" section has similar figures measured on a GPU.
+# (about a minute on a 2-core CPU). `tinyld/experiments/README.md` ("More than one GPU") has similar figures
+# measured on a GPU.
 
 # %%
 import copy
@@ -124,7 +125,7 @@ assert res["plain"]["tokens_per_s"] > 0 and res["fast"]["fused_attention"] and n
 
 # %% [markdown]
 # On a GPU the fast path adds bf16 and `torch.compile`, and the gain grows with the model and the sequence length:
-# the README reports H100 figures for GPT-2 small.
+# `tinyld/experiments/README.md` reports H100 figures for GPT-2 small.
 #
 # ## 3. The decomposition at GPT-2 size
 # `bench_decompose` times one plain float32 AdamW training step and the engine's predicted Δ log π for every token

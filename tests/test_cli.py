@@ -190,3 +190,12 @@ def test_fast_mode_says_what_it_changed(capsys):
     assert len(note) == 1 and "data 9999 → 32" in note[0] and " epochs" not in note[0], note  # 3 is kept
     assert SFTDynamicsConfig(fast=True, epochs=5).changed == ["fast mode uses pretrain_steps 3000 → 400"]
     assert SFTDynamicsConfig(epochs=50).changed == []
+
+
+def test_env_says_an_absent_optional_package_is_not_installed_and_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn now raises ImportError
+    assert main(["env", "--device", "cpu"]) == 0  # the core is what decides
+    out = capsys.readouterr().out
+    line = [x for x in out.splitlines() if "optional: sklearn" in x]
+    assert line == ["  --    optional: sklearn not installed (needed for lesson 5's digits; pip install \".[lessons]\")"]
+    assert "FAIL" not in out and "core OK" in out

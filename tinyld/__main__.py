@@ -22,6 +22,11 @@ from dataclasses import MISSING, fields
 from typing import NamedTuple
 
 
+OPTIONAL = [("matplotlib", "figures", ".[plots]"), ("sklearn", "lesson 5's digits", ".[lessons]"),
+            ("jupytext", "opening a lesson as a notebook", ".[lessons]"),
+            ("transformers", "the tests' Hugging Face GPT-2 oracle", ".[test]")]  # module, what for, extra
+
+
 def cmd_env(args) -> int:
     import torch
 
@@ -68,17 +73,15 @@ def cmd_env(args) -> int:
                       for n in ("tiny", "mini", "gpt2")}
         return ", ".join(f"{k} {v:,}" for k, v in counts.items()) + " parameters (V=128 for tiny/mini)"
 
-    def optional(mod):
-        def f():
-            m = __import__(mod)
-            return getattr(m, "__version__", "")
-        return f
-
     check("GPT-2 tokenizer", gpt2_bpe)
     check("model", model_and_jvp)
     check("presets", presets)
-    for mod in ("matplotlib", "transformers", "sklearn"):
-        check(f"optional: {mod}", optional(mod))
+    for mod, why, extra in OPTIONAL:  # not installed is not a failure: say what it is for and how to get it
+        try:
+            version = getattr(importlib.import_module(mod), "__version__", "")
+            print(f"  OK    optional: {mod} {version}".rstrip())
+        except ImportError:
+            print(f"  --    optional: {mod} not installed (needed for {why}; pip install \"{extra}\")")
     core_ok = all(checks[:3])
     print("core OK" if core_ok else "core FAIL")
     return 0 if core_ok else 1

@@ -36,7 +36,7 @@ def load_digits(seed: int = 0, n_test: int = 360, dtype=torch.float64):
         from sklearn.datasets import load_digits as sk_digits
     except ImportError:
         raise ImportError("the digits experiment needs scikit-learn (it ships the images): "
-                          "pip install 'tinyld[test]' or pip install scikit-learn") from None
+                          "pip install \".[lessons]\" (or scikit-learn)") from None
     d = sk_digits()
     x = torch.tensor(d.data, dtype=dtype) / 16.0  # (1797, 64)
     y = torch.tensor(d.target, dtype=torch.long)  # (1797,)

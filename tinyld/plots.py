@@ -11,7 +11,7 @@ def _plt():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("figures need matplotlib: pip install 'tinyld[plots]'") from None
+        raise ImportError('figures need matplotlib: pip install ".[plots]" (or ".[lessons]")') from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
