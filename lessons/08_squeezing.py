@@ -29,6 +29,7 @@ from tinyld.squeeze import logit_step, squeezed_into, who_moves
 
 # ---- knobs -------------------------------------------------------------------------------------------
 OUT = os.environ.get("TINYLD_OUT", "tinyld_out/lessons")  # where figures go
+DPI = int(os.environ.get("TINYLD_DPI", "110"))  # their resolution (rendered lessons ask for more)
 ETA = 1.0  # η′, the step size on the logits
 SCALE = 1.0  # multiplies the logits (an inverse temperature): larger is a peakier π
 BASE = [3.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -5.0]  # V = 12 logits, label 0 the peak
@@ -103,7 +104,7 @@ def draw_step(m, y, title, path, sign=-1):
     fig.suptitle(title)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     print("figure:", path)
 
@@ -265,7 +266,7 @@ if plt is not None:
     fig.suptitle(f"negative step on label {Y_OFF}, step sizes η′ = {', '.join(str(e) for e in ETAS)}")
     fig.tight_layout()
     Path(OUT).mkdir(parents=True, exist_ok=True)
-    fig.savefig(f"{OUT}/08_threshold.png", dpi=110)
+    fig.savefig(f"{OUT}/08_threshold.png", dpi=DPI)
     plt.close(fig)
     print("figure:", f"{OUT}/08_threshold.png")
 

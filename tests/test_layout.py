@@ -30,7 +30,7 @@ LAYERS = (
     ("dynamics", "classify"),  # one step against −η·A·K·G; the digits classifier
     ("distributed", "checkpoints"),  # torchrun helpers; save, load, the folder lock
     ("train",),  # the loop
-    ("pretrained", "bench", "plots"),  # cached base models; benchmarks; figures
+    ("pretrained", "bench", "plots", "render"),  # cached base models; benchmarks; figures; rendered lessons
     ("demo",),  # the main job
     ("experiments", "experiments.common", "experiments.kit"),  # what the experiments share; the run's life
     ("experiments.sft_dynamics.config", "experiments.sft_dynamics.claims",  # each experiment is a package: its

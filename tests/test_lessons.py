@@ -118,3 +118,27 @@ def test_lessons_point_only_at_what_exists(path):
     assert not re.search(r"later lessons?|lessons on DPO", text)
     for n in re.findall(r"\blesson (\d+)\b", text, flags=re.I):
         assert any(lesson_number(p) == int(n) for p in LESSONS), f"{path.name} points at lesson {n}"
+
+
+def test_render_writes_a_lesson_as_a_notebook_and_a_self_contained_page(workdir, monkeypatch, capsys):
+    """`python -m tinyld lessons --render OUT --only 01`: the executed notebook, an HTML page with the figures inline
+    (readable without the PNG files), the figures at slide resolution, and the index in course order."""
+    for module in ("jupytext", "nbclient", "nbconvert", "ipykernel"):
+        pytest.importorskip(module)
+    import struct
+
+    from tinyld.__main__ import main
+
+    monkeypatch.chdir(workdir)
+    out = workdir / "rendered"
+    assert main(["lessons", "--render", str(out), "--only", "01", "--lessons", str(ROOT / "lessons")]) == 0
+    page = (out / "01_softmax_jacobian.html").read_text()
+    assert "lesson 1 OK" in page and "Traceback" not in page
+    pngs = sorted((out / "figures").glob("01_*.png"))
+    assert len(pngs) >= 2 and page.count("data:image/png;base64") >= len(pngs)  # each figure inline
+    width = struct.unpack(">I", pngs[0].read_bytes()[16:20])[0]
+    assert width >= 900, width  # 200 dpi (the lessons write 110 by default): fit for a slide
+    assert '<a href="01_softmax_jacobian.html">' in (out / "index.html").read_text()
+    assert (out / "01_softmax_jacobian.ipynb").exists()
+    assert main(["lessons", "--render", str(out), "--only", "99", "--lessons", str(ROOT / "lessons")]) == 2
+    assert "lessons --only 99: no such lesson" in capsys.readouterr().err

@@ -8,6 +8,7 @@
     python -m tinyld golden [--write F]  first training losses on a fixed seed (the test fixture)
     python -m tinyld bench step          tokens/s of one training step, plain and fast path (JSON)
     python -m tinyld bench decompose     predicted full-vocab Δ log π vs one training step (JSON)
+    python -m tinyld lessons --render D  the lessons executed, as notebooks and HTML pages with their figures
 """
 from __future__ import annotations
 
@@ -118,6 +119,16 @@ def cmd_bench(args) -> int:
     res = bench_step(**kw) if args.what == "step" else bench_decompose(**kw, eta=args.eta)
     print(json.dumps(res))
     return 0
+
+
+def cmd_lessons(args) -> int:
+    from tinyld.render import render_lessons
+
+    records = render_lessons(args.render, lessons=args.lessons, full=args.full, only=args.only)
+    failed = [r["lesson"] for r in records if r["error"]]
+    print(f"wrote {len(records)} lessons (.ipynb and .html) and index.html to {args.render}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _pretrain_steps_default() -> str:
@@ -354,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("golden", help="first training losses on a fixed seed (test fixture)")
     g.add_argument("--write", metavar="FILE", help="write the fixture here instead of printing it")
     _add_bench(sub)
+    r = sub.add_parser("lessons", help="render the lessons: executed notebooks and HTML pages with their figures")
+    r.add_argument("--render", metavar="OUT", required=True, help="folder for the .ipynb, .html, figures and index")
+    r.add_argument("--full", action="store_true", help="full mode (default: fast mode, TINYLD_FAST=1)")
+    r.add_argument("--only", nargs="+", metavar="NN", help="only these lessons (numbers or names)")
+    r.add_argument("--lessons", default="lessons", metavar="DIR", help="where the lessons are (default lessons)")
     return p
 
 
@@ -388,7 +404,7 @@ def _dispatch(args, started: list) -> int:
                 started.append(True)
             rc = run_config(args)
         else:
-            rc = {"env": cmd_env, "golden": cmd_golden, "bench": cmd_bench}[args.cmd](args)
+            rc = {"env": cmd_env, "golden": cmd_golden, "bench": cmd_bench, "lessons": cmd_lessons}[args.cmd](args)
         _close_process_group(wait=True)  # under torchrun the ranks finish together
         return rc
     except TinyldError as err:  # a user mistake: one clear line, no traceback

@@ -1,6 +1,7 @@
 """Figures (matplotlib, Agg backend), never imported by the core. Each function saves one PNG and returns its path."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +24,7 @@ def _save(fig, path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:  # measures every text: about half the cost of a many-panel figure
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=int(os.environ.get("TINYLD_DPI", "110")))  # rendered lessons ask for more
     _plt().close(fig)
     return path
 
