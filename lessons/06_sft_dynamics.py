@@ -1,12 +1,14 @@
 # %% [markdown]
 # # Lesson 6 — What SFT does to every other answer
 #
-# Finetune a model on (x_u, y_u⁺) and y_u⁺ becomes more likely. What happens to every *other* response? The
-# paper's Fig. 3 tracks log π(y|x_u) for a family of responses (lessons/NOTES.md §4) through SFT:
+# Finetune a model on (x_u, y_u⁺) and y_u⁺ becomes more likely. What happens to every *other* response? This
+# lesson reproduces the paper's **Fig. 3 (§4)**: log π(y|x_u) of a family of responses (lessons/NOTES.md §4),
+# tracked through SFT. The paper describes it this way:
 #
 # - the chosen answer y_u⁺ rises;
 # - responses **similar** to it (the rejected answer y_u⁻, rephrases, y_test⁺: a held-out prompt's answer, and
-#   y_init: the model's own first answer) rise first, then fall;
+#   y_init: the model's own first answer) first rise, then fall. That is the paper's description; its released
+#   curves for these families look flat at first, then falling;
 # - y_{j≠u}⁺, the answer of *another training prompt* read under x_u, keeps rising and ends above y_test⁺ (we
 #   compare how far each rose since the start: the two families have different lengths);
 # - **non-human** text (shuffled words, random words) falls;
@@ -16,13 +18,14 @@
 # table: for each claim, what was measured per seed and whether it held. The rules are fixed and simple. *Rises* and
 # *falls* compare the last measurement with the first; *rises, then falls* means the highest point lies strictly
 # inside the run and above both ends (a plateau with a tiny final dip passes, so read the drop beside the verdict).
-# Each curve is then explained with A, K and G (lessons/NOTES.md §1). The world has two modes. In **easy** mode an
-# answer is one fact sentence that the pretrained model mostly knows already. In **hard** mode every answer also
-# carries a random story sentence, so there is content no model can predict, as in the paper's long answers. The
-# contrast is the first lesson.
+# Then each curve gets a first-order reading in terms of A, K and G (lessons/NOTES.md §1). The world has two modes.
+# In **easy** mode an answer is one fact sentence that the pretrained model mostly knows already. In **hard** mode
+# every answer also carries a random story sentence, so there is content no model can predict, as in the paper's
+# long answers. The contrast is the first lesson.
 #
 # Fast mode (`TINYLD_FAST=1`) uses two seeds with 400-step base models and 8 epochs; full mode 3000-step models and 20
-# epochs, as `python -m tinyld sft-dynamics` does. The asserts check only what held in both.
+# epochs, as `python -m tinyld sft-dynamics` does. The asserts check only what held in both. The figures need
+# matplotlib: `pip install ".[plots]"` (or ".[test]"); without it the lesson runs and says that it skips them.
 
 # %%
 import os
@@ -38,38 +41,28 @@ print(f"SFT with {cfg.optimizer}, lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.ep
       f"for {cfg.pretrain_steps} steps, seeds {SEEDS}")
 
 # %% [markdown]
-# ## The regime: where does log π(y⁺) start?
-# `setup` loads (or pretrains and caches) the base model of each seed, builds the probe set of the 40 training
-# prompts and 40 held-out prompts, and freezes y_init (the model's greedy answers). `regime` reports where SFT
-# starts: log π(y⁺|x) per response and per token, how often y* ≠ y⁺ along y⁺, and the valley depth.
+# ## One probe, and what the tracker measures, by hand
+# `setup` loads (or pretrains and caches) the base model of a seed, builds the probe set of the 40 training prompts
+# and 40 held-out prompts, and freezes y_init (the model's greedy answer before SFT). Here is one hard-mode probe:
 
 # %%
-runs, regimes = {}, {}
-for mode in ("easy", "hard"):
-    runs[mode], regimes[mode] = [], []
-    for seed in SEEDS:
-        model, tok, probes, world = setup(cfg, seed, mode)
-        regimes[mode].append(regime(model, tok, probes, world))
-        runs[mode].append(sft_run(cfg, seed, mode, model, tok, probes, None))  # no world: no answer grading here
-    r = regimes[mode]
-    print(f"{mode:5s} log π(y⁺) at the start: " + ", ".join(f"{x['logp_chosen']:.1f}" for x in r) +
-          " nats;  y* ≠ y⁺ at " + ", ".join(f"{x['ystar_differs']:.0%}" for x in r) + " of positions;  valley depth "
-          + ", ".join(f"{x['valley_depth']:.1f}" for x in r) + " nats/token")
+model, tok, probes, world = setup(cfg, SEEDS[0], "hard")
 example = probes.probes[0]
-print(f"\na hard-mode probe: {example.prompt!r}")
+print(f"a hard-mode probe: {example.prompt!r}")
 for fam in ("chosen", "rejected", "other_chosen", "random_tokens", "init"):
     print(f"  {fam:14s} {example.responses.get(fam, '(none)')}")
 
 # %% [markdown]
-# ## What the tracker measures, by hand once
-# For one prompt: log π(y⁺|x) = Σ_m log π(y⁺_m | x, y⁺_<m), and y*'s log-prob along the same positions,
-# Σ_m log max_v π(v | x, y⁺_<m) (teacher-forced: the prefix is always y⁺). Then the same two numbers from
-# `Tracker`, which `sft_run` calls once per epoch for every prompt and family.
+# Every point of Fig. 3 is a mean of numbers like these. For one prompt: log π(y⁺|x) = Σ_m log π(y⁺_m | x, y⁺_<m):
+# logits → log_softmax → pick y⁺'s token at each response position → sum. And y*'s log-prob along the same
+# positions, Σ_m log max_v π(v | x, y⁺_<m) (teacher-forced: the prefix is always y⁺). Then the same numbers from
+# `Tracker`, which `sft_run` calls once per epoch for every prompt and family, and from `response_logprobs`.
 
 # %%
 import torch  # noqa: E402
 
 from tinyld.data import make_batch  # noqa: E402
+from tinyld.evaluate import response_logprobs  # noqa: E402
 from tinyld.probes import ProbeSet, Tracker  # noqa: E402
 
 b = make_batch(tok, [example.prompt], [example.responses["chosen"]])
@@ -79,16 +72,40 @@ y = b.targets[0][b.mask[0]]  # (M,) the tokens of y⁺ and EOS
 at_y = logp[b.mask[0]].gather(-1, y[:, None])[:, 0]  # (M,) log π(y⁺_m)
 by_hand = {"chosen": at_y.sum().item(), "star": logp[b.mask[0]].amax(-1).sum().item()}
 tracked = {r["family"]: r["logp"] for r in Tracker(tok, ProbeSet([example]), valley=False).measure(model, 0)}
-print(f"by hand: log π(y⁺) {by_hand['chosen']:.4f}, log π(y*) {by_hand['star']:.4f};  tracker: "
-      f"{tracked['chosen']:.4f}, {tracked['star']:.4f}")
-assert all(abs(by_hand[f] - tracked[f]) < 1e-4 for f in by_hand)
+library = response_logprobs(model, tok, [example.prompt], [example.responses["chosen"]])[0].item()
+print(f"{'':18s}{'by hand':>10s}{'Tracker':>10s}{'response_logprobs':>19s}")
+print(f"{'log π(y⁺|x)':18s}{by_hand['chosen']:10.4f}{tracked['chosen']:10.4f}{library:19.4f}")
+print(f"{'log π(y*|x)':18s}{by_hand['star']:10.4f}{tracked['star']:10.4f}{'':>19s}")
+assert all(abs(by_hand[f] - tracked[f]) < 1e-4 for f in by_hand) and abs(by_hand["chosen"] - library) < 1e-4
 assert by_hand["star"] >= by_hand["chosen"]  # the argmax is at least as likely as y⁺ at every position
 
 # %% [markdown]
-# In easy mode log π(y⁺) starts a few nats below 0 and y* differs from y⁺ at only 6–15 % of the positions (fast
-# mode, in our runs; 9 % on average in full mode): SFT has little left to do, and within an epoch or two it is
-# done. In hard mode log π(y⁺) starts tens of nats below 0 (the tail), and y* differs from y⁺ at about half the
-# positions. That is the paper's regime, where the curves have room to move.
+# ## The regime: where does log π(y⁺) start?
+# For every seed and mode, `regime` reports where SFT starts: log π(y⁺|x) per response and per token, the share of
+# training prompts whose greedy answer states the right fact, how often y* ≠ y⁺ along y⁺, and the valley depth. Then
+# `sft_run` finetunes a copy of the model and tracks every family once per epoch.
+
+# %%
+bases = {("hard", SEEDS[0]): (model, tok, probes, world)}  # made above; the rest come from the cache
+runs, regimes = {}, {}
+print(f"{'mode':5s}{'seed':>5s}{'log π(y⁺)':>11s}{'per token':>11s}{'fact right':>12s}{'y* ≠ y⁺':>9s}"
+      f"{'valley depth':>14s}")
+for mode in ("easy", "hard"):
+    runs[mode], regimes[mode] = [], []
+    for seed in SEEDS:
+        model, tok, probes, world = bases.get((mode, seed)) or setup(cfg, seed, mode)
+        r = regime(model, tok, probes, world)
+        regimes[mode].append(r)
+        print(f"{mode:5s}{seed:5d}{r['logp_chosen']:11.1f}{r['logp_chosen_per_token']:11.2f}"
+              f"{r['answered_fact_correctly']:12.0%}{r['ystar_differs']:9.0%}{r['valley_depth']:14.1f}")
+        runs[mode].append(sft_run(cfg, seed, mode, model, tok, probes, None))  # no world: no answer grading here
+print("(log π in nats summed over the response; valley depth in nats/token)")
+
+# %% [markdown]
+# Compare the two modes row by row. In easy mode log π(y⁺) starts a few nats below 0 and y* differs from y⁺ at
+# few positions: SFT has little left to do, and it is done within an epoch or two. In hard mode log π(y⁺) starts far
+# lower (the story tail; the asserts at the end check that it is at least 10 nats lower in every seed), and y*
+# differs from y⁺ at a large share of the positions. That is the paper's regime, where the curves have room to move.
 
 # %% [markdown]
 # ## Fig. 3 for your model, and the claims table
@@ -97,58 +114,111 @@ assert by_hand["star"] >= by_hand["chosen"]  # the argmax is at least as likely 
 
 # %%
 os.makedirs(OUT, exist_ok=True)
-for mode in ("hard", "easy"):
-    path = figure(runs[mode], f"{OUT}/06_fig3_{mode}.png", f"SFT, {mode} mode ({cfg.optimizer}, lr {cfg.lr:g})")
-    print(f"figure: {path}")
+try:
+    for mode in ("hard", "easy"):
+        path = figure(runs[mode], f"{OUT}/06_fig3_{mode}.png", f"SFT, {mode} mode ({cfg.optimizer}, lr {cfg.lr:g})")
+        print(f"figure: {path}")
+except ImportError as e:
+    print(f"(figures skipped: {e})")
 claims = {mode: {c["claim"]: c for c in judge(runs[mode])} for mode in runs}
 for mode in ("hard", "easy"):
     print(claims_table(list(claims[mode].values()), f"\nclaims, {mode} mode"))
 
 # %% [markdown]
-# ## Why each curve moves: A, K and G
-# One SGD step changes log π(y|x_o) by −η Σ A·K·G over the positions of y (lessons/NOTES.md §1). G = (π − e_{y⁺})/B
-# at each position of y_u⁺: it pushes the logit of y⁺'s token up and every other logit down, in proportion to π.
-# K(χ_o, χ_u) says how much a push at χ_u = [x_u; y_u⁺] moves the logits at χ_o. A = I − 1πᵀ turns logit changes
-# into log-prob changes, and conserves probability: what one token gains, the others lose. (The runs here use
-# AdamW, which rescales the step; the direction of each push is still the one A·K·G describes, and lesson 7's
-# attribution uses plain SGD, where the formula is exact to first order.)
+# ## Why each curve moves: a first-order reading with A, K and G
+# For one step of **plain SGD**, the change of log π(y|x_o) is −η Σ A·K·G over the positions of y, exact to first
+# order in η (lessons/NOTES.md §1; lesson 4 checks it). G = (π − e_{y⁺})/B at each position of y_u⁺: it pushes the
+# logit of y⁺'s token up and every other logit down, in proportion to π. K(χ_o, χ_u) says how much a push at
+# χ_u = [x_u; y_u⁺] moves the logits at χ_o. A = I − 1πᵀ turns logit changes into log-prob changes, and conserves
+# probability: what one token gains, the others lose.
 #
-# - **y_u⁺ rises**: observed at its own sequence, the label's row of A is e_y − π = −B·G, so its own contribution is
-#   η·B·GᵀKG ≥ 0 (K is a Gram matrix). That holds for the whole sequence and for the example's own gradient; the
-#   rest of the batch adds cross terms, which are small next to it here.
-# - **Similar responses rise, then fall.** Early on, K between y_u⁻ (or a rephrase, or y_test⁺) and y_u⁺ is large:
-#   they share most tokens and the same kind of context, so they ride along. In hard mode the story tail is learned
-#   as "a story follows the fact", which raises every story-like response. But the gain at the shared tokens is
-#   capped (log π ≤ 0) and stops once they are learned, while at the positions where the similar response differs
-#   from y_u⁺, every step pushes y_u⁺'s token up and, through A, the similar response's token down. Once the gains
-#   saturate only the losses remain, and the curve turns down.
-# - **y_{j≠u}⁺ keeps rising**: training on (x_j, y_j⁺) raises y_j⁺ under x_j. Read under x_u, the same response
-#   sees contexts [x_u; y_j⁺_<m] that differ from [x_j; y_j⁺_<m] only in the prompt, so K between them is large and
-#   y_j⁺ rises under x_u too: the model learns to say B's answer to question A. Lesson 7 attributes this rise to the
-#   training examples.
-# - **Non-human text.** Where y⁺'s token is already the peak of π (easy mode), a step on it lowers every other
-#   token, so shuffled and random words fall. Where y⁺'s token is unlikely and the mass sits elsewhere (hard mode's
-#   tail: y* ≠ y⁺ at half the positions), a step on it lowers the peak most, and to first order every token with
-#   π_i < ‖π‖² − π(y⁺) *rises* (lessons/NOTES.md §3, lesson 4). So in hard mode even random words rise for many
-#   epochs. They fall once y⁺'s tokens have become the peaks.
-# - **y*** is the argmax at each position of y⁺. As y⁺'s tokens become the argmax, y* and y⁺ coincide and
-#   log π(y*) approaches 0 from below. In hard mode it first *dips* for several epochs: the same mechanism lowers
-#   the old peak before y⁺'s token takes its place. With these settings the run ends before y* is back above its
-#   start; a larger learning rate or gradient clipping brings it back within 20 epochs (the README's conditions).
+# The runs above use **AdamW**, and that changes more than the size of the step. Adam divides each parameter's
+# gradient by a running estimate of its scale (a diagonal preconditioner P) and mixes in the gradients of earlier
+# batches (momentum). To first order the logits then move by J_o·Δθ ≈ −η·J_o·P·J_uᵀ·G: **J_o·P·J_uᵀ replaces K**,
+# and P changes from step to step. The direction of each push differs from the one A·K·G gives (lesson 4 checks
+# Adam's step along the update it actually takes; lessons/NOTES.md §1, "Other optimizers"). So the bullets below are
+# a first-order picture of plain SGD, offered as an explanation of the AdamW curves; they are not a measurement of
+# them. Where a bullet is measured, here or in lesson 7, it says so; the rest is our reading, not measured here.
 #
-# Read the table with that in mind: which claims held in both modes, and which only in hard mode?
+# First one measurement, on the base model of the probe above: one plain-SGD step on the first batch of 8 training
+# examples, with the predicted change of each example's own y_u⁺ split by `contributions` into what its own example
+# gives and what the rest of the batch gives.
 
 # %%
+import copy  # noqa: E402
+
+from tinyld.data import PairData  # noqa: E402
+from tinyld.dynamics import contributions  # noqa: E402
+from tinyld.updates import SFTUpdate, lm_rows  # noqa: E402
+
+model, tok, probes, world = bases[("hard", SEEDS[0])]
+sgd_model = copy.deepcopy(model).use_fast(False)  # the explicit attention: forward-mode AD runs through it
+examples = probes.examples("train")
+data = PairData(tok, examples, cfg.batch_size, seed=SEEDS[0])
+rows = lm_rows(data.batch(0))  # the first batch of the SFT runs of this seed
+c = contributions(sgd_model, SFTUpdate(rows), rows, 1e-4)  # (B, B): row = updating example, column = observed y⁺
+own, rest = c.diagonal(), c.sum(0) - c.diagonal()  # (B,) each
+print(f"one SGD step (lr 1e-4), hard mode, seed {SEEDS[0]}: predicted Δ log π(y_u⁺|x_u) in nats")
+print(f"{'x_u (question)':34s}{'own example':>12s}{f'other {len(own) - 1}':>10s}")
+for k, i in enumerate(data.indices(0)):
+    print(f"{examples[i].prompt[11:-9]:34s}{own[k].item():12.4f}{rest[k].item():10.4f}")
+assert (own > 0).all()  # η·B·GᵀKG ≥ 0: an example never lowers its own answer to first order
+
+# %% [markdown]
+# - **y_u⁺ rises** (measured above, for one SGD step). Observed at its own sequence, the label's row of A is
+#   e_y − π = −B·G, so its own contribution is η·B·GᵀKG ≥ 0 (K is a Gram matrix). The rest of the batch adds cross
+#   terms of either sign. Compare the two columns: in hard mode the other examples push each y_u⁺ up too, since they
+#   all share the answer format ("fact sentence, then a story sentence"), and together they can push more than the
+#   example itself.
+# - **Similar responses rise, then fall** (our reading, not measured here). Early on, K between y_u⁻ (or a rephrase,
+#   or y_test⁺) and y_u⁺ is large: they share most tokens and the same kind of context, so they ride along. In hard
+#   mode the story tail is learned as "a story follows the fact", which raises every story-like response. But the
+#   gain at the shared tokens is capped (log π ≤ 0) and stops once they are learned, while at the positions where the
+#   similar response differs from y_u⁺, every step pushes y_u⁺'s token up and, through A, the similar response's
+#   token down. Once the gains saturate only the losses remain, and the curve turns down.
+# - **y_{j≠u}⁺ keeps rising** (measured in lesson 7, under plain SGD). Training on (x_j, y_j⁺) raises y_j⁺ under x_j.
+#   Read under x_u, the same response sees contexts [x_u; y_j⁺_<m] that differ from [x_j; y_j⁺_<m] only in the
+#   prompt, so K between them is large and some of that rise lands under x_u. But lesson 7's attribution finds that
+#   example j, though it is the top single contributor for some probes, gives the smaller part of the rise: the rest
+#   of the batch, which teaches the shared answer format, gives most of it.
+# - **Non-human text** (our reading, not measured here; lesson 4 measures the rule at one position). Where y⁺'s token
+#   is already the peak of π (easy mode), a step on it lowers every other token, so shuffled and random words fall.
+#   Where y⁺'s token is unlikely and the mass sits elsewhere (hard mode's tail, where y* ≠ y⁺ often), a step on it
+#   lowers the peak most, and to first order every token with π_i < ‖π‖² − π(y⁺) *rises* (lessons/NOTES.md §3). So
+#   in hard mode even random words can rise for many epochs. They fall once y⁺'s tokens have become the peaks.
+# - **y*** (our reading, not measured here) is the argmax at each position of y⁺. As y⁺'s tokens become the argmax,
+#   y* and y⁺ coincide and log π(y*) approaches 0 from below. In hard mode, look for a *dip* first: the same
+#   mechanism lowers the old peak before y⁺'s token takes its place. In the README's full-mode conditions, the default
+#   run ends before y* is back above its start, and a larger learning rate or gradient clipping brings it back.
+# - **y_init falls from the start**, a verdict that comes from its definition. In tinyld, y_init is the base
+#   model's *greedy* answer: each of its tokens is the argmax given the tokens before it, so it starts close to the
+#   highest log π a response can have and has little room to rise (the cell below prints where it starts, beside
+#   y⁺). The paper's y_init is a long *sampled* generation, whose log π starts far below 0. This row therefore says
+#   nothing for or against the paper's bell.
+
+# %%
+print(f"{'mode':5s}{'log π(y_init) at the start':>28s}{'log π(y⁺) at the start':>25s}   (mean over seeds and prompts)")
 for mode in ("hard", "easy"):
-    print(f"{mode:5s}: " + ", ".join(f"{k} {c['held']}/{c['of']}" for k, c in claims[mode].items()))
+    start = {f: sum(r["curves"]["train"][f][0] for r in runs[mode]) / len(runs[mode]) for f in ("init", "chosen")}
+    print(f"{mode:5s}{start['init']:28.2f}{start['chosen']:25.2f}")
+
+# %% [markdown]
+# Read the claims table with those readings in mind: which claims held in both modes, and which only in hard mode?
+
+# %%
+names = list(claims["hard"])
+print(f"{'claim':40s}{'hard':>8s}{'easy':>8s}   (seeds where it held)")
+for k in names:
+    print(f"{k:40s}" + "".join(f"{claims[m][k]['held']}/{claims[m][k]['of']}".rjust(8) for m in ("hard", "easy")))
 
 # %% [markdown]
 # ## What held in every run we made
-# These hold for every seed in fast and full mode on our machine. The others are measured, not asserted. In the README's
-# claims table (full mode) some hold only in hard mode, and "non-human text falls" holds in no seed of the hard mode; in
-# fast mode it holds in some. In easy mode shuffled y⁺ falls in every seed, in fast and in full mode; random words and a
-# shuffled unrelated sentence fall in every seed in fast mode but only in some in full mode. The bells of hard mode are
-# asserted nowhere: in fast mode their final drops are a fraction of a nat.
+# The asserts below held for every seed in fast and full mode in our runs (2 threads). The other claims are measured,
+# not asserted. In the README's claims table (full mode) some hold only in hard mode, and "non-human text falls"
+# holds in no seed of the hard mode, while in fast mode it can hold in some. In easy mode shuffled y⁺ fell in every
+# seed of our runs, in fast and in full mode; random words and a shuffled unrelated sentence did not fall in every
+# seed of full mode. The bells of hard mode are asserted nowhere: read their drops in the table above, where
+# several are a fraction of a nat.
 
 # %%
 for mode in ("hard", "easy"):
@@ -164,14 +234,16 @@ assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 10  # hard 
 # %% [markdown]
 # ## Exercises
 # 1. Run `python -m tinyld sft-dynamics --fast --optimizer sgd --lr 1e-4` (or pass `optimizer="sgd", lr=1e-4` to
-#    `sft_run`). Which claims change? The README's conditions table shows the sweep in full mode.
+#    `sft_run`). Which claims change? With plain SGD, the A·K·G readings above describe the optimizer that ran. The
+#    README's conditions table shows the sweep in full mode.
 # 2. Track your own families, in the world's words: `probes.save("mine.jsonl")`, add a key (say `first`: a response
 #    that shares only its first word with y⁺) to every line, then `mine = ProbeSet.load("mine.jsonl")` and
 #    `sft_run(cfg, 0, "hard", model, tok, mine, None)` with the `model`, `tok` of `setup`. (On the command line,
 #    `--probes` is for GPT-2-BPE models: it needs `--model`.) Does `first` rise?
-# 3. y_init falls from the start in both modes instead of rising first. In hard mode it is a short, tail-less fact
-#    ending in EOS ("tina lives in oslo ."), near its maximum at step 0. What does SFT in hard mode teach about the
-#    token after "."? And which token does G push down hardest where y_init differs from y⁺?
+# 3. Make y_init the paper's way: sample one long answer per prompt with
+#    `tinyld.evaluate.sampled_answers(model, tok, prompts, 1, seed=0, max_new_tokens=24)`, add it to every line of
+#    the probe file as a family `sampled` (exercise 2), and track it. Where does it start, and does it rise first?
+#    Then explain the greedy y_init's fall: what does SFT in hard mode teach about the token after "."?
 
 # %%
 print("lesson 6 OK")
