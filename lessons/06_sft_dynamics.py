@@ -179,8 +179,8 @@ assert (own > 0).all()  # η·B·GᵀKG ≥ 0: an example never lowers its own a
 # - **y_{j≠u}⁺ keeps rising** (measured in lesson 7, under plain SGD). Training on (x_j, y_j⁺) raises y_j⁺ under x_j.
 #   Read under x_u, the same response sees contexts [x_u; y_j⁺_<m] that differ from [x_j; y_j⁺_<m] only in the
 #   prompt, so K between them is large and some of that rise lands under x_u. But lesson 7's attribution finds that
-#   example j, though it is the top single contributor for some probes, gives the smaller part of the rise: the rest
-#   of the batch, which teaches the shared answer format, gives most of it.
+#   example j, though it is the top single contributor for some probes, gives the smaller part of the rise summed
+#   over its probes (it prints j's share): the rest of the batch, which teaches the shared answer format, gives most.
 # - **Non-human text** (our reading, not measured here; lesson 4 measures the rule at one position). Where y⁺'s token
 #   is already the peak of π (easy mode), a step on it lowers every other token, so shuffled and random words fall.
 #   Where y⁺'s token is unlikely and the mass sits elsewhere (hard mode's tail, where y* ≠ y⁺ often), a step on it
