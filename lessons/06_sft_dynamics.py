@@ -25,7 +25,7 @@
 #
 # Fast mode (`TINYLD_FAST=1`) uses two seeds with 400-step base models and 8 epochs; full mode 3000-step models and 20
 # epochs, as `python -m tinyld sft-dynamics` does. The asserts check only what held in both. The figures need
-# matplotlib: `pip install ".[plots]"` (or ".[test]"); without it the lesson runs and says that it skips them.
+# matplotlib: `pip install ".[lessons]"` (or ".[plots]"); without it the lesson runs and says that it skips them.
 
 # %%
 import os
@@ -188,8 +188,9 @@ assert (own > 0).all()  # η·B·GᵀKG ≥ 0: an example never lowers its own a
 #   in hard mode even random words can rise for many epochs. They fall once y⁺'s tokens have become the peaks.
 # - **y*** (our reading, not measured here) is the argmax at each position of y⁺. As y⁺'s tokens become the argmax,
 #   y* and y⁺ coincide and log π(y*) approaches 0 from below. In hard mode, look for a *dip* first: the same
-#   mechanism lowers the old peak before y⁺'s token takes its place. In the README's full-mode conditions, the default
-#   run ends before y* is back above its start, and a larger learning rate or gradient clipping brings it back.
+#   mechanism lowers the old peak before y⁺'s token takes its place. In the lab report's full-mode conditions, the
+#   default run ends before y* is back above its start, and a larger learning rate or gradient clipping brings it
+#   back.
 # - **y_init falls from the start**, a verdict that comes from its definition. In tinyld, y_init is the base
 #   model's *greedy* answer: each of its tokens is the argmax given the tokens before it, so it starts close to the
 #   highest log π a response can have and has little room to rise (the cell below prints where it starts, beside
@@ -214,7 +215,7 @@ for k in names:
 # %% [markdown]
 # ## What held in every run we made
 # The asserts below held for every seed in fast and full mode in our runs (2 threads). The other claims are measured,
-# not asserted. In the README's claims table (full mode) some hold only in hard mode, and "non-human text falls"
+# not asserted. In the lab report's claims table (full mode) some hold only in hard mode, and "non-human text falls"
 # holds in no seed of the hard mode, while in fast mode it can hold in some. In easy mode shuffled y⁺ fell in every
 # seed of our runs, in fast and in full mode; random words and a shuffled unrelated sentence did not fall in every
 # seed of full mode. The bells of hard mode are asserted nowhere: read their drops in the table above, where
@@ -235,7 +236,7 @@ assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 10  # hard 
 # ## Exercises
 # 1. Run `python -m tinyld sft-dynamics --fast --optimizer sgd --lr 1e-4` (or pass `optimizer="sgd", lr=1e-4` to
 #    `sft_run`). Which claims change? With plain SGD, the A·K·G readings above describe the optimizer that ran. The
-#    README's conditions table shows the sweep in full mode.
+#    lab report's conditions table shows the sweep in full mode.
 # 2. Track your own families, in the world's words: `probes.save("mine.jsonl")`, add a key (say `first`: a response
 #    that shares only its first word with y⁺) to every line, then `mine = ProbeSet.load("mine.jsonl")` and
 #    `sft_run(cfg, 0, "hard", model, tok, mine, None)` with the `model`, `tok` of `setup`. (On the command line,

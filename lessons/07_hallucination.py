@@ -16,7 +16,7 @@
 # batch's prediction (the prediction is linear in G), and with a small step that prediction is close to the real
 # change (it is first order). With Adam the update is not a sum over examples, so there is no such split.
 # Fast mode (`TINYLD_FAST=1`) uses two seeds with 400-step base models and 8 epochs; full mode 3000-step models and 20
-# epochs. The figure needs matplotlib: `pip install ".[plots]"` (or ".[test]"); without it the lesson runs and says
+# epochs. The figure needs matplotlib: `pip install ".[lessons]"` (or ".[plots]"); without it the lesson runs and says
 # that it skips it.
 
 # %%
@@ -93,8 +93,8 @@ if not shown:
 #   training prompt's fact, word for word, as the answers printed above show (their first sentence is the fact of
 #   the training prompt named under each; a story tail usually follows). In this small world it is rare: read the
 #   count printed above against the number of held-out answers, and how it changes from epoch 0 to the last
-#   epoch. The README reports the same count for the full-mode run (three seeds, 20 epochs). Because it is
-#   rare, the attribution below is the sharper measurement of the mechanism.
+#   epoch. The lab report (tinyld/experiments/README.md) gives the same count for the full-mode run (three seeds,
+#   20 epochs). Because it is rare, the attribution below is the sharper measurement of the mechanism.
 # - **Held-out prompts, wrong v.** The right person and relation with another value. Exercise 3 asks whether those
 #   values come from training answers too.
 
