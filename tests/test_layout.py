@@ -32,7 +32,8 @@ LAYERS = (
     ("train",),  # the loop
     ("pretrained", "bench", "plots", "render"),  # cached base models; benchmarks; figures; rendered lessons
     ("demo",),  # the main job
-    ("experiments", "experiments.common", "experiments.kit"),  # what the experiments share; the run's life
+    ("experiments", "experiments.common", "experiments.runfolder"),  # what the experiments share; a run's life
+    ("experiments.kit",),  # the kit every experiment uses: the run folder, header, claims, tables, JSON
     ("experiments.sft_dynamics.config", "experiments.sft_dynamics.claims",  # each experiment is a package: its
      "experiments.dpo_dynamics.config", "experiments.dpo_dynamics.claims",  # config and claims, its pieces, one
      "experiments.forecasting.config"),  # module per part, the command, and the package that names them

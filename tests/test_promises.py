@@ -269,7 +269,7 @@ def test_cli_golden_to_a_folder_or_under_a_file(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
     (tmp_path / "f").write_text("")
     assert main(["golden", "--write", str(tmp_path / "f" / "x.json")]) == 2
-    assert "cannot write" in capsys.readouterr().err
+    assert "is a file: choose a folder" in capsys.readouterr().err
 
 
 def test_cli_argparse_rejects_non_numbers_without_a_traceback(capsys):
@@ -440,16 +440,26 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(world, wtok, tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "log.jsonl"]  # no temp file, lock released
 
 
+def _hold_lock(folder: Path, what: str = "a training run") -> subprocess.Popen:
+    """Another process that takes ``folder``'s lock (FolderLock) and keeps it until killed, returned once it holds
+    it."""
+    code = ("import time; from pathlib import Path; from tinyld.checkpoints import FolderLock; "
+            f"FolderLock(Path({str(folder)!r}), {what!r}).__enter__(); print('held', flush=True); time.sleep(60)")
+    keeper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert keeper.stdout.readline().strip() == "held"
+    return keeper
+
+
 def test_two_runs_cannot_write_one_folder(world, wtok, tmp_path):
-    keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    keeper = _hold_lock(tmp_path)
     try:
-        (tmp_path / ".lock").write_text(str(keeper.pid))  # another live run holds the folder
-        with pytest.raises(TinyldError, match=f"in use by another run \\(pid {keeper.pid}\\)"):
+        with pytest.raises(TinyldError, match=f"in use by a training run \\(pid {keeper.pid}\\)"):
             _trainer(world, wtok, tmp_path, steps=2).run()
     finally:
         keeper.kill()
         keeper.wait()
-    _trainer(world, wtok, tmp_path, steps=2).run()  # a lock left by a dead run is taken over
+    assert (tmp_path / ".lock").read_text().startswith(str(keeper.pid))  # killed: its lock file is left behind
+    _trainer(world, wtok, tmp_path, steps=2).run()  # and taken over: the OS released its lock with the process
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 2 and not (tmp_path / ".lock").exists()
 
 
@@ -1053,10 +1063,9 @@ def test_overwrite_removes_exactly_the_files_the_old_manifest_lists(finished, ca
 
 
 def test_a_folder_in_use_is_refused_naming_the_process_and_a_stale_lock_is_taken_over(finished, monkeypatch, capsys):
-    keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    keeper = _hold_lock(finished, "tinyld sft-dynamics")
     trained = _count_training(monkeypatch)
     try:
-        (finished / ".lock").write_text(f"{keeper.pid}\ntinyld sft-dynamics")
         assert main([*SFT_RUN, "--overwrite"]) == 2 and trained == []  # refused before any work
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"in use by tinyld sft-dynamics (pid {keeper.pid})" in err, err
@@ -1064,7 +1073,7 @@ def test_a_folder_in_use_is_refused_naming_the_process_and_a_stale_lock_is_taken
         keeper.kill()
         keeper.wait()
     assert (finished / "sft_dynamics.json").exists()  # the other run's files were not touched
-    assert main([*SFT_RUN, "--overwrite"]) == 0 and trained == [0, 1]  # its process is gone: the lock is stale
+    assert main([*SFT_RUN, "--overwrite"]) == 0 and trained == [0, 1]  # its process is gone: so is its lock
     assert not (finished / ".lock").exists()
 
 
@@ -1175,3 +1184,85 @@ def test_a_batch_larger_than_the_data_is_recorded_as_used_and_announced(tmp_path
     assert "note: batch_size 100000 → 40: there are 40 training prompts" in out, out
     res = json.loads((tmp_path / "o" / "sft_dynamics.json").read_text())
     assert res["config"]["batch_size"] == 40 and res["modes"]["easy"]["runs"][0]["steps_per_epoch"] == 1
+
+
+def test_racing_runs_never_hold_one_folder_at_once(tmp_path):
+    """Six processes start together and each holds the lock for 0.3 s if it gets it: no two hold times overlap
+    (the pid written after an exclusive create once let a reader take an empty lock file for a stale one)."""
+    code = ("import sys, time; from pathlib import Path; from tinyld.checkpoints import FolderLock; "
+            "from tinyld.runtime import TinyldError\n"
+            "go = float(sys.argv[1])\n"
+            "time.sleep(max(0.0, go - time.time()))\n"
+            f"lock = FolderLock(Path({str(tmp_path)!r}), 'racer')\n"
+            "try:\n    lock.__enter__()\nexcept TinyldError:\n    sys.exit(0)\n"
+            "t0 = time.time(); time.sleep(0.3); t1 = time.time(); lock.__exit__(); print(t0, t1)\n")
+    go = time.time() + 4  # after every racer has imported torch
+    racers = [subprocess.Popen([sys.executable, "-c", code, str(go)], stdout=subprocess.PIPE, text=True)
+              for _ in range(6)]
+    spans = sorted(tuple(map(float, out.split())) for out in (r.communicate(timeout=60)[0] for r in racers) if out)
+    assert spans, "no racer took the lock"
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+
+
+def test_a_manifest_tinyld_did_not_write_is_never_acted_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "mydata.csv").write_text("precious")
+    (tmp_path / "o" / "manifest.json").write_text(json.dumps({"name": "my dataset", "files": ["mydata.csv"]}))
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert main([*SFT_RUN, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is not a tinyld run manifest" in err, err
+    assert (tmp_path / "o" / "mydata.csv").read_text() == "precious"
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["name"] == "my dataset"
+
+
+def test_overwrite_checks_every_entry_first_and_never_follows_a_link(finished, capsys):
+    (finished.parent / "mine.txt").write_text("precious")
+    (finished / "claims.txt").unlink()
+    (finished / "claims.txt").symlink_to(finished.parent / "mine.txt")  # an entry that is a link to a user file
+    m = json.loads((finished / "manifest.json").read_text())
+    (finished / "manifest.json").write_text(json.dumps({**m, "files": [*m["files"], "../mine.txt"]}))
+    before = _files(finished)
+    assert main([*SFT_RUN, "--overwrite"]) == 2  # an entry outside the folder: refused before any removal
+    assert "'../mine.txt', which is not a file inside o: nothing was removed" in capsys.readouterr().err
+    assert _files(finished) == before
+    (finished / "manifest.json").write_text(json.dumps(m))
+    assert main([*SFT_RUN, "--overwrite"]) == 0
+    assert (finished.parent / "mine.txt").read_text() == "precious"  # the link went, not its target
+    assert not (finished / "claims.txt").is_symlink()  # and the new claims were not written through it
+
+
+def test_a_part_changed_since_it_was_written_is_computed_again_on_resume(tmp_path, monkeypatch, capsys):
+    import tinyld.experiments.sft_dynamics.command as command
+
+    monkeypatch.chdir(tmp_path)
+    real = command.seed_part
+
+    def stopped_at_seed_1(cfg, seed, *a):
+        if seed == 1:
+            raise KeyboardInterrupt
+        return real(cfg, seed, *a)
+    monkeypatch.setattr(command, "seed_part", stopped_at_seed_1)
+    assert main(SFT_RUN) == 130
+    (tmp_path / "o" / "parts" / "easy__seed0.json").write_text('{"x": 1}')  # damaged
+    monkeypatch.setattr(command, "seed_part", real)
+    capsys.readouterr()
+    trained = _count_training(monkeypatch)
+    assert main([*SFT_RUN, "--resume"]) == 0 and trained == [0, 1]
+    assert "parts/easy__seed0.json is missing or was changed since it was written: computing it again" in \
+        capsys.readouterr().out
+
+
+def test_the_python_api_takes_a_path_and_checks_its_switches(tmp_path, monkeypatch):
+    from tinyld.experiments.sft_dynamics import SFTDynamicsConfig, run
+
+    monkeypatch.chdir(tmp_path)
+    cfg = SFTDynamicsConfig(seeds=[0], modes=["easy"], epochs=1, pretrain_steps=5, attribution=False, threads=1,
+                            out=tmp_path / "api")
+    assert cfg.out == str(tmp_path / "api")
+    with pytest.raises(TinyldError, match="overwrite must be True or False"):
+        run(cfg, overwrite="no")
+    assert run(cfg)["config"]["out"] == str(tmp_path / "api")
+    with pytest.raises(TinyldError, match="holds a finished run .* give overwrite=True to replace it"):
+        run(cfg)

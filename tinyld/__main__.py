@@ -329,6 +329,7 @@ def run_config(args) -> int:
         raise TinyldError(f"{args.cmd} {flag} is used by --experiment {' / '.join(command.used_by[unused[0]])} (or "
                           f"all), not by --experiment {experiment}: leave it out")
     given = [a for a in (getattr(args, "argv", None) or []) if a not in ("--overwrite", "--resume")]
+    given += ["--fast"] if cfg.fast and not args.fast else []  # fast mode came from TINYLD_FAST: say it
     again = " ".join(["python -m tinyld", *map(shlex.quote, given), "--resume"])
     run(cfg, overwrite=args.overwrite, resume=args.resume, again=again)
     return 0
@@ -377,7 +378,12 @@ def main(argv=None) -> int:
     """Run one command; the exit status (2: a user mistake, said in one line on stderr). A torchrun worker whose
     process group this call started ends its process here, once the group is closed (tinyld.distributed.end_worker)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # imports torch and the experiments' configs
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    args = parser.parse_args(argv)
     args.argv = argv  # the command line, for the command that continues a run
     started: list[bool] = []  # True once this call has started a torchrun process group
     rc = _dispatch(args, started)

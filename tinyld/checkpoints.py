@@ -18,6 +18,11 @@ import pickle
 import threading
 from pathlib import Path
 
+try:
+    import fcntl  # the OS's file lock (POSIX)
+except ImportError:  # Windows
+    fcntl = None
+
 import torch
 
 from tinyld.model import GPT, GPTConfig
@@ -35,48 +40,74 @@ def data_identity(data) -> dict | None:
 
 
 class FolderLock:
-    """``out/.lock`` names the process writing there (its pid, and ``what`` it runs); a second live run is refused,
-    a stale lock (its process is gone) taken over."""
+    """``out/.lock``, held with the OS's file lock (``flock``) for as long as a run writes in ``out``, and naming
+    that run (its pid, and ``what`` it runs). A second run is refused while the first holds it. The OS releases the
+    lock when its process ends, however it ends, so a lock file left by a killed run is simply taken over. (Without
+    ``fcntl``, on Windows, a live pid in the file refuses instead.)"""
 
     def __init__(self, out: Path | None, what: str = "a training run"):
         self.path = out / ".lock" if out else None
         self.what = what
         self.held = False
+        self.fd: int | None = None
 
     def __enter__(self):
         if self.path is None:
             return self
         if self.path.is_dir():
             raise TinyldError(f"{self.path} is a folder; tinyld keeps its lock file there: remove the folder")
-        for _ in range(2):
+        for _ in range(5):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid, _, holder = self.path.read_text().partition("\n")
-                    pid = int(pid.strip() or 0)
-                except (OSError, ValueError):
-                    pid, holder = 0, ""
-                if pid and _alive(pid):
-                    raise TinyldError(f"{self.path.parent} is in use by {holder.strip() or 'another run'} (pid {pid}):"
-                                      " two runs writing one folder would mix their files; wait for it to end, or "
-                                      f"give this run another folder (if no such process is yours, remove "
-                                      f"{self.path})") from None
-                with contextlib.suppress(OSError):  # stale: its run ended without cleaning up
-                    self.path.unlink()
-                continue
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 raise TinyldError(f"cannot write to {self.path.parent} ({e.strerror})") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n{self.what}")
-            self.held = True
+            if not self._take(fd):
+                holder = self._holder()
+                os.close(fd)
+                raise TinyldError(f"{self.path.parent} is in use by {holder}: two runs writing one folder would mix "
+                                  "their files; wait for it to end, or give this run another folder") from None
+            try:  # the lock is on this file: is it still the one at the path (a run that ends removes it)?
+                current = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = False
+            if not current:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n{self.what}".encode())
+            self.fd, self.held = fd, True
             return self
-        raise TinyldError(f"could not take the lock {self.path}: another run keeps taking it")
+        raise TinyldError(f"could not take the lock {self.path}: other runs keep taking it")
+
+    def _take(self, fd: int) -> bool:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+        pid = self._pid()
+        return not (pid and pid != os.getpid() and _alive(pid))
+
+    def _pid(self) -> int:
+        try:
+            return int(self.path.read_text().partition("\n")[0].strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _holder(self) -> str:
+        try:
+            pid, _, what = self.path.read_text().partition("\n")
+        except OSError:
+            return "another run"
+        return f"{what.strip() or 'another run'} (pid {pid.strip()})" if pid.strip() else "another run"
 
     def __exit__(self, *exc):
         if self.held:
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                self.path.unlink()  # while still locked: a run waiting on this file sees that it is gone
+            os.close(self.fd)
+            self.held, self.fd = False, None
         return False
 
 

@@ -128,6 +128,8 @@ def write_text_atomic(path, text: str) -> Path:
 def writable_dir(path, what: str = "output folder") -> Path:
     """Create ``path`` if needed and prove that a file can be written there; else one clear TinyldError."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TinyldError(f"the {what} {str(path)!r} is a file: choose a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".tinyld-write-test-{os.getpid()}"

@@ -38,6 +38,7 @@ def check_shared(cfg, command: str) -> None:
     check_choice(f"{command} --device", cfg.device, ("auto", "cpu", "cuda", "mps"))
     if not isinstance(cfg.out, (str, os.PathLike)) or not str(cfg.out).strip():
         raise TinyldError(f"{command} --out must be a folder path, got {cfg.out!r}")
+    cfg.out = str(cfg.out)  # a Path too: the config is recorded as JSON
 
 
 def fast_caps(cfg, caps: dict) -> list[str]:
