@@ -154,11 +154,12 @@ for f in (*FALLERS, "star"):
 # split; `dpo` records its mean over positions after every epoch. Squeezing is the argmax column growing while the
 # others shrink.
 #
-# First by hand, at one position of y⁻ in the first training pair of seed 0: among the positions where the argmax
-# before DPO is neither y⁻'s token nor y⁺'s, the one where y⁻'s own token is least likely (the deepest in its
-# valley, where lesson 8 says a push sends mass to the peak). π is one softmax; the four numbers are entries of it,
-# before DPO (the SFT model) and after it, always for the token that was the peak before DPO. Read whether the
-# argmax column grew at this position; the mean table after it says what happened on average.
+# First by hand, at one position of y⁻ under seed 0's models, in the first training pair that has a position where
+# the argmax before DPO is neither y⁻'s token nor y⁺'s: of those positions, the one where y⁻'s own token is least
+# likely (the deepest in its valley, where lesson 8 says a push sends mass to the peak). π is one softmax; the four
+# numbers are entries of it, before DPO (the SFT model) and after it, always for the token that was the peak
+# before DPO. Read whether the argmax column grew at this position; the mean table after it says what happened on
+# average.
 
 # %%
 from tinyld.squeeze import token_mass  # noqa: E402

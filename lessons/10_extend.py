@@ -2,11 +2,11 @@
 # # Lesson 10 — The extend fix, and its honest effect size
 #
 # This lesson reproduces the paper's fix for the squeezing effect, the **extend** method, and its table of win
-# rates of extend against the standard pipeline (lessons/NOTES.md §4). Lesson 8 gave the paper's account of
-# squeezing in one softmax: off-policy y⁻ sits in a valley of the model's distribution, the negative gradient on a
-# valley token does not fade, and the mass it removes goes to the peak. Lesson 9 measured it in the world model.
-# Extend lifts y⁻ out of the valley before DPO starts: SFT on (x, y⁺) *and* (x, y⁻), each prompt twice, then DPO
-# from that model, with it as the reference. The baseline spends the same number of SFT steps on y⁺ alone.
+# rates of extend against the standard pipeline. Lesson 8 gave the paper's account of squeezing in one softmax:
+# off-policy y⁻ sits in a valley of the model's distribution, the negative gradient on a valley token does not
+# fade, and the mass it removes goes to the peak. Lesson 9 measured it in the world model. Extend lifts y⁻ out of
+# the valley before DPO starts: SFT on (x, y⁺) *and* (x, y⁻), each prompt twice, then DPO from that model, with it
+# as the reference. The baseline spends the same number of SFT steps on y⁺ alone.
 #
 # The paper's table (Qwen1.5-1.8B on Anthropic-HH, 500 test prompts, one sampled answer each, judged by another
 # LLM) gives the win rate of extend over the baseline after 0, 2, 4 and 6 DPO epochs, for two judges:
