@@ -12,14 +12,13 @@
 #    pairs of examples are alike settles early. We measure both.
 
 # %%
+import importlib.util
 import os
 
 import torch
 
-try:
-    import sklearn  # noqa: F401  (the digits ship with scikit-learn)
-except ImportError:
-    raise SystemExit('lesson 5 needs scikit-learn for its digits: pip install ".[lessons]"') from None
+if importlib.util.find_spec("sklearn") is None:  # the digits ship with scikit-learn
+    raise SystemExit('lesson 5 needs scikit-learn for its digits: pip install ".[lessons]"')
 
 from tinyld.classify import (DigitNet, entk_ranking_stability, lookalike_pairs, mean_prediction_matrix,
                              one_step_picture, train_digits)

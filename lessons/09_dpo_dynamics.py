@@ -20,7 +20,7 @@
 #
 # Fast mode (`TINYLD_FAST=1`) uses two seeds with 400-step base models, 2 SFT epochs and 4 DPO epochs; full mode
 # 3000-step base models, 4 SFT and 8 DPO epochs, as `python -m tinyld dpo-dynamics --experiment dynamics` does.
-# The figures need matplotlib, which `pip install ".[plots]"` (or `".[test]"`) provides; without it the lesson still
+# The figures need matplotlib, which `pip install ".[lessons]"` (or `".[plots]"`) provides; without it the lesson still
 # runs and says that the figures are skipped.
 
 # %%
@@ -277,7 +277,7 @@ assert report.err_seq < 0.1  # a step this small is in the first-order regime
 # answers (the repeater) ends above its start.
 #
 # The cell below prints which claims held in every seed of your run. Which ones hold changes with the seeds, the
-# base models and the machine: the README's table records a full-mode run (3000-step base models) and the conditions
+# base models and the machine: the lab report's table records a full-mode run (3000-step base models) and the conditions
 # (valley depth, optimizer, β, learning rate) under which each claim appears. Two things to look for when a claim
 # fails there: random and shuffled text, hundreds of nats below 0, can lose more nats than y⁻ does, so "falls
 # fastest" fails although y⁻ falls; and at the positions of y⁺ the mass can go to y⁺'s own tokens rather than to

@@ -21,7 +21,7 @@
 #
 # Fast mode (`TINYLD_FAST=1`) uses two seeds with 400-step base models, 2 SFT epochs and 4 DPO epochs; full mode
 # three seeds with 3000-step base models, 4 SFT and 8 DPO epochs, as `python -m tinyld dpo-dynamics --experiment
-# extend` does. The figure needs matplotlib, which `pip install ".[plots]"` (or `".[test]"`) provides; without it the
+# extend` does. The figure needs matplotlib, which `pip install ".[lessons]"` (or `".[plots]"`) provides; without it the
 # lesson still runs and says that the figure is skipped.
 
 # %%
@@ -172,7 +172,7 @@ print(f"y⁻ higher after extend's SFT in {held}/{len(SEEDS)} seeds")
 # does training on y⁻ raise log π(y⁻), and does y⁺ fall less (or rise more) during DPO after extend? (That is a
 # statement about its change: extend's y⁺ starts DPO lower, and can end lower too.) Does y* rise less, and by how
 # much compared with the seeds' spread? The outcome: does the win count favour extend, in how many seeds, and is
-# the difference in correct answers larger than its spread over seeds? The README's table records a full-mode run
+# the difference in correct answers larger than its spread over seeds? The lab report's table records a full-mode run
 # in both worlds to compare with. Asserted here are only the two links of the mechanism that held in every seed
 # we ran, in fast and in full mode, in the hard world: y⁻ is higher after extend's SFT, and y⁺ falls less in DPO.
 
