@@ -7,10 +7,9 @@
 #
 # - the chosen answer y_u⁺ rises;
 # - responses **similar** to it (the rejected answer y_u⁻, rephrases, y_test⁺: a held-out prompt's answer, and
-#   y_init: the model's own first answer) first rise, then fall. That is the paper's description; its released
-#   curves for these families look flat at first, then falling;
-# - y_{j≠u}⁺, the answer of *another training prompt* read under x_u, keeps rising and ends above y_test⁺ (we
-#   compare how far each rose since the start: the two families have different lengths);
+#   y_init: the model's own first answer) first rise, then fall;
+# - y_{j≠u}⁺, the answer of *another training prompt* read under x_u, keeps rising (we also test whether it rises
+#   more than y_test⁺, comparing how far each rose since the start: the two families have different lengths);
 # - **non-human** text (shuffled words, random words) falls;
 # - y*, the teacher-forced argmax along y⁺, rises.
 #
@@ -217,8 +216,9 @@ for k in names:
 # The asserts below held for every seed in fast and full mode in our runs (2 threads). The other claims are measured,
 # not asserted. In the lab report's claims table (full mode) some hold only in hard mode, and "non-human text falls"
 # holds in no seed of the hard mode, while in fast mode it can hold in some. In easy mode shuffled y⁺ fell in every
-# seed of our runs, in fast and in full mode; random words and a shuffled unrelated sentence did not fall in every
-# seed of full mode. The bells of hard mode are asserted nowhere: read their drops in the table above, where
+# seed of our fast-mode runs and of the lab report's full run, but a full-mode rerun on another machine had it in
+# 2 seeds of 3, so it is asserted in fast mode only; random words and a shuffled unrelated sentence did not fall in
+# every seed of full mode. The bells of hard mode are asserted nowhere: read their drops in the table above, where
 # several are a fraction of a nat.
 
 # %%
@@ -227,7 +227,7 @@ for mode in ("hard", "easy"):
 assert claims["easy"]["rejected rises then falls"]["held"] == len(SEEDS)  # the bell of y_u⁻ in easy mode
 assert claims["hard"]["other_chosen rises"]["held"] == len(SEEDS)  # y_{j≠u}⁺ rises in hard mode …
 assert claims["hard"]["other_chosen ends above test_chosen"]["held"] == len(SEEDS)  # … more than y_test⁺
-assert claims["easy"]["urnd_chosen falls"]["held"] == len(SEEDS)  # shuffled y⁺ falls in easy mode
+assert not FAST or claims["easy"]["urnd_chosen falls"]["held"] == len(SEEDS)  # shuffled y⁺ falls (easy, fast)
 assert claims["easy"]["star rises"]["held"] == len(SEEDS)  # y* rises in easy mode (in hard mode it dips first)
 start = [x["logp_chosen"] for x in regimes["hard"]]
 assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 10  # hard mode starts far lower

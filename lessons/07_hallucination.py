@@ -1,7 +1,8 @@
 # %% [markdown]
 # # Lesson 7 — Answer B to question A: the hallucination mechanism
 #
-# Lesson 6 showed that SFT on (x_j, y_j⁺) raises y_j⁺ even when it is read as the answer to *another* prompt x_u.
+# Lesson 6 showed that during SFT, y_{j≠u}⁺ (another training prompt's answer, read under x_u) rises. Which
+# training examples raised it? The answer's own example (x_j, y_j⁺) is the obvious suspect; this lesson measures.
 # The paper (§4, its discussion of Fig. 3) proposes this as a mechanism for one kind of hallucination: asked
 # question A, the finetuned model gives the (correct) answer to question B. Here you see it twice.
 #

@@ -6,7 +6,7 @@
 # negative step on a label that sits in a valley takes mass from almost every label and gives it to the peak. Here
 # the same thing happens in a language model, over a whole DPO run. The recipe is the usual one: SFT on y⁺, then DPO
 # on the world's pairs (x, y⁺, y⁻), with the SFT model as the reference. The probe tracker of lesson 6 follows every
-# family of responses. The paper's Fig. 4 claims, for off-policy DPO (lessons/NOTES.md §3):
+# family of responses. The paper's Fig. 4 claims (§4), for off-policy DPO (the mechanism: lessons/NOTES.md §3):
 #
 # - y⁻ (y_u⁻, the rejected answer of the training prompt) falls, and faster than anything else;
 # - y⁺ (y_u⁺) rises briefly, then declines;

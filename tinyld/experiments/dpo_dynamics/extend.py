@@ -117,7 +117,7 @@ def judge_extend(per_seed: list[dict]) -> list[dict]:
     last = lambda r: r["win"][-1]  # noqa: E731
     add_claim(claims, f"extend wins (after {per_seed[0]['win'][-1]['dpo_epochs']} DPO epochs)",
               "extend's sampled answers win more often than they lose (paper: wins/(wins + losses) 0.65–0.69 by "
-              "one judge, 0.52–0.60 by the other)",
+              "one judge, 0.52–0.60 by the other, after 2–6 DPO epochs)",
               [{"wins": last(r)["wins"], "ties": last(r)["ties"], "losses": last(r)["losses"],
                 "held": last(r)["wins"] > last(r)["losses"]} for r in per_seed],
               lambda m: f"{m['wins']}-{m['ties']}-{m['losses']}")
