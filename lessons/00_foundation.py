@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 0 — A tour of the foundation: world, tokenizers, GPT, training
 #
+# *Paper: the setting of its experiments (a pretrained model, then finetuning) and valley depth.*
+#
 # Before we measure how finetuning moves a model, we need a model that behaves like a pretrained LLM. It should
 # be confident on the text it knows and put almost no probability on text it does not expect. This lesson
 # builds one in about 1.5 minutes on a 2-core CPU (about 15 seconds in fast mode) and checks what it learned.

@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 1 — The softmax Jacobian A
 #
+# *Paper: the factor A of the one-step decomposition Δ log π ≈ −η·A·K·G.*
+#
 # A language model turns logits z ∈ R^V into probabilities π = softmax(z). Learning dynamics asks how a
 # small change of the logits, Δz, changes the log-probabilities. To first order the answer is
 #

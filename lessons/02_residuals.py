@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 2 — The residual G: what the loss asks of the logits
 #
+# *Paper: the residual G of the one-step decomposition, for SFT and for DPO (its negative gradient).*
+#
 # G = ∂L/∂z is the residual of a loss at the updating example. It sets the direction and the energy of an
 # update (lessons/NOTES.md §2). Log-probs of a response are **summed** over its tokens, and the batch loss is a mean
 # over sequences, so every G below carries a factor 1/B.

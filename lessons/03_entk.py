@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 3 — The eNTK K: which examples are "similar" to the model
 #
+# *Paper: the factor K (the eNTK) of the one-step decomposition, and its stable ranking.*
+#
 #     K(x_o, x_u) = ∇_θ z(x_o) · ∇_θ z(x_u)ᵀ
 #
 # This is the empirical neural tangent kernel between the logits of two inputs. One SGD step on x_u moves the

@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 4 — One step, predicted vs actual
 #
+# *Paper: the one-step decomposition Δ log π ≈ −η·A·K·G itself, checked against a real step.*
+#
 # This lesson puts the pieces together. One SGD step on an updating example (x_u, y_u) changes log π on an
 # observed example (x_o, y_o) by
 #

@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 8 — The squeezing effect, in one softmax
 #
+# *Paper: the squeezing effect (its statements about a negative step on one softmax).*
+#
 # DPO pushes the rejected response y⁻ down. This lesson studies that push on the smallest possible model: a
 # single softmax π = softmax(z) over V labels whose logits z are free parameters, so that K = I and a gradient
 # step moves the logits directly. Pushing label y⁻ down means a gradient-descent step on L = log π(y⁻). Its

@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 10 — The extend fix, and its honest effect size
 #
+# *Paper: the extend method (§4) and its table of win rates.*
+#
 # This lesson reproduces the paper's fix for the squeezing effect, the **extend** method, and its table of win
 # rates of extend against the standard pipeline. Lesson 8 gave the paper's account of squeezing in one softmax:
 # off-policy y⁻ sits in a valley of the model's distribution, the negative gradient on a valley token does not

@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 11 — Forecasting test accuracy from training: pre-memorization accuracy
 #
+# *Paper: a neighbouring result, pre-memorization train accuracy (Kang et al.).*
+#
 # Finetune a model on worked solutions and its train accuracy climbs to 1. That says little about test accuracy:
 # a model can reach it by copying the training solutions. Kang et al. (lessons/NOTES.md §7) proposed a training
 # metric that tracks test accuracy much better. Count an example as *memorized* at a checkpoint when the

@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 12 — Which preference pairs make DPO lower y⁺? CHES
 #
+# *Paper: a neighbouring result, the CHES score for likelihood displacement (Razin et al.).*
+#
 # Lessons 8 and 9 showed that DPO can lower the probability of the *chosen* response y⁺, not only of the
 # rejected y⁻. Razin et al. (lessons/NOTES.md §7) call this likelihood displacement and ask which pairs cause it.
 # Their answer is a score computed from the model before training. Let H⁺ and H⁻ be the sums of the last hidden

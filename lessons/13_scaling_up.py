@@ -1,6 +1,8 @@
 # %% [markdown]
 # # Lesson 13 — Scaling up: data-parallel training, the fast path, and the decomposition at GPT-2 size
 #
+# *Paper: the one-step decomposition at GPT-2 size (124M), the scale of the paper's smallest models.*
+#
 # Everything so far ran one process on a tiny model. This lesson takes the three steps that carry the same code
 # to GPT-2 small (124M) on several GPUs, and checks each one by hand on the CPU:
 #
