@@ -75,9 +75,9 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-except ImportError as e:
+except ImportError:
     plt = None
-    print("(no figures:", e, ")")
+    print('(no figures: matplotlib is not installed; pip install ".[lessons]")')
 
 
 def draw_step(m, y, title, path, sign=-1):
