@@ -117,6 +117,10 @@ assert torch.isclose(d[k], 1 - pi[k]) and torch.allclose(d[torch.arange(V) != k]
 #    `torch.allclose(softmax_jacobian(z), softmax_jacobian(z).T)` for that z and for the random `z` above.
 # 3. **Lower a likely class.** Take Δz = −e_k for the most likely class k = `pi.argmax()`. Which classes gain
 #    log-probability, and by how much? Check your formula against `A @ (-torch.eye(V)[k].double())`.
+#
+# Check your answers with `python lessons/exercises/01_softmax_jacobian.py`: fill in its three functions; each is
+# compared with an independent computation, and a miss prints a hint. Worked solutions:
+# `lessons/solutions/01_softmax_jacobian.py`.
 
 # %%
 print("lesson 1 OK")
