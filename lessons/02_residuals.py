@@ -145,6 +145,9 @@ except ImportError as e:
 # 3. **Your own loss.** Derive G for a length-normalised SFT loss, −log π(y|x)/|y| averaged over the batch. Check
 #    it against autograd with `compare(...)` as in the SFT cell (hint: divide each row of `sft_residual` by its
 #    sequence's response length, `chosen.mask.sum(1)`).
+#
+# Check your answers with `python lessons/exercises/02_residuals.py`: fill in its three functions; each is compared
+# with autograd's gradient, and a miss prints a hint. Worked solutions: `lessons/solutions/02_residuals.py`.
 
 # %%
 print("lesson 2 OK")

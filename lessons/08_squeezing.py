@@ -328,6 +328,10 @@ assert zn.softmax(-1)[top] > pi[top] and zn.softmax(-1)[Y_OFF] < pi[Y_OFF]
 # 3. **A big step on a flatter π.** Set `SCALE = 0.5` and `ETA = 8.0`. In picture 2 the threshold is now above
 #    zero and some labels fall although y⁻ is the peak: "no other label falls" holds only to first order in η′
 #    (lessons/NOTES.md §3). Which labels fall, the large or the small ones? Does the threshold rule still hold?
+#
+# Check your answers with `python lessons/exercises/08_squeezing.py`: it asks for the quantities behind these
+# questions (the mass taken from the other labels, log Z, which labels fall), compares each with `who_moves`, and
+# prints a hint on a miss. Worked solutions: `lessons/solutions/08_squeezing.py`.
 
 # %%
 print("lesson 8 OK")
