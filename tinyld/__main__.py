@@ -163,7 +163,7 @@ _DEMO_FLAGS = [
 ]
 _SFT_FLAGS = [
     ("seeds", "seeds"),
-    ("modes", "world modes: hard, easy or both"),
+    ("modes", "world modes: hard, easy or both (not with --probes)", dict(shown="hard easy")),
     ("epochs", "SFT epochs"),
     ("optimizer", "sgd | adamw | rmsprop"),
     ("lr", "SFT learning rate"),
@@ -184,7 +184,7 @@ _SFT_FLAGS = [
 _DPO_FLAGS = [
     ("experiment", "dynamics | extend | on-policy | conditions | all"),
     ("seeds", "seeds"),
-    ("modes", "world modes: hard, easy or both"),
+    ("modes", "world modes: hard, easy or both", dict(shown="hard easy; conditions: hard")),
     ("sft_epochs", "SFT epochs before DPO"),
     ("dpo_epochs", "DPO epochs"),
     ("optimizer", "both stages: sgd | adamw | rmsprop"),
