@@ -1018,6 +1018,20 @@ def _files(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
+def _stop_at_seed_1(monkeypatch):
+    """sft-dynamics from now on stops with Ctrl-C as its second seed starts; returns the real seed_part."""
+    import tinyld.experiments.sft_dynamics.command as command
+
+    real = command.seed_part
+
+    def stopped_at_seed_1(cfg, seed, *a):
+        if seed == 1:
+            raise KeyboardInterrupt  # Ctrl-C as the second seed starts
+        return real(cfg, seed, *a)
+    monkeypatch.setattr(command, "seed_part", stopped_at_seed_1)
+    return real
+
+
 @pytest.fixture
 def finished(tmp_path, monkeypatch, capsys):
     """A finished two-seed sft-dynamics run in ./o (and the base model cached in ./tinyld_out)."""
@@ -1097,13 +1111,7 @@ def test_ctrl_c_between_seeds_keeps_the_finished_ones_and_resume_ends_with_the_s
     (tmp_path / "o").rename(tmp_path / "whole")
     whole = json.loads((tmp_path / "whole" / "sft_dynamics.json").read_text())
     capsys.readouterr()
-    real = command.seed_part
-
-    def stopped_at_seed_1(cfg, seed, *a):
-        if seed == 1:
-            raise KeyboardInterrupt  # Ctrl-C as the second seed starts
-        return real(cfg, seed, *a)
-    monkeypatch.setattr(command, "seed_part", stopped_at_seed_1)
+    real = _stop_at_seed_1(monkeypatch)
     assert main(SFT_RUN) == 130
     err = capsys.readouterr().err
     again = "python -m tinyld " + " ".join(SFT_RUN) + " --resume"
@@ -1124,16 +1132,8 @@ def test_ctrl_c_between_seeds_keeps_the_finished_ones_and_resume_ends_with_the_s
 
 
 def test_resume_refuses_another_config_and_names_what_differs(tmp_path, monkeypatch, capsys):
-    import tinyld.experiments.sft_dynamics.command as command
-
     monkeypatch.chdir(tmp_path)
-    real = command.seed_part
-
-    def stopped_at_seed_1(cfg, seed, *a):
-        if seed == 1:
-            raise KeyboardInterrupt
-        return real(cfg, seed, *a)
-    monkeypatch.setattr(command, "seed_part", stopped_at_seed_1)
+    _stop_at_seed_1(monkeypatch)
     assert main(SFT_RUN) == 130
     capsys.readouterr()
     assert main([*SFT_RUN, "--lr", "0.002", "--resume"]) == 2
@@ -1237,13 +1237,7 @@ def test_a_part_changed_since_it_was_written_is_computed_again_on_resume(tmp_pat
     import tinyld.experiments.sft_dynamics.command as command
 
     monkeypatch.chdir(tmp_path)
-    real = command.seed_part
-
-    def stopped_at_seed_1(cfg, seed, *a):
-        if seed == 1:
-            raise KeyboardInterrupt
-        return real(cfg, seed, *a)
-    monkeypatch.setattr(command, "seed_part", stopped_at_seed_1)
+    real = _stop_at_seed_1(monkeypatch)
     assert main(SFT_RUN) == 130
     (tmp_path / "o" / "parts" / "easy__seed0.json").write_text('{"x": 1}')  # damaged
     monkeypatch.setattr(command, "seed_part", real)

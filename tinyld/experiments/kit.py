@@ -18,15 +18,17 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from tinyld.experiments.runfolder import Folder, RunFolder, as_folder, config_hash
-from tinyld.runtime import pick_device, versions
+from tinyld.runtime import num_threads, pick_device, versions
 
 __all__ = ["Folder", "RunFolder", "add_claim", "as_folder", "change_fmt", "claims_table", "conditions_table",
-           "config_hash", "dash", "header", "held_counts", "honour_batch_size", "plain_json", "summary",
-           "write_json"]
+           "config_hash", "dash", "header", "held_counts", "honour_batch_size", "plain_json", "run_in_folder", "summary",
+           "write_json", "write_results"]
 
 # ------------------------------------------------------------------------------------------------------------------
 # the header, claims, tables and JSON
@@ -111,6 +113,28 @@ def plain_json(x):
     if isinstance(x, (list, tuple)):
         return [plain_json(v) for v in x]
     return x
+
+
+def run_in_folder(cfg, command: str, outputs: list[str], body: Callable, overwrite: bool, resume: bool,
+                  again: str | None) -> dict:
+    """``body(cfg, folder)`` inside the run's :class:`RunFolder` at ``cfg.out``, with ``cfg.threads`` CPU threads;
+    the folder is marked finished when it returns. Every experiment's ``run`` ends here."""
+    with RunFolder(cfg.out, command, asdict(cfg), outputs, overwrite, resume, again) as folder, \
+            num_threads(cfg.threads):
+        result = body(cfg, folder)
+        folder.finish()
+        return result
+
+
+def write_results(folder: RunFolder, name: str, result: dict, claims: str, t0: float, also: str = "figures") -> dict:
+    """The end of a run (rank 0): its runtime since ``t0``, the JSON ``name``, claims.txt, and one line saying what
+    was written."""
+    result["runtime_s"] = round(time.perf_counter() - t0, 1)
+    write_json(folder, name, result)
+    folder.write("claims.txt", claims + "\n")
+    print(f"\nwrote {folder.out / name}, {folder.out / 'claims.txt'} and {also} in {folder.out} · "
+          f"{result['runtime_s']} s")
+    return result
 
 
 def write_json(folder: RunFolder, name: str, result: dict) -> Path:

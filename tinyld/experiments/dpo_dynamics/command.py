@@ -12,8 +12,8 @@ from tinyld.experiments.dpo_dynamics.config import EXPERIMENTS, DPODynamicsConfi
 from tinyld.experiments.dpo_dynamics.dynamics import run_dynamics
 from tinyld.experiments.dpo_dynamics.extend import run_extend
 from tinyld.experiments.dpo_dynamics.on_policy import run_on_policy
-from tinyld.experiments.kit import RunFolder, header, honour_batch_size, write_json
-from tinyld.runtime import TinyldError, num_threads, pick_device
+from tinyld.experiments.kit import RunFolder, header, honour_batch_size, run_in_folder, write_results
+from tinyld.runtime import TinyldError, pick_device
 from tinyld.world import World
 
 COMMAND = "dpo-dynamics"
@@ -44,11 +44,7 @@ def run(cfg: DPODynamicsConfig, overwrite: bool = False, resume: bool = False, a
     pick_device(cfg.device)
     pairs = min(len(World(s, mode=m).train_items()) for s in cfg.seeds for m in cfg.modes)
     honour_batch_size(cfg, pairs, "training pairs")
-    with RunFolder(cfg.out, COMMAND, asdict(cfg), outputs(cfg), overwrite, resume, again) as folder, \
-            num_threads(cfg.threads):
-        result = run_in(cfg, folder)
-        folder.finish()
-        return result
+    return run_in_folder(cfg, COMMAND, outputs(cfg), run_in, overwrite, resume, again)
 
 
 def run_in(cfg: DPODynamicsConfig, folder: RunFolder) -> dict:
@@ -87,12 +83,7 @@ def run_in(cfg: DPODynamicsConfig, folder: RunFolder) -> dict:
             res["conditions"] = run_conditions(cfg, mode, folder)
     if not main:
         return {}
-    result["runtime_s"] = round(time.perf_counter() - t0, 1)
-    write_json(folder, "dpo_dynamics.json", result)
-    folder.write("claims.txt", "\n\n".join(texts) + "\n")
-    print(f"\nwrote {folder.out / 'dpo_dynamics.json'}, {folder.out / 'claims.txt'} and figures in {folder.out} · "
-          f"{result['runtime_s']} s")
-    return result
+    return write_results(folder, "dpo_dynamics.json", result, "\n\n".join(texts), t0)
 
 
 def print_regime(reg: dict) -> None:

@@ -10,9 +10,9 @@ from tinyld.experiments.forecasting.ches import ches_seed, judge_ches, print_che
 from tinyld.experiments.forecasting.config import EXPERIMENTS, ForecastConfig
 from tinyld.experiments.forecasting.curate import curate_seed, judge_curate
 from tinyld.experiments.forecasting.sweep import judge_perturb, judge_sweep, ols, points_of, sweep_seed
-from tinyld.experiments.kit import RunFolder, claims_table, header, write_json
+from tinyld.experiments.kit import RunFolder, claims_table, header, run_in_folder, write_results
 from tinyld.reasoning import Arithmetic
-from tinyld.runtime import TinyldError, num_threads, pick_device, writable_dir
+from tinyld.runtime import TinyldError, pick_device, writable_dir
 
 COMMAND = "forecast"
 
@@ -36,11 +36,7 @@ def run(cfg: ForecastConfig, overwrite: bool = False, resume: bool = False, agai
     if not isinstance(cfg, ForecastConfig):
         raise TinyldError(f"run takes a ForecastConfig, got {type(cfg).__name__}")
     check_inputs(cfg)
-    with RunFolder(cfg.out, COMMAND, asdict(cfg), outputs(cfg), overwrite, resume, again) as folder, \
-            num_threads(cfg.threads):
-        result = run_in(cfg, folder)
-        folder.finish()
-        return result
+    return run_in_folder(cfg, COMMAND, outputs(cfg), run_in, overwrite, resume, again)
 
 
 def check_inputs(cfg: ForecastConfig) -> None:
@@ -108,12 +104,7 @@ def run_in(cfg: ForecastConfig, folder: RunFolder) -> dict:
         result["figures"] = figures(cfg, result, folder)
     except ImportError as e:
         print(f"  (no figures: {e})")
-    result["runtime_s"] = round(time.perf_counter() - t0, 1)
-    write_json(folder, "forecast.json", result)
-    folder.write("claims.txt", "\n\n".join(texts) + "\n")
-    print(f"\nwrote {folder.out / 'forecast.json'}, {folder.out / 'claims.txt'} and figures in {folder.out} · "
-          f"{result['runtime_s']} s")
-    return result
+    return write_results(folder, "forecast.json", result, "\n\n".join(texts), t0)
 
 
 def figures(cfg: ForecastConfig, result: dict, folder: RunFolder) -> dict:

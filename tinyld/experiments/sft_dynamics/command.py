@@ -8,14 +8,15 @@ from dataclasses import asdict
 
 from tinyld.distributed import is_main
 from tinyld.experiments.common import figure, regime
-from tinyld.experiments.kit import RunFolder, claims_table, header, honour_batch_size, summary, write_json
+from tinyld.experiments.kit import (RunFolder, claims_table, header, honour_batch_size, run_in_folder, summary,
+                                    write_results)
 from tinyld.experiments.sft_dynamics.attribution import attribution
 from tinyld.experiments.sft_dynamics.claims import judge
 from tinyld.experiments.sft_dynamics.conditions import conditions, conditions_outputs
 from tinyld.experiments.sft_dynamics.config import SFTDynamicsConfig
 from tinyld.experiments.sft_dynamics.tracking import check_user_model, setup, sft_run
 from tinyld.probes import ProbeSet
-from tinyld.runtime import TinyldError, num_threads, pick_device
+from tinyld.runtime import TinyldError, pick_device
 from tinyld.world import ANSWER_KINDS, World
 
 COMMAND = "sft-dynamics"
@@ -47,11 +48,7 @@ def run(cfg: SFTDynamicsConfig, overwrite: bool = False, resume: bool = False, a
     if cfg.probes:
         check_user_model(cfg)
     honour_batch_size(cfg, prompts, "training prompts")
-    with RunFolder(cfg.out, COMMAND, asdict(cfg), outputs(cfg), overwrite, resume, again) as folder, \
-            num_threads(cfg.threads):
-        result = run_in(cfg, folder)
-        folder.finish()
-        return result
+    return run_in_folder(cfg, COMMAND, outputs(cfg), run_in, overwrite, resume, again)
 
 
 def seed_part(cfg: SFTDynamicsConfig, seed: int, mode: str, first_mode: bool, folder: RunFolder) -> dict:
@@ -107,14 +104,9 @@ def run_in(cfg: SFTDynamicsConfig, folder: RunFolder) -> dict:
         result["conditions"] = conditions(cfg, folder)
     if not main:
         return {}
-    result["runtime_s"] = round(time.perf_counter() - t0, 1)
-    write_json(folder, "sft_dynamics.json", result)
     text = "\n\n".join(claims_table(m["claims"], f"claims, {k} mode ({cfg.optimizer}, lr {cfg.lr:g})")
                        for k, m in result["modes"].items())
-    folder.write("claims.txt", text + "\n")
-    print(f"\nwrote {folder.out / 'sft_dynamics.json'}, {folder.out / 'claims.txt'}, figures and track_*.csv in "
-          f"{folder.out} · {result['runtime_s']} s")
-    return result
+    return write_results(folder, "sft_dynamics.json", result, text, t0, also="figures and track_*.csv")
 
 
 def print_seed(seed: int, part: dict) -> None:
