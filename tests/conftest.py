@@ -11,6 +11,12 @@ from tinyld.world import World
 
 
 @pytest.fixture(scope="session")
+def lesson_workdir(tmp_path_factory):
+    """The working folder of lessons and exercises: the pretrained base models are cached here once per session."""
+    return tmp_path_factory.mktemp("lessons")
+
+
+@pytest.fixture(scope="session")
 def world():
     return World(0)
 

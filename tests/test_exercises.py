@@ -24,7 +24,9 @@ def load(path: Path):
 
 
 @pytest.mark.parametrize("path", EXERCISES, ids=[p.stem for p in EXERCISES])
-def test_solutions_pass_and_stubs_fail_with_a_hint(path, capsys):
+def test_solutions_pass_and_stubs_fail_with_a_hint(path, lesson_workdir, monkeypatch, capsys):
+    monkeypatch.setenv("TINYLD_FAST", "1")  # the lessons' fast models, cached in the folder the lessons run in
+    monkeypatch.chdir(lesson_workdir)
     solution = ROOT / "lessons" / "solutions" / path.name
     assert solution.exists(), f"no worked solution for {path.name}"
     assert (ROOT / "lessons" / path.name).exists(), "an exercise file belongs to a lesson of the same name"

@@ -18,9 +18,9 @@ def lesson_number(path: Path) -> int:
     return int(path.name[:2])
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("lessons")  # shared: the pretrained model is cached here between lessons
+@pytest.fixture
+def workdir(lesson_workdir):
+    return lesson_workdir
 
 
 def test_there_are_lessons():

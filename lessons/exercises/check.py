@@ -7,6 +7,7 @@ independent computation, with a tolerance that says why; a failed check prints a
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -14,6 +15,14 @@ from typing import Callable
 import torch
 
 HERE = Path(__file__).parent
+FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")  # as in the lessons: fast mode checks on the fast models
+
+
+def lesson_model(steps: int | None = None):
+    """(world, tokenizer, model): the pretrained world model the lessons use (400 steps in fast mode, else 3000),
+    cached in tinyld_out/cache of the folder you run from, so a model the lesson made is reused."""
+    from tinyld.pretrained import pretrained
+    return pretrained(seed=0, steps=steps or (400 if FAST else 3000))
 
 
 def compare(got, want, atol: float, why: str) -> str | None:
