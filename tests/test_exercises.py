@@ -37,6 +37,28 @@ def test_solutions_pass_and_stubs_fail_with_a_hint(path, lesson_workdir, monkeyp
     assert out.count("hint: ") == len(checks) and out.count("not answered yet") == len(checks)
 
 
+SOLVED = [p for p in EXERCISES if hasattr(load(ROOT / "lessons" / "solutions" / p.name), "MISTAKES")]
+
+
+@pytest.mark.parametrize("path", SOLVED, ids=[p.stem for p in SOLVED])
+def test_the_common_mistakes_a_solution_lists_are_caught(path, lesson_workdir, monkeypatch, capsys):
+    """A solution file's MISTAKES are (exercise, {function: wrong answer}, what the check must say): each, put in
+    place of the worked answer, fails its own check with that message and leaves the other checks passing."""
+    monkeypatch.setenv("TINYLD_FAST", "1")
+    monkeypatch.chdir(lesson_workdir)
+    solution = load(ROOT / "lessons" / "solutions" / path.name)
+    checks = checks_of(path.stem)
+    numbers = [check.exercise[0] for check in checks]
+    assert solution.MISTAKES, "an empty list of mistakes tests nothing"
+    for number, wrong, says in solution.MISTAKES:
+        answers = types.SimpleNamespace(**{**vars(solution), **wrong})
+        capsys.readouterr()
+        verdicts = run_checks(checks, answers)
+        out = capsys.readouterr().out
+        assert verdicts == [n != number for n in numbers], (number, out)
+        assert says in out, (number, says, out)
+
+
 def test_a_wrong_answer_is_caught_with_what_is_wrong(capsys):
     """Lesson 1's checks on plausible mistakes: the eigenvalues all ones, a random z, a sign flipped."""
     wrong = types.SimpleNamespace(spectrum=lambda V: [1.0] * V, symmetric_logits=lambda V: torch.randn(V),

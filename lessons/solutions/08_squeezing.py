@@ -45,5 +45,15 @@ def falling(z: torch.Tensor, y: int, eta: float) -> torch.Tensor:
     return out
 
 
+# Common mistakes, each caught by its check: (exercise, the wrong answer, what the check says).
+MISTAKES = [
+    (1, {"squeezed_mass": lambda z, y, eta: (lambda pi, _, after: (after - pi).sum().item())(*step(z, y, eta))},
+     "off by"),  # the whole vocabulary, and the wrong sign: Σ(π′ − π) is 0
+    (2, {"log_z": lambda z, y, eta: (lambda pi, dz, _: (pi * dz).sum().item())(*step(z, y, eta))},
+     "off by"),  # the first-order value of log Z only: right sign, wrong size for a big step
+    (3, {"falling": lambda z, y, eta: (lambda pi, _, after: after < pi)(*step(z, y, eta))},
+     "a yes/no per label"),  # y itself is counted as falling
+]
+
 if __name__ == "__main__":
     run_checks(checks_of("08_squeezing"), sys.modules[__name__])
