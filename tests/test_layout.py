@@ -20,9 +20,10 @@ PACKAGE = ROOT / "tinyld"
 
 LAYERS = (
     ("runtime",),  # checks, errors, devices, versions
-    ("tokenizers", "model"),  # text ↔ ids; the GPT
+    ("tokenizers", "blocks"),  # text ↔ ids; the modern decoder's parts (RMSNorm, RoPE, SwiGLU, KV cache)
+    ("model",),  # the GPT
     ("tinyld",),  # the package itself re-exports GPT, GPTConfig and the errors
-    ("data",),  # examples, batches with prompt masks, data sources
+    ("data", "gguf"),  # examples, batches with prompt masks, data sources; a real LLM from a GGUF file
     ("losses", "world"),  # losses with their residuals; the synthetic world
     ("preference", "reasoning", "squeeze", "evaluate", "forecast"),  # pairs + reference; measurements
     ("updates", "probes"),  # G: rows and updates; probe sets and the tracker

@@ -22,7 +22,6 @@ import typing
 from dataclasses import MISSING, fields
 from typing import NamedTuple
 
-
 OPTIONAL = [("matplotlib", "figures", ".[plots]"), ("sklearn", "lesson 5's digits", ".[lessons]"),
             ("jupytext", "opening a lesson as a notebook", ".[lessons]"),
             ("transformers", "the tests' Hugging Face GPT-2 oracle", ".[test]")]  # module, what for, extra
@@ -109,7 +108,6 @@ def cmd_golden(args) -> int:
 
 def cmd_bench(args) -> int:
     from tinyld.bench import bench_decompose, bench_step
-
     from tinyld.runtime import TinyldError
 
     if args.vocab is not None and args.preset == "gpt2":

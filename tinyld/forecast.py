@@ -25,7 +25,6 @@ from tinyld.data import make_batch
 from tinyld.losses import token_logprobs
 from tinyld.runtime import TinyldError, check_number
 
-
 TAU_MAX = math.log(math.log(sys.float_info.max))  # ≈ 6.565: the largest τ whose threshold exp(e^τ) is a float
 
 

