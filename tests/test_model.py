@@ -6,6 +6,10 @@ from tinyld import GPT, GPTConfig, TinyldError
 from tinyld.data import make_batch
 from tinyld.losses import sft_loss
 
+# The two decoders the GPT can be: GPT-2's and a modern one (Llama, SmolLM2) at the tiny preset's size.
+LLAMA = dict(norm="rms", pos="rope", mlp="swiglu", n_kv_head=2, n_inner=96, bias=False)
+SHAPES = {"gpt2": {}, "llama": LLAMA}
+
 
 def test_gpt2_preset_has_gpt2_small_parameter_count():
     m = GPT(GPTConfig.preset("gpt2"))
@@ -17,10 +21,11 @@ def test_presets_sizes():
     assert GPT(GPTConfig.preset("mini", vocab_size=128)).num_params() < 2_000_000
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("fast", [False, True])
-def test_causality_later_tokens_never_change_earlier_logits(fast):
+def test_causality_later_tokens_never_change_earlier_logits(fast, shape):
     torch.manual_seed(0)
-    m = GPT(GPTConfig.preset("tiny", vocab_size=50, fast=fast)).double().eval()
+    m = GPT(GPTConfig.preset("tiny", vocab_size=50, fast=fast, **SHAPES[shape])).double().eval()
     x = torch.randint(0, 50, (2, 16))
     base = m(x)
     for t in range(15):
@@ -31,18 +36,20 @@ def test_causality_later_tokens_never_change_earlier_logits(fast):
         assert not torch.allclose(out[:, t + 1:], base[:, t + 1:])  # and the later ones do change
 
 
-def test_fast_attention_matches_explicit():
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fast_attention_matches_explicit(shape):
     torch.manual_seed(0)
-    m = GPT(GPTConfig.preset("tiny", vocab_size=50)).double().eval()
-    f = GPT(GPTConfig.preset("tiny", vocab_size=50, fast=True)).double().eval()
+    m = GPT(GPTConfig.preset("tiny", vocab_size=50, **SHAPES[shape])).double().eval()
+    f = GPT(GPTConfig.preset("tiny", vocab_size=50, fast=True, **SHAPES[shape])).double().eval()
     f.load_state_dict(m.state_dict())
     x = torch.randint(0, 50, (3, 20))
     torch.testing.assert_close(f(x), m(x), rtol=1e-10, atol=1e-10)
 
 
-def test_masked_positions_get_exactly_zero_gradient(wtok):
+@pytest.mark.parametrize("shape", SHAPES)
+def test_masked_positions_get_exactly_zero_gradient(wtok, shape):
     torch.manual_seed(0)
-    m = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size)).double()
+    m = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size, **SHAPES[shape])).double()
     batch = make_batch(wtok, ["question : where does alice live ? answer :", "question : where"],
                        ["alice lives in paris .", "zoe likes rice . zoe has a cat ."])
     logits = m(batch.idx).detach().requires_grad_(True)  # (B, T, V)
@@ -77,6 +84,12 @@ def test_jvp_matches_central_finite_difference_tiny(tiny64):
     _fd_check(tiny64, x, eps=1e-5, tol=1e-7)
 
 
+def test_jvp_matches_central_finite_difference_modern_decoder():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.preset("tiny", vocab_size=50, **LLAMA)).double().eval()
+    _fd_check(m, torch.randint(0, 50, (2, 12)), eps=1e-5, tol=1e-7)
+
+
 @pytest.mark.slow
 def test_jvp_matches_central_finite_difference_gpt2(gpt2_64):
     x = torch.randint(0, 50257, (1, 6))
@@ -85,6 +98,11 @@ def test_jvp_matches_central_finite_difference_gpt2(gpt2_64):
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(n_embd=65), "not divisible by n_head"),
+    (dict(n_kv_head=3), "n_head=4 is not a multiple of n_kv_head=3"),
+    (dict(norm="batch"), "unknown norm 'batch'; choose one of layer, rms"),
+    (dict(pos="rope", n_embd=68), "head width 17 is odd"),
+    (dict(mlp="relu"), "unknown mlp 'relu'"),
+    (dict(n_inner=0), "n_inner"),
     (dict(n_layer=0), "n_layer must be a positive integer"),
     (dict(dropout=1.5), "dropout"),
 ])

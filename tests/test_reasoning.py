@@ -10,8 +10,8 @@ import torch
 
 from tinyld import TinyldError
 from tinyld.__main__ import main
-from tinyld.experiments.forecasting import (ForecastConfig, auc, edit_distance, judge_perturb, ols, pm_curve,
-                                            points_of, run)
+from tinyld.experiments.forecasting import (ForecastConfig, auc, edit_distance, judge_perturb, ols, pm_curve, points_of,
+                                            run)
 from tinyld.reasoning import N_FORMS, Arithmetic, Problem, final_answer
 from tinyld.world import World
 

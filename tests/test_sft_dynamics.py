@@ -3,8 +3,8 @@ curves with known verdicts, a hand replay of the attribution's SGD run with grad
 log-probabilities of a Hugging Face GPT-2 loaded from a folder, and the claims' rules recomputed from the curves."""
 import contextlib
 import copy
-import dataclasses
 import csv
+import dataclasses
 import json
 import math
 

