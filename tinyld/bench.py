@@ -10,6 +10,7 @@ import torch
 
 from tinyld.data import Batch
 from tinyld.dynamics import one_step, sequence_change, step_size_for
+from tinyld.gguf import load as load_gguf
 from tinyld.kernel import predict
 from tinyld.losses import sft_loss
 from tinyld.model import GPT, PRESETS, GPTConfig
@@ -18,9 +19,16 @@ from tinyld.train import TrainConfig, Trainer, make_optimizer
 from tinyld.updates import SFTUpdate, lm_rows
 
 
-def _check_args(preset, vocab, batch, seq, repeat, warmup, eta=None) -> None:
+def _own_vocab(preset: str) -> bool:
+    """gpt2 and smollm2 carry their tokenizer's vocabulary; tiny and mini take --vocab."""
+    return "vocab_size" in PRESETS[preset]
+
+
+def _check_args(preset, vocab, batch, seq, repeat, warmup, eta=None, model=None) -> None:
     """Every benchmark argument, checked before a model is built."""
     check_choice("bench --preset", preset, PRESETS)
+    if model is not None and preset != "smollm2":
+        raise TinyldError("bench --model loads SmolLM2's weights: it goes with --preset smollm2 (its shape)")
     check_int("bench --vocab", vocab, 2, 1_000_000)
     check_int("bench --batch", batch, 1, 4096)
     check_int("bench --seq", seq, 1, 8192)
@@ -28,18 +36,24 @@ def _check_args(preset, vocab, batch, seq, repeat, warmup, eta=None) -> None:
     check_int("bench --warmup", warmup, 0, 10_000)
     if eta is not None:
         check_number("bench --eta", eta, 0, strict=True)
-    context = GPTConfig.preset(preset, **({} if preset == "gpt2" else {"vocab_size": vocab})).block_size
+    context = GPTConfig.preset(preset, **({} if _own_vocab(preset) else {"vocab_size": vocab})).block_size
     if seq > context:  # a longer context would be another model than the preset the result names
         longer = ", ".join(f"{n} {GPTConfig.preset(n, vocab_size=50257).block_size}" for n in PRESETS if n != preset)
         raise TinyldError(f"bench --seq {seq}: the {preset} preset's context is {context} tokens; give --seq {context} "
                           f"or less, or a preset with a longer context ({longer})")
 
 
-def _setup(preset: str, vocab: int, batch: int, seq: int, device: str, dtype=torch.float32, fast: bool = False):
+def _setup(preset: str, vocab: int, batch: int, seq: int, device: str, dtype=torch.float32, fast: bool = False,
+           source: str | None = None):
+    """The model (random weights, or a GGUF file's when ``source`` is given) and a batch of random tokens."""
     dev = pick_device(device)
     torch.manual_seed(0)
-    cfg = GPTConfig.preset(preset, fast=fast, **({} if preset == "gpt2" else {"vocab_size": vocab}))
-    model = GPT(cfg).to(dev.device, dtype)
+    if source is not None:
+        model, _ = load_gguf(source, fast=fast)
+        model, cfg = model.to(dev.device, dtype), model.config
+    else:
+        cfg = GPTConfig.preset(preset, fast=fast, **({} if _own_vocab(preset) else {"vocab_size": vocab}))
+        model = GPT(cfg).to(dev.device, dtype)
     x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=dev.device)
     return dev, model, Batch(x[:, :-1], x[:, 1:])  # every position scored: "the same tokens" for both
 
@@ -74,16 +88,20 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
-def bench_step(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=10, warmup=2) -> dict:
+def bench_step(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=10, warmup=2,
+               model: str | None = None) -> dict:
     """One training step of the Trainer (forward, backward, clipping, AdamW; next-token loss on every position),
     on the plain path and on the fast path, with tokens per second for each.
 
     Plain: float32, attention written out. Fast (``GPTConfig.fast``): fused attention everywhere; on a GPU also bf16
-    autocast and ``torch.compile`` (compiled during the warm-up steps). The result names the device it ran on."""
-    _check_args(preset, vocab, batch, seq, repeat, warmup)
-    res = {"bench": "step", "preset": preset, "batch": batch, "seq": seq, "tokens_per_step": batch * seq}
+    autocast and ``torch.compile`` (compiled during the warm-up steps). The result names the device it ran on.
+    ``model``: a GGUF source (``"smollm2"`` or a path) whose weights replace the random ones."""
+    _check_args(preset, vocab, batch, seq, repeat, warmup, model=model)
+    res = {"bench": "step", "preset": preset, "weights": model or "random", "batch": batch, "seq": seq,
+           "tokens_per_step": batch * seq}
+    source = model
     for path in ("plain", "fast"):
-        dev, model, b = _setup(preset, vocab, batch, seq, device, fast=path == "fast")
+        dev, model, b = _setup(preset, vocab, batch, seq, device, fast=path == "fast", source=source)
         tc = TrainConfig(task="pretrain", optimizer="adamw", lr=1e-4, grad_clip=1.0, progress=False)
         trainer = Trainer(model, _Fixed(b), tc, compile=path == "fast")
         s = _time(trainer.train_step, repeat, warmup, dev.device)
@@ -96,7 +114,7 @@ def bench_step(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=1
         if cuda:
             torch.cuda.empty_cache()
     res["speedup"] = round(res["fast"]["tokens_per_s"] / res["plain"]["tokens_per_s"], 2)
-    first = ("bench", "preset", "params", "device", "device_name", "threads")
+    first = ("bench", "preset", "weights", "params", "device", "device_name", "threads")
     return {**{k: res[k] for k in first}, **{k: v for k, v in res.items() if k not in first}}
 
 
@@ -109,13 +127,15 @@ def _device_name(device: torch.device) -> str:
 
 
 def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=5, warmup=1,
-                    eta: float | None = None) -> dict:
+                    eta: float | None = None, model: str | None = None) -> dict:
     """Time of one training step vs the predicted full-vocabulary Δ log π (gradient + JVP + A) on the same
     tokens, the ratio, peak memory and the relative error of the prediction for one small SGD step.
 
-    eta=None picks the step from the prediction itself: the largest predicted |Δ log π(y|x)| is 0.1 nats."""
-    _check_args(preset, vocab, batch, seq, repeat, warmup, eta)
-    dev, model, b = _setup(preset, vocab, batch, seq, device)
+    eta=None picks the step from the prediction itself: the largest predicted |Δ log π(y|x)| is 0.1 nats.
+    ``model``: a GGUF source (``"smollm2"`` or a path) whose weights replace the random ones."""
+    _check_args(preset, vocab, batch, seq, repeat, warmup, eta, model)
+    weights = model or "random"
+    dev, model, b = _setup(preset, vocab, batch, seq, device, source=model)
     model.eval()
     opt = make_optimizer(model, TrainConfig(optimizer="adamw"))
     rows = lm_rows(b)
@@ -140,7 +160,8 @@ def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", rep
     peak_dec = _peak_mb(dev.device)
     eta = eta or step_size_for(model, update, rows, 0.1)
     rep = one_step(model, update, rows, eta, keep_full=False)
-    return {"bench": "decompose", "preset": preset, "params": model.num_params(), "vocab": model.config.vocab_size,
+    return {"bench": "decompose", "preset": preset, "weights": weights, "params": model.num_params(),
+            "vocab": model.config.vocab_size,
             "batch": batch, "seq": seq, "device": str(dev.device), "device_name": _device_name(dev.device),
             "threads": torch.get_num_threads(),
             "step_ms": round(t_step * 1e3, 2), "predict_full_vocab_ms": round(t_dec * 1e3, 2),

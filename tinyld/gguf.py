@@ -16,6 +16,7 @@ Hugging Face use.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -39,17 +40,25 @@ def load(source: str | os.PathLike = "smollm2", dtype: torch.dtype = torch.float
     if dtype not in (torch.float32, torch.float64):
         raise TinyldError(f"load: dtype must be torch.float32 or torch.float64, got {dtype}")
     path = gguf_file(source)
-    reader = gguf_reader(path)
-    tok = gguf_tokenizer(path, reader, source=str(source))
-    cfg = config_of(reader, path, tok)
-    cfg.fast = bool(fast)
+    stat = path.stat()
+    tok, cfg, state = _read(path.resolve(), stat.st_size, stat.st_mtime_ns, str(source))
+    cfg = GPTConfig.from_dict({**cfg.to_dict(), "fast": bool(fast)})
     with torch.device("meta"):
         model = GPT(cfg)  # shapes only: the weights come from the file
-    state = weights(reader, cfg, path)
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    model.load_state_dict({k: v.to(dtype, copy=True) for k, v in state.items()}, strict=True, assign=True)
     if cfg.tie_head:
         model.lm_head.weight = model.wte.weight
     return model.eval(), tok
+
+
+@functools.lru_cache(maxsize=1)
+def _read(path, size: int, mtime: int, source: str) -> tuple[ByteBPE, GPTConfig, dict[str, torch.Tensor]]:
+    """The file's tokenizer, config and float32 tensors, kept for the next load of the same unchanged file (reading
+    takes seconds; every model gets its own copy of the tensors)."""
+    reader = gguf_reader(path)
+    tok = gguf_tokenizer(path, reader, source=source)
+    cfg = config_of(reader, path, tok)
+    return tok, cfg, weights(reader, cfg, path)
 
 
 def config_of(reader, path, tok: ByteBPE) -> GPTConfig:
