@@ -40,12 +40,18 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
-def hf_tok():
-    """transformers' tokenizer for the GGUF file, with the release's pre-tokenizer (every digit on its own, then
-    byte-level): transformers' GGUF loader (5.x) leaves out the digit split that the file's "smollm" names."""
-    from tokenizers import pre_tokenizers
+def hf_gguf_tok():
+    """transformers' tokenizer for the GGUF file, as its GGUF loader builds it."""
     path = gguf_file()
-    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_tok(hf_gguf_tok):
+    """The same with the release's pre-tokenizer (every digit on its own, then byte-level): transformers' GGUF
+    loader (5.x) leaves out the digit split that the file's pre-tokenizer name "smollm" stands for."""
+    from tokenizers import pre_tokenizers
+    tok = copy.deepcopy(hf_gguf_tok)
     tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
     return tok
@@ -75,6 +81,12 @@ def test_the_tokenizer_equals_the_releases_on_random_text(smollm2, hf_tok, text)
     ids = smollm2[1].encode(text)
     assert ids == hf_tok.encode(text, add_special_tokens=False)
     assert smollm2[1].decode(ids) == text
+
+
+@given(st.lists(st.sampled_from(list("ab Z \n\t\r,.'!?-_éß日本🙂€\u00a0") + ["<|im_start|>", "'s", "'ll"]), max_size=40)
+       .map("".join))
+def test_on_text_without_numerals_it_equals_transformers_gguf_tokenizer_as_is(smollm2, hf_gguf_tok, text):
+    assert smollm2[1].encode(text) == hf_gguf_tok.encode(text, add_special_tokens=False)
 
 
 def test_the_chat_template_gives_transformers_ids(smollm2, hf_tok):
