@@ -87,3 +87,13 @@ def test_generation_with_the_cache_equals_generation_without(shape):
     assert torch.equal(sample(True), sample(False))
     with pytest.raises(TinyldError, match="use_cache must be True or False"):
         m.generate(x, 2, use_cache="yes")
+
+
+def test_a_modern_decoder_survives_a_checkpoint(wtok, tmp_path):
+    from tinyld.checkpoints import load_model, save_checkpoint
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size, **LLAMA)).double().eval()
+    back, tok, _ = load_model(save_checkpoint(tmp_path / "m.pt", m, wtok))
+    x = torch.randint(0, wtok.vocab_size, (2, 7))
+    assert back.config == m.config and tok.identity() == wtok.identity()
+    torch.testing.assert_close(back.double()(x), m(x), rtol=0, atol=0)

@@ -22,7 +22,7 @@ from tinyld.data import Example, PairData, TextStream, make_batch  # noqa: E402
 from tinyld.dynamics import one_step  # noqa: E402
 from tinyld.gguf import load  # noqa: E402
 from tinyld.preference import PreferenceData, Reference  # noqa: E402
-from tinyld.tokenizers import gguf_file  # noqa: E402
+from tinyld.tokenizers import gguf_file, tokenizer_from_identity  # noqa: E402
 from tinyld.train import TrainConfig, Trainer  # noqa: E402
 from tinyld.updates import SFTUpdate, lm_rows  # noqa: E402
 
@@ -71,6 +71,8 @@ def test_the_tokenizer_equals_the_releases_on_hostile_text(smollm2, hf_tok):
         assert ids == hf_tok.encode(text, add_special_tokens=False), text
         assert tok.decode(ids) == text
     assert tok.encode("12345") == [tok.stoi[d] for d in "12345"]  # digits one by one
+    again = tokenizer_from_identity(tok.identity())  # as a checkpoint rebuilds it
+    assert again.digest == tok.digest and again.encode(HOSTILE[-1]) == tok.encode(HOSTILE[-1])
     with pytest.raises(TinyldError, match=r"a byte that is not in the 49152-token vocabulary \(0x04\)"):
         tok.encode("a\x04b")
 
