@@ -162,12 +162,17 @@ except ImportError as e:
 # 1. **Another digit.** Repeat section 1 with a training 3 instead of a 4 (and Δπ(3)). Predict which classes rise
 #    most, then check with `one_step_picture(early, xtr[i], 3, xte, yte, ETA)["dpi"].argsort(descending=True)`.
 # 2. **A later model.** Take the one-step picture at the final checkpoint (`run.checkpoints[-1]`) instead of
-#    epoch 1. Predict whether Δπ(4) on other 4s gets larger or smaller, and why (hint: the residual π − e_4).
-#    Check with the `dpi` tensor.
+#    epoch 1. Predict whether Δπ(4) on other 4s gets larger or smaller, and why (hint: the residual π − e_4 of
+#    the training 4, at each checkpoint). Check with the `dpi` tensor.
 # 3. **Scale vs ranking from the start.** Which changes more in the first epoch, the scale or the ranking? The
 #    scale's change is `scale[1] / scale[0]`. `rho` compares each epoch with the *final* one, so for the ranking
 #    recompute the (24, 24) `norms` at `run.checkpoints[0]` and `[1]` as in the loop above, and pass their
 #    entries `[iu[0], iu[1]]` to `spearman` from `tinyld.classify`.
+#
+# Check your answers with `python lessons/exercises/05_digits.py`: it asks for the quantities behind these
+# questions (Δπ(y_u) by class after one step, built by hand; ‖π − e_y‖ of the updating image at every checkpoint;
+# the scale ratio and ρ of the first epoch), compares each with an independent computation, and prints a hint on a
+# miss. Worked solutions: `lessons/solutions/05_digits.py`.
 
 # %%
 print("lesson 5 OK")
