@@ -173,11 +173,18 @@ except ImportError as e:
 #
 # ## Exercises
 # 1. Change `TAU` to −1.7 (the MATH value, perplexity 1.20) and to −3.0. Which examples count as memorized now,
-#    and how does R² change? (The forecast command prints R² for a whole range of τ.)
-# 2. Add a third run to `RUNS`: `"middle": (128, 1e-3, 10)` (questions, lr, epochs). Where do its points fall?
+#    and how does R² change? (`pm_curve(points, tau)` recomputes PM for another τ without training again; the
+#    forecast command prints R² for a whole range of τ.)
+# 2. Add a third run to `RUNS`: `"middle": (128, 1e-3, 10)` (questions, lr, epochs). Where do its points fall:
+#    on the line fitted to the other two runs, above it or below it?
 # 3. Grade the samples by the *reference form* instead: count a sample correct only if it equals the reference
 #    solution word for word. (`tinyld.evaluate.sampled_answers(model, tok, prompts, 5, seed, 0.8, 26)` gives the
 #    samples; `world.train_examples(problems)` the references.) How does that "trace accuracy" compare with PM?
+#
+# Check your answers with `python lessons/exercises/11_pre_memorization.py`: it asks for the quantities behind
+# these questions (PM train accuracy at any τ, each new point's distance from the fitted line, the trace accuracy),
+# checks each on small made-up tables against an independent computation, and prints a hint on a miss. Worked
+# solutions: `lessons/solutions/11_pre_memorization.py`.
 
 # %%
 print("lesson 11 OK")
