@@ -151,14 +151,21 @@ assert dec["rel_err_tokens"] < 0.05
 # `--preset gpt2` (GPT-2 small pretrained on the world's text), on one GPU or, under torchrun, on several.
 #
 # ## Exercises
-# 1. Run `torchrun --standalone --nproc_per_node=2 -m tinyld demo --fast --threads 1 --out two` and
-#    `python -m tinyld demo --fast --threads 1 --out one`, and compare the losses in `two/demo.json` and
-#    `one/demo.json`. How close are they, and why not bit-equal?
+# 1. **Two ranks in float32.** Repeat the first check of section 1 with a float32 copy of the model
+#    (`copy.deepcopy(base).float()`). Is the mean of the two ranks' gradients bit-equal to the global gradient? How
+#    close is it, and why not bit-equal? (With torchrun, the same shows in a real run: compare the losses in
+#    `two/demo.json` and `one/demo.json` after `torchrun --standalone --nproc_per_node=2 -m tinyld demo --fast
+#    --threads 1 --out two` and `python -m tinyld demo --fast --threads 1 --out one`.)
 # 2. In section 1, give rank 1 the first half as well (`shard(batch, 0, 2)` for both). The two ranks then agree
 #    with each other. Which check fails, and what would training under torchrun silently do?
 # 3. Make the token-mean loss safe for data parallelism: have each rank divide its token sum by (global number of
 #    response tokens) / N, where the global count comes from an all-reduce (here: `sum(counts)`), and check the
 #    average again.
+#
+# Check your answers with `python lessons/exercises/13_scaling_up.py`: it simulates the ranks in one process and
+# asks for the quantities behind these questions (the gradient the ranks agree on, the weight each sequence gets
+# in it, the safe token-mean loss), compares each with an independent computation, and prints a hint on a miss.
+# Worked solutions: `lessons/solutions/13_scaling_up.py`.
 
 # %%
 print("lesson 13 OK")
