@@ -296,13 +296,20 @@ assert all(r["mass"][-1]["rejected"]["argmax"] > r["mass"][0]["rejected"]["argma
 # %% [markdown]
 # ## Exercises
 # 1. Set `MODE = "easy"`. Before DPO, how deep is the valley, and how far is y* from y⁺? Which claims change? (The
-#    asserts are for the hard world; in the easy one some of them fail.)
+#    asserts are for the hard world; in the easy one some of them fail.) Predict the gap log π(y*|x) − log π(y⁺|x)
+#    in each world before you compute it (`star_gap`).
 # 2. Build the config with `DPODynamicsConfig(..., optimizer="sgd", lr=1e-2)`. Does y⁺ now rise during the first
-#    epoch before it falls? (Adaptive optimizers rescale DPO's small β(1 − a) away; plain SGD keeps it.)
+#    epoch before it falls? (Adaptive optimizers rescale DPO's small β(1 − a) away; plain SGD keeps it.) Predict,
+#    then take five plain-SGD DPO steps by hand on 8 pairs and follow the mean log π(y⁺) (`sgd_chosen_curve`).
 # 3. Run `dpo(..., on_policy=True)`: every epoch the pairs are sampled from the current model and ranked by the
 #    world's oracle, so y⁻ is an answer the model itself gives. Compare `squeeze_summary` of both runs. Mind what
 #    is measured: the tracker and the mass table stay at the world's y⁻ (at the positions of the world's y⁻), which
-#    on-policy DPO never pushes on; the positions of the sampled y⁻ are not measured.
+#    on-policy DPO never pushes on; the positions of the sampled y⁻ are not measured. Before you run it, predict
+#    which sits deeper under the SFT model, per token: the world's y⁻ or a sampled one (`rejected_per_token`).
+#
+# Check your answers with `python lessons/exercises/09_dpo_dynamics.py`: fill in its three functions; each is
+# computed on seed 0's SFT model (with `TINYLD_FAST=1`, the fast-mode one) and compared with the library's
+# measurements or its Trainer, and a miss prints a hint. Worked solutions: `lessons/solutions/09_dpo_dynamics.py`.
 
 # %%
 print("lesson 9 OK")
