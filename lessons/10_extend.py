@@ -184,11 +184,20 @@ assert claims["extend: y⁺ falls less in DPO"]["held"] == len(SEEDS)
 
 # %% [markdown]
 # ## Exercises
-# 1. Set `cfg.samples = 16` and rerun: do the win counts keep their sign, or were they noise?
+# 1. Set `cfg.samples = 16` and rerun: do the win counts keep their sign, or were they noise? Before you rerun, ask
+#    how likely each count is if the two pipelines were equally good: the sign test's p-value (`sign_test`).
 # 2. Try `MODE = "easy"`. There y⁻ is a short wrong fact, and the base model already knows most facts. Does
 #    extend help there? (The asserts in the cell just above these exercises are for the hard world and may fail
-#    there.)
+#    there.) Predict first in which world extend's SFT lifts y⁻ more, per token, above the baseline's
+#    (`rejected_lift`).
 # 3. Pass `optimizer="sgd"` (and `lr=1e-2`) in a `DPODynamicsConfig`. Does the optimizer change the verdicts?
+#    Predict first how far the first DPO step moves the weights under each optimizer, and how that distance changes
+#    with β (`first_step_size`).
+#
+# Check your answers with `python lessons/exercises/10_extend.py`: fill in its three functions; exercises 2 and 3
+# run on seed 0's SFT models (with `TINYLD_FAST=1`, the fast-mode ones), each answer is compared with an independent
+# computation (a binomial distribution, the library's measurements, its Trainer), and a miss prints a hint. Worked
+# solutions: `lessons/solutions/10_extend.py`.
 
 # %%
 print("lesson 10 OK")
