@@ -159,11 +159,18 @@ for name, a in aucs.items():
 #
 # ## Exercises
 # 1. Rerun the pairs with plain SGD: `dpo_change(ForecastConfig(ches_lr=1e-2), model, tok, pairs, seed=0,
-#    optimizer="sgd")`. SGD's steps follow the gradient, the case the derivation covers. Do the AUCs change?
-# 2. Compute the gradient score ⟨g⁺, g⁻⟩ − ‖g⁺‖² with `grad(m64, prompt, response)` for every pair. How well
-#    does it rank the falling pairs, and how close is CHES to it?
+#    optimizer="sgd")`. SGD's steps follow the gradient, the case the derivation covers. Do the AUCs change? First
+#    take those five SGD steps on one pair by hand (`sgd_change`).
+# 2. Compute the gradient score ⟨g⁺, g⁻⟩ − ‖g⁺‖² with `grad(m64, prompt, response)` for every pair
+#    (`gradient_score` for one pair). How well does it rank the falling pairs, and how close is CHES to it?
 # 3. Use the hard world (`base(dcfg, 0, "hard")`), where y⁺ carries a long random tail. Which kinds of y⁻
-#    fall now?
+#    fall now? Predict with ρ = ⟨g⁺, g⁻⟩/‖g⁺‖² (`displacement_ratio`): to first order, one small SGD step lowers
+#    log π(y⁺) exactly when ρ > 1.
+#
+# Check your answers with `python lessons/exercises/12_ches.py`: fill in its three functions; each is computed on
+# seed 0's SFT models in float64 (with `TINYLD_FAST=1`, the fast-mode ones) and compared with `dpo_change` or with
+# the first-order prediction of `tinyld.kernel.predict`, and a miss prints a hint. Worked solutions:
+# `lessons/solutions/12_ches.py`.
 
 # %%
 print("lesson 12 OK")
