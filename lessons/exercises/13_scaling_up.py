@@ -13,7 +13,6 @@ own token-mean cross-entropy. A failed check prints a hint. Worked solutions: ``
 """
 import copy
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tinyld.distributed import shard
 from tinyld.losses import sft_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
-from check import FAST, compare, exercise, lesson_model, run_checks  # noqa: E402
+from check import compare, exercise, fast, lesson_model, run_checks  # noqa: E402
 
 
 def ranks_gradient(model, batch: Batch, world: int) -> torch.Tensor:
@@ -68,9 +67,8 @@ def lesson_setting():
 
 
 def lesson_steps() -> int:
-    """The lesson model's pretraining steps: 400 in fast mode, 3000 otherwise. TINYLD_FAST is read when a check
-    runs, since the test suite sets it after check.py (and its FAST) was imported."""
-    return 400 if FAST or os.environ.get("TINYLD_FAST", "") not in ("", "0") else 3000
+    """The lesson model's pretraining steps: 400 in fast mode, 3000 otherwise."""
+    return 400 if fast() else 3000
 
 
 @functools.lru_cache(maxsize=2)

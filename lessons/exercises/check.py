@@ -15,14 +15,19 @@ from typing import Callable
 import torch
 
 HERE = Path(__file__).parent
-FAST = os.environ.get("TINYLD_FAST", "") not in ("", "0")  # as in the lessons: fast mode checks on the fast models
+
+
+def fast() -> bool:
+    """Fast mode, as in the lessons (TINYLD_FAST=1): checks then use the fast models. Read at each call, so setting
+    the variable after this module was imported counts."""
+    return os.environ.get("TINYLD_FAST", "") not in ("", "0")
 
 
 def lesson_model(steps: int | None = None):
     """(world, tokenizer, model): the pretrained world model the lessons use (400 steps in fast mode, else 3000),
     cached in tinyld_out/cache of the folder you run from, so a model the lesson made is reused."""
     from tinyld.pretrained import pretrained
-    return pretrained(seed=0, steps=steps or (400 if FAST else 3000))
+    return pretrained(seed=0, steps=steps or (400 if fast() else 3000))
 
 
 def compare(got, want, atol: float, why: str) -> str | None:

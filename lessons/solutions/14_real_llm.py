@@ -52,8 +52,17 @@ MISTAKES = [
     (1, {"mean_answer_logprob": lambda model, tok, q, a: mean_answer_logprob(model, tok, q, a + "\n")},
      "off by"),  # a different answer: the EOS is appended by make_batch, not written into the text
     (2, {"sft_residual": lambda model, tok, q, a: -sft_residual(model, tok, q, a)}, "off by"),  # the sign of G
-    (3, {"argmax_share": lambda lp0, lp1, y: argmax_share(lp1, lp0, y)}, "off by"),  # before and after swapped
+    (3, {"argmax_share": lambda lp0, lp1, y: share_of_all(lp0, lp1)}, "off by"),  # the pushed token counted too
 ]
+
+
+def share_of_all(lp_before: torch.Tensor, lp_after: torch.Tensor) -> float:
+    """The mistake: divide by what every token but the top lost. Probability is conserved, so that is the top's
+    gain itself and the share is always 1."""
+    pi, after = lp_before.exp(), lp_after.exp()
+    top = int(pi.argmax())
+    rest = torch.arange(len(pi)) != top
+    return ((after[top] - pi[top]) / (pi - after)[rest].sum()).item()
 
 if __name__ == "__main__":
     run_checks(checks_of("14_real_llm"), sys.modules[__name__])
