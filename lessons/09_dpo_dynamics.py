@@ -299,7 +299,8 @@ assert all(r["mass"][-1]["rejected"]["argmax"] > r["mass"][0]["rejected"]["argma
 #    asserts are for the hard world; in the easy one some of them fail.) Predict the gap log π(y*|x) − log π(y⁺|x)
 #    in each world before you compute it (`star_gap`).
 # 2. Build the config with `DPODynamicsConfig(..., optimizer="sgd", lr=1e-2)`. Does y⁺ now rise during the first
-#    epoch before it falls? (Adaptive optimizers rescale DPO's small β(1 − a) away; plain SGD keeps it.) Predict,
+#    epoch before it falls? (An adaptive optimizer divides the gradient by its running size, so DPO's small
+#    β(1 − a) no longer sets the step; plain SGD keeps it.) Predict,
 #    then take five plain-SGD DPO steps by hand on 8 pairs and follow the mean log π(y⁺) (`sgd_chosen_curve`).
 # 3. Run `dpo(..., on_policy=True)`: every epoch the pairs are sampled from the current model and ranked by the
 #    world's oracle, so y⁻ is an answer the model itself gives. Compare `squeeze_summary` of both runs. Mind what
