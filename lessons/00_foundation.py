@@ -130,13 +130,19 @@ assert same
 # * SFT raises log π(y⁺|x). Training resumes exactly from a checkpoint.
 #
 # ## Exercises
-# 1. **Valley depth vs pretraining length.** Load `pretrained(seed=0, steps=100)` and compare its
-#    `valley_depth(model, tok)` with the model above. Predict first: deeper or shallower? Check with
-#    `assert valley_depth(short, tok) > valley` (a shallower valley is a larger, less negative number).
+# 1. **Valley depth vs pretraining length.** Compute the valley depth by hand: the mean log π of random token
+#    sequences, each token scored by the logits of the position before it. Predict first: does less pretraining
+#    give a deeper or a shallower valley? Compare a fresh `GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size))`
+#    (0 steps) and `pretrained(seed=0, steps=100)` with `valley` above (a shallower valley is a larger, less
+#    negative number).
 # 2. **Causality from the other side.** Change the *first* response token of `x` instead of the last. Which
-#    logits must stay equal now? Check with `torch.equal(model(x)[0, :k], model(y)[0, :k])` for the right `k`.
-# 3. **Resume from another step.** Save after 3 steps instead of 5 and resume to 10. The bit-for-bit `same`
-#    check above must still pass.
+#    logits must stay equal now? Find the `k` for which `torch.equal(model(x)[0, :k], model(y)[0, :k])` must hold.
+# 3. **Resume from another step.** Save after 3 steps instead of 5 and resume. The bit-for-bit `same` check above
+#    must still pass: what does the checkpoint hold that makes the break invisible?
+#
+# Check your answers with `python lessons/exercises/00_foundation.py`: it asks for the quantities behind these
+# questions (the valley depth, the `k`, the weights after a save at step 3 and a resume to step 5), compares each
+# with an independent computation, and prints a hint on a miss. Worked solutions: `lessons/solutions/00_foundation.py`.
 
 # %%
 print("lesson 0 OK")
