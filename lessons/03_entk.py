@@ -155,6 +155,11 @@ except (ImportError, NameError) as e:
 #    "nothing shared" mean is near 0 or negative, "more than twice it" says little; compare the means themselves.)
 # 3. **Another position.** Select the row that predicts each response's *first* token (the person's name) instead
 #    of the answer word. Which kind of pair is now the most aligned? Read it off `means`.
+#
+# Check your answers with `python lessons/exercises/03_entk.py`: it asks for the quantities behind these questions
+# (K with the roles swapped, from K alone; `means` for any model; `means` at the first response token), compares
+# them with K recomputed and with gradients taken one by one with autograd, and prints a hint on a miss. Worked
+# solutions: `lessons/solutions/03_entk.py`.
 
 # %%
 print("lesson 3 OK")
