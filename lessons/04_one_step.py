@@ -396,6 +396,11 @@ assert 3.5 < ratio < 4.5 and rb[1].err_seq < 0.05
 # 3. **SFT on the wrong answer.** Replace `update` by `SFTUpdate(rows_r)` (train on "judy lives in cairo .").
 #    Predict the sign of the change of `chosen`, then check with `one_step(model, SFTUpdate(rows_r), ro, ETA)`
 #    and its `actual_seq[chosen]`.
+#
+# Check your answers with `python lessons/exercises/04_one_step.py`: it asks for the quantities behind these
+# questions (the relative error for a target, the per-position change of y⁻, the actual change of y⁺), compares
+# each with the step redone in plain PyTorch (autograd's gradient, the step by hand, the first-order change by
+# reverse-mode autograd), and prints a hint on a miss. Worked solutions: `lessons/solutions/04_one_step.py`.
 
 # %%
 print("lesson 4 OK")
