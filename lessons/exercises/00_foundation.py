@@ -9,7 +9,6 @@ token changed, an uninterrupted training run), and a failed check prints a hint.
 pretrained model (``pretrained(seed=0, steps=400)`` with TINYLD_FAST=1, else 3000 steps). Worked solutions:
 ``lessons/solutions/00_foundation.py``.
 """
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -52,10 +51,10 @@ _cache = {}
 
 
 def setup():
-    """The lesson's model and world, cached: (world, tok, model in float64). Fast mode is read when a check runs,
-    not when this file is imported, so a test that sets TINYLD_FAST later still gets the fast model."""
+    """The lesson's model and world, cached: (world, tok, model in float64). Fast mode (TINYLD_FAST=1)
+    gives the fast model."""
     if "model" not in _cache:
-        world, tok, model = lesson_model(400 if os.environ.get("TINYLD_FAST", "") not in ("", "0") else 3000)
+        world, tok, model = lesson_model()
         _cache["model"] = world, tok, model.double().eval()
     return _cache["model"]
 

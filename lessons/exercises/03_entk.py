@@ -10,7 +10,6 @@ checks use the lesson's pretrained model (``pretrained(seed=0, steps=400)`` with
 and its prompts (``items``: a list of world items, like the lesson's 20). Worked solutions:
 ``lessons/solutions/03_entk.py``.
 """
-import os
 import sys
 from pathlib import Path
 
@@ -55,7 +54,7 @@ def setup():
     """The lesson's model (float64), its tokenizer and items, cached: the lesson's 20 items (4 people × 5
     relations) and, to keep the checks quick, 9 of them (3 people × 3 relations: every kind of pair is there)."""
     if "setup" not in _cache:
-        world, tok, model = lesson_model(400 if os.environ.get("TINYLD_FAST", "") not in ("", "0") else 3000)
+        world, tok, model = lesson_model()
         model = model.double().eval()  # fast mode is read here, when a check runs, as the lessons read it
         people = world.train_people[:2] + world.test_people[:2]
         items = [world.item(n, r) for n in people for r in ["city", "job", "pet", "food", "color"]]

@@ -11,7 +11,6 @@ check prints a hint. The checks use the lesson's pretrained model (``pretrained(
 TINYLD_FAST=1, else 3000 steps), its prompt ``item = world.train_items()[0]`` and the twelve probe families as
 observed rows ``ro``. Worked solutions: ``lessons/solutions/04_one_step.py``.
 """
-import os
 import sys
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def setup():
     """The lesson's objects, cached: model (float64), tokenizer, item, probe names, observed rows and batch, the
     SFT update on y⁺ and the DPO update (β = 0.1, the model as its own reference)."""
     if "setup" not in _cache:
-        world, tok, model = lesson_model(400 if os.environ.get("TINYLD_FAST", "") not in ("", "0") else 3000)
+        world, tok, model = lesson_model()
         model = model.double().eval()  # fast mode is read here, when a check runs, as the lessons read it
         item = world.train_items()[0]
         probes = world.probes(item)
