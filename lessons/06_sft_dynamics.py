@@ -234,17 +234,34 @@ assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 10  # hard 
 
 # %% [markdown]
 # ## Exercises
-# 1. Run `python -m tinyld sft-dynamics --fast --optimizer sgd --lr 1e-4` (or pass `optimizer="sgd", lr=1e-4` to
-#    `sft_run`). Which claims change? With plain SGD, the A·K·G readings above describe the optimizer that ran. The
-#    lab report's conditions table shows the sweep in full mode.
+# 1. **SGD or AdamW?** Write `family_means(model, tok, probes)`: the mean over the training prompts of log π(y|x_u)
+#    for every family, y* included (the numbers the claims are judged on). Predict which families, if any, move the
+#    other way in an epoch of plain SGD (lr 1e-4) than in an epoch of AdamW (lr 1e-3), then compare the means
+#    before and after each: `m = copy.deepcopy(model)`, then `Trainer(m, data, TrainConfig(task="sft",
+#    optimizer="sgd", lr=1e-4, steps=data.batches_per_epoch, grad_clip=0.0, progress=False), tok).run()` (from
+#    `tinyld.train`; `data` as in the one-step SGD cell). Then run `python -m tinyld sft-dynamics --fast
+#    --optimizer sgd --lr 1e-4` (or pass `optimizer="sgd", lr=1e-4` to `sft_run`). Which claims change? With plain
+#    SGD, the A·K·G readings above describe the optimizer that ran. The lab report's conditions table shows the
+#    sweep in full mode.
 # 2. Track your own families, in the world's words: `probes.save("mine.jsonl")`, add a key (say `first`: a response
-#    that shares only its first word with y⁺) to every line, then `mine = ProbeSet.load("mine.jsonl")` and
-#    `sft_run(cfg, 0, "hard", model, tok, mine, None)` with the `model`, `tok` of `setup`. (On the command line,
-#    `--probes` is for GPT-2-BPE models: it needs `--model`.) Does `first` rise?
+#    that shares only its first word with y⁺, such as y⁺'s first word followed by `hum`) to every line, then
+#    `mine = ProbeSet.load("mine.jsonl")` and `sft_run(cfg, 0, "hard", model, tok, mine, None)` with the `model`,
+#    `tok` of `setup`. (On the command line, `--probes` is for GPT-2-BPE models: it needs `--model`.) Does `first`
+#    rise? Then see where: write `token_changes(before, after, tok, prompt, response)`, the change of
+#    log π(y_m | x, y_<m) at every token of y (EOS included) from one model to another. Predict whether the word
+#    `first` shares with y⁺ or the rest of `first` gains more in an epoch of SFT, then compute it.
 # 3. Make y_init the paper's way: sample one long answer per prompt with
 #    `tinyld.evaluate.sampled_answers(model, tok, prompts, 1, seed=0, max_new_tokens=24)`, add it to every line of
 #    the probe file as a family `sampled` (exercise 2), and track it. Where does it start, and does it rise first?
-#    Then explain the greedy y_init's fall: what does SFT in hard mode teach about the token after "."?
+#    Then explain the greedy y_init's fall: what does SFT in hard mode teach about the token after "."? Write
+#    `end_after_fact(model, tok, probes)`, log π(EOS | x_u, f_u) for each training prompt, where f_u is the first
+#    sentence of y_u⁺ (its fact). Predict it before SFT and after an epoch of it, and use `token_changes` to see how
+#    much of y_init's fall happens at its last token, the EOS.
+#
+# Check your answers with `python lessons/exercises/06_sft_dynamics.py`: fill in its three functions; each is
+# compared, on the hard-mode base model of seed 0 before and after one SGD step, with an independent computation
+# (the `Tracker`, a batch's token log-probs), and a miss prints a hint. Worked solutions:
+# `lessons/solutions/06_sft_dynamics.py`.
 
 # %%
 print("lesson 6 OK")
