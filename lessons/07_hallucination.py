@@ -213,18 +213,31 @@ assert last >= first  # held-out prompts: "answer B to question A" is no rarer a
 
 # %% [markdown]
 # ## Exercises
-# 1. Re-run the attribution with `attr_lr=1e-3` (`SFTDynamicsConfig(attr_lr=1e-3, ...)`). How does R² change?
-#    Lesson 4 showed that one step's error grows like η²; relative to the change itself (which grows like η) it
-#    grows like η.
-# 2. Attribute in easy mode (`setup(cfg, 0, "easy")`). Does y_{j≠u}⁺ still rise, and is j still the top example?
+# 1. **A larger step.** Write `step_change(model, tok, prompt, response, batch, eta)`: the predicted (first-order)
+#    and the actual change of log π(y|x) in one plain-SGD step of lr η on a batch. For y_j⁺ under x_u (`y_j`,
+#    `u.prompt`) and the attribution's first batch, `PairData(tok, probes.examples("train"), cfg.batch_size,
+#    seed=SEEDS[0]).batch(0)`, predict how the relative error |predicted − actual|/|actual| changes from η = 1e-4 to
+#    1e-3, then compute it. Then re-run the attribution with `attr_lr=1e-3`
+#    (`SFTDynamicsConfig(attr_lr=1e-3, ...)`). How does R² change? Lesson 4 showed that one step's error grows like
+#    η²; relative to the change itself (which grows like η) it grows like η.
+# 2. **Easy mode.** Write `per_example(model, tok, prompt, response, batch, eta)`: the predicted change of
+#    log π(y|x) due to each example of the batch in one plain-SGD step (the by-hand cell above, for a batch of B).
+#    Predict, then compute, which example of a batch holding (x_u, y_u⁺), (x_j, y_j⁺) and a few other training
+#    examples gives y_{j≠u}⁺ under x_u the largest push, in hard mode and in easy mode (`setup(cfg, 0, "easy")`).
+#    Then attribute the whole run in easy mode: does y_{j≠u}⁺ still rise, and is j still the top example?
 # 3. Where do the wrong answers on held-out prompts come from? Finetune a copy of `model` yourself:
 #    `m = copy.deepcopy(model)`, `data = PairData(tok, probes.examples("train"), cfg.batch_size, seed=SEEDS[0])`,
 #    `Trainer(m, data, TrainConfig(task="sft", steps=cfg.epochs * data.batches_per_epoch, lr=cfg.lr,
 #    grad_clip=0.0, progress=False), tok).run()` (from `tinyld.train`). Answer every held-out prompt with
-#    `tinyld.evaluate.greedy_answers(m, tok, [it.prompt for it in world.test_items()], 24)` and sort each answer
-#    with `world.classify(it, answer)`. For the `other_question` answers, which training prompt's fact was said:
-#    one of the same relation, of the same person, or neither? For the `wrong_value` answers, is the wrong value
-#    the value of a training fact of the same relation (`world.train_items()`: `relation`, `value`)?
+#    `tinyld.evaluate.greedy_answers(m, tok, [it.prompt for it in world.test_items()], 24)`, and write
+#    `answer_sources(world, items, answers)`: one code per answer (the exercise file lists them) that says, for an
+#    `other_question` answer (`world.classify`), whether the training prompt whose fact was said is of the same
+#    relation, of the same person, or neither, and for a `wrong_value` answer, whether the wrong value is the value
+#    of a training fact of the same relation (`world.train_items()`: `relation`, `value`). Predict the counts first.
+#
+# Check your answers with `python lessons/exercises/07_hallucination.py`: fill in its three functions; exercises 1
+# and 2 are compared with float64 central differences of log π along the step, exercise 3 with a parse of the
+# world's sentences, and a miss prints a hint. Worked solutions: `lessons/solutions/07_hallucination.py`.
 
 # %%
 print("lesson 7 OK")
