@@ -55,7 +55,7 @@ def lesson_models():
     lesson's config and ``setup``, so the cached model is shared), in float64, and a copy after one plain-SGD step
     of lr ``LR`` on the first batch of the lesson's SFT runs; ``probe``: the training probe of that batch's first
     example. Made once (per fast or full mode)."""
-    fast = fast_mode()  # TINYLD_FAST, read when the check runs (check.FAST is read once, on import)
+    fast = fast_mode()  # TINYLD_FAST, read when the check runs
     if fast not in _MADE:
         seeds = [0, 1] if fast else [0, 1, 2]
         cfg = SFTDynamicsConfig(seeds=seeds, epochs=20, pretrain_steps=3000, fast=fast, attribution=False)

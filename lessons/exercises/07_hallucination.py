@@ -66,7 +66,7 @@ _MADE = {}
 def lesson_setup(mode: str):
     """(float64 copy, tok, probes, world, cfg, model) of seed 0 in ``mode``: the lesson's config and ``setup`` (so
     the cached base model is shared); ``model`` is the float32 model as ``setup`` gives it. Made once per mode."""
-    fast = fast_mode()  # TINYLD_FAST, read when the check runs (check.FAST is read once, on import)
+    fast = fast_mode()  # TINYLD_FAST, read when the check runs
     if (fast, mode) not in _MADE:
         seeds = [0, 1] if fast else [0, 1, 2]
         cfg = SFTDynamicsConfig(seeds=seeds, modes=["hard"], epochs=20, pretrain_steps=3000, attr_prompts=4,

@@ -7,20 +7,16 @@ independent computation, with a tolerance that says why; a failed check prints a
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from tinyld.runtime import fast_mode
+
 HERE = Path(__file__).parent
-
-
-def fast() -> bool:
-    """Fast mode, as in the lessons (TINYLD_FAST=1): checks then use the fast models. Read at each call, so setting
-    the variable after this module was imported counts."""
-    return os.environ.get("TINYLD_FAST", "") not in ("", "0")
+fast = fast_mode  # fast mode, as in the lessons (TINYLD_FAST=1), read at each call: checks then use the fast models
 
 
 def lesson_model(steps: int | None = None):
