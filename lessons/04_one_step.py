@@ -146,9 +146,9 @@ assert share > 0.8 and per_pos[0] > 0.6 * per_pos.sum()  # the first token carri
 # The step acts where the model is still unsure, because that is where the residual is large. Once the person's
 # name is written, the rest of the answer ("lives in delhi .") is nearly certain. Which name *starts* the answer
 # is not: many names follow "answer :" in the world's texts, and a tiny model copies the name from the question
-# only unreliably. In our runs both the fast-mode and the full-mode model gave "judy" less than 3 % there, so the
-# SFT step acted mostly on the **first** response token: 77 % of y⁺'s change with the fast-mode model, and
-# essentially all of it with the full-mode one.
+# only unreliably. In our runs (seed 0) the fast-mode model gave "judy" less than 3 % there and the full-mode model
+# 86 %, while every later token was nearly certain in both. So the SFT step acted mostly on the **first** response
+# token: 77 % of y⁺'s change with the fast-mode model, and essentially all of it with the full-mode one.
 #
 # ## The first position is shared by every family
 # Every family answers the same prompt, so at the first response position all of them read the *same*
