@@ -53,6 +53,9 @@ def test_the_course_covers_every_lesson_and_has_a_glossary():
     assert len(weeks) == 4
     taught = {int(n) for row in weeks for n in re.findall(r"\b(\d\d)\b", row.split("|")[2])}
     assert taught == {int(p.name[:2]) for p in LESSONS}
+    for lesson in LESSONS:  # every lesson's exercises, solutions and rendered page, week by week
+        for link in (f"(exercises/{lesson.name})", f"(solutions/{lesson.name})", f"`site/{lesson.stem}.html`"):
+            assert link in course, link
     glossary = course.split("## Glossary", 1)[1]
     for term in ("A", "K", "G", "π", "η", "y\\*", "y_init", "valley depth", "PM", "CHES", "`other_chosen`",
                  "`ProbeSet`"):
