@@ -152,8 +152,11 @@ def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", rep
 
     if dev.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    theta0 = {k: v.clone() for k, v in model.state_dict().items()}
     t_step = _time(step, repeat, warmup, dev.device)
     peak_step = _peak_mb(dev.device)
+    model.load_state_dict(theta0)  # the timed steps moved the weights: the prediction is timed and checked at θ₀
+    del theta0
     if dev.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t_dec = _time(decompose, repeat, warmup, dev.device)
