@@ -393,9 +393,9 @@ assert 3.5 < ratio < 4.5 and rb[1].err_seq < 0.05
 #    the error is O(η²) and the change is O(η)). Check by printing `rep.summary()`.
 # 2. **Where does DPO push?** Predict which position of y⁻ carries most of its DPO change, then check with
 #    `rd.per_position(names.index("rejected"))`: the position you name should hold the largest absolute value.
-# 3. **SFT on the wrong answer.** Replace `update` by `SFTUpdate(rows_r)` (train on "judy lives in cairo .").
-#    Predict the sign of the change of `chosen`, then check with `one_step(model, SFTUpdate(rows_r), ro, ETA)`
-#    and its `actual_seq[chosen]`.
+# 3. **SFT on the wrong answer.** Take the SFT step on y⁻ instead, "judy lives in cairo ." (`rows_r`, made in
+#    the DPO section above). Predict the sign of the change of `chosen`, then check with
+#    `one_step(model, SFTUpdate(rows_r), ro, ETA)` and its `actual_seq[chosen]`.
 #
 # Check your answers with `python lessons/exercises/04_one_step.py`: it asks for the quantities behind these
 # questions (the relative error for a target, the per-position change of y⁻, the actual change of y⁺), compares

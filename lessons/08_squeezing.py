@@ -323,8 +323,9 @@ assert zn.softmax(-1)[top] > pi[top] and zn.softmax(-1)[Y_OFF] < pi[Y_OFF]
 #    picture 1? One assert after picture 2 now fails. Which comparison of the off- and on-policy cases survives,
 #    and why is "the mass taken from the other labels" a better measure of squeezing than the top label's gain?
 # 2. **On-policy, but not the peak.** Set `Y_ON = 1`, the runner-up. Predict the sign of log Z before you run:
-#    does every other label still rise? (Hint: compare π(y⁻) with ‖π‖² in the first-order threshold.) One
-#    assert after picture 2 fails: which one, and what does that say about "on-policy" at the runner-up?
+#    does every other label still rise? (Hint: compare π(y⁻) with ‖π‖² in the first-order threshold.) Two
+#    asserts after picture 2 now fail (Python stops at the first): which, and what does that say about
+#    "on-policy" at the runner-up?
 # 3. **A big step on a flatter π.** Set `SCALE = 0.5` and `ETA = 8.0`. In picture 2 the threshold is now above
 #    zero and some labels fall although y⁻ is the peak: "no other label falls" holds only to first order in η′
 #    (lessons/NOTES.md §3). Which labels fall, the large or the small ones? Does the threshold rule still hold?

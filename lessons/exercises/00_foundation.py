@@ -2,7 +2,7 @@
 
 Fill in each function below where it says ``raise NotImplementedError``, then run this file:
 
-    python lessons/exercises/00_foundation.py
+    TINYLD_FAST=1 python lessons/exercises/00_foundation.py    # on the fast-mode models, as in the lab
 
 Each answer is checked against an independent computation (PyTorch's cross-entropy, the model's own logits with a
 token changed, an uninterrupted training run), and a failed check prints a hint. The checks use the lesson's
@@ -119,4 +119,4 @@ def check_resumed(answers):
 CHECKS = [check_valley, check_prefix, check_resumed]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

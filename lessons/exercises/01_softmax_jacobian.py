@@ -70,4 +70,4 @@ def check_lower(answers):
 CHECKS = [check_spectrum, check_symmetric, check_lower]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

@@ -97,4 +97,4 @@ def check_normalised(answers):
 CHECKS = [check_identical, check_weight, check_normalised]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

@@ -2,7 +2,7 @@
 
 Fill in each function below where it says ``raise NotImplementedError``, then run this file:
 
-    python lessons/exercises/03_entk.py
+    TINYLD_FAST=1 python lessons/exercises/03_entk.py    # on the fast-mode models, as in the lab
 
 Each answer is checked against an independent computation (K recomputed with the roles swapped; the gradients of
 the chosen logits taken one by one with autograd and compared as cosines), and a failed check prints a hint. The
@@ -138,4 +138,4 @@ def check_first(answers):
 CHECKS = [check_swapped, check_kind_means, check_first]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

@@ -2,7 +2,7 @@
 
 Fill in each function below where it says ``raise NotImplementedError``, then run this file:
 
-    python lessons/exercises/06_sft_dynamics.py
+    TINYLD_FAST=1 python lessons/exercises/06_sft_dynamics.py    # on the fast-mode models, as in the lab
 
 Each answer is checked on the lesson's hard-mode base model of seed 0 (as the lesson's ``setup`` makes it, here in
 float64), before and after one plain-SGD step on the first batch of the SFT runs, against an independent
@@ -135,4 +135,4 @@ def check_end(answers):
 CHECKS = [check_means, check_tokens, check_end]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

@@ -2,7 +2,7 @@
 
 Fill in each function below where it says ``raise NotImplementedError``, then run this file:
 
-    python lessons/exercises/07_hallucination.py
+    TINYLD_FAST=1 python lessons/exercises/07_hallucination.py    # on the fast-mode models, as in the lab
 
 Exercises 1 and 2 are checked on the lesson's base models of seed 0 (as the lesson's ``setup`` makes them, here in
 float64), observing y_{j≠u}⁺ under x_u, against float64 central differences of log π(y|x) along the step and the
@@ -269,4 +269,4 @@ def model_answers(model, tok, probes, cfg, items) -> list[tuple[str, list[str]]]
 CHECKS = [check_step, check_per_example, check_sources]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

@@ -22,8 +22,8 @@ BASE = [3.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -5.0]  # le
 
 
 def squeezed_mass(z: torch.Tensor, y: int, eta: float) -> float:
-    """Exercise 1: the probability that the labels other than y and the top label (argmax of π) lose in the step:
-    Σ_{i ∉ {y, top}} (π_i − π′_i). A better measure of squeezing than the top label's gain when the runner-up is
+    """Exercise 1: the probability that the labels other than y and the top label (argmax of π) lose in the step,
+    net: Σ_{i ∉ {y, top}} (π_i − π′_i), where a label that rises counts negatively (so the sum can be negative). A better measure of squeezing than the top label's gain when the runner-up is
     strong (set BASE[1] = 2.6 in the lesson)."""
     raise NotImplementedError
 
@@ -48,8 +48,8 @@ def cases():
     return [(base, 9, 1.0), (base, 0, 1.0), (base, 1, 1.0), (strong, 9, 1.0), (0.5 * base, 0, 8.0)]
 
 
-@exercise(1, "the mass taken from the other labels", "π′ comes from softmax(z + Δz); leave out y and the top label "
-          "(the argmax of π before the step), and sum what the rest lose")
+@exercise(1, "the net loss of the labels other than y and the top", "π′ comes from softmax(z + Δz); leave out y "
+          "and the top label (the argmax of π before the step), and sum π − π′ over the rest, gains included")
 def check_squeezed(answers):
     for z, y, eta in cases():
         m = who_moves(z, y, eta)
@@ -85,4 +85,4 @@ def check_falling(answers):
 CHECKS = [check_squeezed, check_log_z, check_falling]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

@@ -151,4 +151,4 @@ def check_per_token(answers):
 CHECKS = [check_star_gap, check_sgd_curve, check_per_token]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

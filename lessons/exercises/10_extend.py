@@ -139,4 +139,4 @@ def check_step_size(answers):
 CHECKS = [check_sign_test, check_lift, check_step_size]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

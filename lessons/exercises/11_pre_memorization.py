@@ -142,4 +142,4 @@ def check_trace(answers):
 CHECKS = [check_pm, check_residuals, check_trace]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

@@ -143,4 +143,4 @@ def check_ratio(answers):
 CHECKS = [check_sgd_change, check_gradient_score, check_ratio]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

@@ -105,4 +105,4 @@ def check_share(answers):
 CHECKS = [check_mean, check_residual, check_share]
 
 if __name__ == "__main__":
-    run_checks(CHECKS, sys.modules[__name__])
+    sys.exit(0 if all(run_checks(CHECKS, sys.modules[__name__])) else 1)

@@ -36,7 +36,10 @@ def compare(got, want, atol: float, why: str) -> str | None:
         return "it holds NaN or infinite values"
     err = (got - want).abs().max().item() if got.numel() else 0.0
     if err > atol:
-        return f"it is off by {err:.3g} (allowed {atol:g}: {why})"
+        at = int((got - want).abs().flatten().argmax())
+        where = "" if got.dim() == 0 else f" at {tuple(int(i) for i in torch.unravel_index(torch.tensor(at), got.shape))}"
+        g, w = got.flatten()[at].item(), want.flatten()[at].item()
+        return f"it is off by {err:.3g} (allowed {atol:g}: {why}); largest miss{where}: got {g:.6g}, expected {w:.6g}"
     return None
 
 

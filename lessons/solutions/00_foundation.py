@@ -68,4 +68,4 @@ MISTAKES = [
 ]
 
 if __name__ == "__main__":
-    run_checks(checks_of("00_foundation"), sys.modules[__name__])
+    sys.exit(0 if all(run_checks(checks_of("00_foundation"), sys.modules[__name__])) else 1)

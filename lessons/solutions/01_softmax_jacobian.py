@@ -31,5 +31,12 @@ def lower_likely_class(z: torch.Tensor) -> torch.Tensor:
     return pi[k] - torch.eye(len(pi), dtype=torch.float64)[k]
 
 
+# Common mistakes, each caught by its check: (exercise, the wrong answer, what the check says).
+MISTAKES = [
+    (1, {"spectrum": lambda V: [1.0] * V}, "off by 1"),  # A·1 = 0 forgotten: A is not the identity
+    (2, {"symmetric_logits": lambda V: torch.arange(V, dtype=torch.float64)}, "A must equal its transpose"),
+    (3, {"lower_likely_class": lambda z: -lower_likely_class(z)}, "off by"),  # the sign of Δz = −e_k
+]
+
 if __name__ == "__main__":
-    run_checks(checks_of("01_softmax_jacobian"), sys.modules[__name__])
+    sys.exit(0 if all(run_checks(checks_of("01_softmax_jacobian"), sys.modules[__name__])) else 1)

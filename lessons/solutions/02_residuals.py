@@ -22,7 +22,8 @@ def identical_pair_residual_sum(logits: torch.Tensor, targets: torch.Tensor, bet
 def dpo_weight(margin: torch.Tensor, beta: float) -> torch.Tensor:
     """L = −log σ(β·margin), so ∂L/∂margin = −β(1 − σ(β·margin)) = −β(1 − a). The weight starts at β/2 (margin
     0) and fades once the model prefers y⁺ by a margin of a few 1/β. (In float64, 1 − σ(x) rounds to exactly 0
-    once x > 37 or so: that is why lesson 2's strict bounds fail for a large β·margin.)"""
+    once x > 37 or so, and to exactly 1 once x < −37 (σ(x) is then below half an ulp of 1): that is why lesson 2's
+    strict bounds 0 < β(1 − a) < β fail at both ends for a large |β·margin|.)"""
     return beta * (1 - torch.sigmoid(beta * margin))
 
 
@@ -37,5 +38,14 @@ def normalised_sft_residual(logits: torch.Tensor, targets: torch.Tensor) -> torc
     return (pi - onehot) * keep[..., None] / (B * n)
 
 
+# Common mistakes, each caught by its check: (exercise, the wrong answer, what the check says).
+MISTAKES = [
+    (1, {"identical_pair_residual_sum": lambda logits, targets, beta: 2 * normalised_sft_residual(logits, targets)},
+     "off by"),  # the two halves added with the same sign
+    (2, {"dpo_weight": lambda margin, beta: 1 - torch.sigmoid(beta * margin)}, "off by"),  # β left out
+    (3, {"normalised_sft_residual": lambda logits, targets: normalised_sft_residual(logits, targets)
+         * logits.shape[0]}, "off by"),  # the batch mean's 1/B left out
+]
+
 if __name__ == "__main__":
-    run_checks(checks_of("02_residuals"), sys.modules[__name__])
+    sys.exit(0 if all(run_checks(checks_of("02_residuals"), sys.modules[__name__])) else 1)

@@ -105,4 +105,4 @@ MISTAKES = [
 
 
 if __name__ == "__main__":
-    run_checks(checks_of("05_digits"), sys.modules[__name__])
+    sys.exit(0 if all(run_checks(checks_of("05_digits"), sys.modules[__name__])) else 1)

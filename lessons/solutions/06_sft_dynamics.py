@@ -87,4 +87,4 @@ MISTAKES = [
 ]
 
 if __name__ == "__main__":
-    run_checks(checks_of("06_sft_dynamics"), sys.modules[__name__])
+    sys.exit(0 if all(run_checks(checks_of("06_sft_dynamics"), sys.modules[__name__])) else 1)

@@ -83,4 +83,4 @@ MISTAKES = [
 ]
 
 if __name__ == "__main__":
-    run_checks(checks_of("10_extend"), sys.modules[__name__])
+    sys.exit(0 if all(run_checks(checks_of("10_extend"), sys.modules[__name__])) else 1)

@@ -81,4 +81,4 @@ MISTAKES = [
 ]
 
 if __name__ == "__main__":
-    run_checks(checks_of("11_pre_memorization"), sys.modules[__name__])
+    sys.exit(0 if all(run_checks(checks_of("11_pre_memorization"), sys.modules[__name__])) else 1)

@@ -65,4 +65,4 @@ def share_of_all(lp_before: torch.Tensor, lp_after: torch.Tensor) -> float:
     return ((after[top] - pi[top]) / (pi - after)[rest].sum()).item()
 
 if __name__ == "__main__":
-    run_checks(checks_of("14_real_llm"), sys.modules[__name__])
+    sys.exit(0 if all(run_checks(checks_of("14_real_llm"), sys.modules[__name__])) else 1)
