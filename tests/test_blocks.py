@@ -97,3 +97,19 @@ def test_a_modern_decoder_survives_a_checkpoint(wtok, tmp_path):
     x = torch.randint(0, wtok.vocab_size, (2, 7))
     assert back.config == m.config and tok.identity() == wtok.identity()
     torch.testing.assert_close(back.double()(x), m(x), rtol=0, atol=0)
+
+
+def test_a_cache_that_does_not_fit_is_refused():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.preset("tiny", vocab_size=40, **LLAMA)).eval()
+    x = torch.randint(0, 40, (2, 5))
+    with pytest.raises(TinyldError, match=r"cache must be a KVCache\(2\)"):
+        m(x, {})
+    with pytest.raises(TinyldError, match=r"cache must be a KVCache\(2\)"):
+        m(x, KVCache(1))
+    cache = KVCache(2)
+    m(x, cache)
+    with pytest.raises(TinyldError, match="the cache holds 2 sequences but idx has 1"):
+        m(x[:1], cache)
+    with pytest.raises(TinyldError, match="empty sequence"):
+        m(x[:, :0], cache)

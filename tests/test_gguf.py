@@ -1,6 +1,7 @@
 """tinyld.gguf on small GGUF files written here with llama.cpp's own writer (the gguf package): a random tinyld
 model goes out in llama.cpp's layout (query and key rows permuted by llama.cpp's converter code) and must come back
 with the same logits; a file outside what is tested is refused in one line."""
+import re
 import sys
 
 import numpy as np
@@ -28,16 +29,26 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write(path, model: GPT, arch="llama", qtype=None, pre="smollm", extra=None):
+def write(path, model: GPT, arch="llama", qtype=None, pre="smollm", extra=None, meta=None, merges=MERGES,
+          controls=len(CONTROLS), nan=False):
+    """``meta``: metadata keys to change (None drops one); ``controls``: how many tokens are control tokens."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(cfg.n_layer), w.add_context_length(cfg.block_size), w.add_embedding_length(cfg.n_embd)
-    w.add_feed_forward_length(cfg.n_inner), w.add_head_count(cfg.n_head), w.add_head_count_kv(cfg.n_kv_head)
-    w.add_rope_freq_base(cfg.rope_base), w.add_layer_norm_rms_eps(cfg.layer_norm_eps)
+    kv = {"llama.block_count": cfg.n_layer, "llama.context_length": cfg.block_size,
+          "llama.embedding_length": cfg.n_embd, "llama.feed_forward_length": cfg.n_inner,
+          "llama.attention.head_count": cfg.n_head, "llama.attention.head_count_kv": cfg.n_kv_head,
+          "llama.rope.freq_base": float(cfg.rope_base), "llama.attention.layer_norm_rms_epsilon": cfg.layer_norm_eps,
+          "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.padding_token_id": 2, **(meta or {})}
+    for key, value in kv.items():
+        if value is not None:
+            (w.add_float32 if isinstance(value, float) else w.add_uint32)(key, value)
     w.add_tokenizer_model("gpt2"), w.add_tokenizer_pre(pre), w.add_token_list(vocab())
-    w.add_token_types([3] * len(CONTROLS) + [1] * (len(vocab()) - len(CONTROLS)))
-    w.add_token_merges(MERGES), w.add_eos_token_id(2), w.add_pad_token_id(2)
-    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    w.add_token_types([3] * controls + [1] * (len(vocab()) - controls))
+    if merges is not None:
+        w.add_token_merges(merges)
+    sd = {k: v.float().numpy().copy() for k, v in model.state_dict().items()}
+    if nan:
+        sd["h.0.mlp.c_proj.weight"][0, 0] = np.nan
     C, D = cfg.n_embd, cfg.n_embd // cfg.n_head
     tensors = {"token_embd.weight": sd["wte.weight"], "output_norm.weight": sd["ln_f.weight"]}
     for i in range(cfg.n_layer):
@@ -89,8 +100,7 @@ def test_quantised_matrices_are_dequantised(small, tmp_path):
     (dict(arch="gpt2"), "architecture 'gpt2'; tinyld reads 'llama' GGUF files only"),
     (dict(pre="llama-bpe"), "its tokenizer is 'gpt2' with pre-tokenizer 'llama-bpe'"),
     (dict(qtype="BF16"), "tensor token_embd.weight is BF16; tinyld reads F32, F16, Q8_0, Q4_1 only"),
-    (dict(extra={"rope_freqs.weight": np.ones(8, np.float32)}), "tensors tinyld does not know or cannot find: "
-                                                                 "rope_freqs.weight"),
+    (dict(extra={"rope_freqs.weight": np.ones(8, np.float32)}), "tensors tinyld does not know: rope_freqs.weight"),
 ])
 def test_a_file_outside_what_is_tested_is_refused_in_one_line(small, tmp_path, change, says):
     if change.get("qtype") == "BF16":
@@ -99,6 +109,38 @@ def test_a_file_outside_what_is_tested_is_refused_in_one_line(small, tmp_path, c
     with pytest.raises(TinyldError, match=says.replace("(", r"\(")) as e:
         load(path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change, says", [
+    (dict(meta={"llama.rope.scaling.factor": 4.0}), "llama.rope.scaling.factor = 4.0 is not supported"),
+    (dict(nan=True), "the weights of 'h.0.mlp.c_proj.weight' hold NaN or inf"),
+    (dict(meta={"llama.attention.head_count": 8}), "blk.0.attn_k.weight has shape (32, 64) but the file's metadata "
+                                                   "says (16, 64)"),  # 8 heads of 8 dims: q fits, k does not
+    (dict(meta={"llama.feed_forward_length": 64}), "h.0.mlp.c_fc.weight has shape (192, 64) but the file's metadata "
+                                                   "says (128, 64)"),
+    (dict(meta={"llama.attention.head_count": 0}), "llama.attention.head_count must be a positive integer, got 0"),
+    (dict(meta={"llama.attention.layer_norm_rms_epsilon": None}), "layer_norm_rms_epsilon is missing"),
+    (dict(merges=None), "its tokenizer lacks tokenizer.ggml.merges"),
+    (dict(merges=MERGES + ["a b"]), "the merge 'a b' does not make a token of the vocabulary"),
+    (dict(meta={"tokenizer.ggml.eos_token_id": 10 ** 6}), "eos id 1000000 is not a token id in [0, 262)"),
+])
+def test_a_file_whose_parts_disagree_is_refused_in_one_line(small, tmp_path, change, says):
+    with pytest.raises(TinyldError, match=re.escape(says)) as e:
+        load(write(tmp_path / "bad.gguf", small, **change))
+    assert "\n" not in str(e.value)
+
+
+def test_a_file_without_control_tokens_still_encodes_and_a_relative_path_survives_a_checkpoint(small, tmp_path,
+                                                                                               monkeypatch):
+    from tinyld.tokenizers import tokenizer_from_identity
+    _, tok = load(write(tmp_path / "plain.gguf", small, controls=0))
+    assert tok.decode(tok.encode("the <|im_end|>")) == "the <|im_end|>"  # plain characters now
+    monkeypatch.chdir(tmp_path)
+    _, tok = load("plain.gguf")
+    monkeypatch.chdir("/")
+    assert tokenizer_from_identity(tok.identity()).encode("the theme") == tok.encode("the theme")
+    with pytest.raises(TinyldError, match="fast must be True or False"):
+        load(tmp_path / "plain.gguf", fast="no")
 
 
 def test_a_truncated_or_missing_file_and_a_missing_package(small, tmp_path, monkeypatch):

@@ -29,7 +29,8 @@ from tinyld.updates import SFTUpdate, lm_rows  # noqa: E402
 HOSTILE = ["", " ", "12345 apples", "x  1", "a\n\n b\t\tc", "  leading and trailing  ", "\n\n\n3", "tab\t\t42",
            "naïve café Ünïcödé", "日本語のテキスト、中文。", "emoji 🙂🚀👩‍👩‍👧 end", "def f(x):\n    return x ** 2  # ok",
            "<|im_start|>user\nhi<|im_end|>", "<|endoftext|><|im_end|>", "<|im_", "it's we'll they're I'M",
-           "½ ² ٣ Ⅻ numbers", "$1,234.56 -7e-3", "\u00a0nbsp\u2028sep", "where does judy live ? judy lives in delhi ."]
+           "½ ² ٣ Ⅻ numbers", "$1,234.56 -7e-3", "\u00a0nbsp\u2028sep", "a" * 3000 + " the" * 500, "!?" * 800,
+           "where does judy live ? judy lives in delhi ."]
 TEXTS = {"world": "where does judy live ? judy lives in delhi .", "fact": "The capital of France is Paris.",
          "random": "violet orbit seldom pencil glacier hum quietly ledger"}
 
@@ -75,6 +76,8 @@ def test_the_tokenizer_equals_the_releases_on_hostile_text(smollm2, hf_tok):
     assert again.digest == tok.digest and again.encode(HOSTILE[-1]) == tok.encode(HOSTILE[-1])
     with pytest.raises(TinyldError, match=r"a byte that is not in the 49152-token vocabulary \(0x04\)"):
         tok.encode("a\x04b")
+    with pytest.raises(TinyldError, match="a lone surrogate"):
+        tok.encode("a\ud800b")
 
 
 @given(st.lists(st.sampled_from(list("ab Z09 \n\t,.'!?-éß日本🙂½") + ["<|im_end|>", "'s", "'ll"]), max_size=40)

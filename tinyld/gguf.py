@@ -22,7 +22,7 @@ import os
 import torch
 
 from tinyld.model import GPT, GPTConfig
-from tinyld.runtime import TinyldError
+from tinyld.runtime import TinyldError, first_nonfinite
 from tinyld.tokenizers import ByteBPE, gguf_field, gguf_file, gguf_reader, gguf_tokenizer
 
 TESTED_TYPES = ("F32", "F16", "Q8_0", "Q4_1")
@@ -39,15 +39,20 @@ def load(source: str | os.PathLike = "smollm2", dtype: torch.dtype = torch.float
     in eval mode, in ``dtype`` (float32 or float64), with the fast path on if ``fast``."""
     if dtype not in (torch.float32, torch.float64):
         raise TinyldError(f"load: dtype must be torch.float32 or torch.float64, got {dtype}")
-    path = gguf_file(source)
+    if not isinstance(fast, bool):
+        raise TinyldError(f"load: fast must be True or False, got {fast!r}")
+    path = gguf_file(source).resolve()
     stat = path.stat()
-    tok, cfg, state = _read(path.resolve(), stat.st_size, stat.st_mtime_ns, str(source))
+    tok, cfg, state = _read(path, stat.st_size, stat.st_mtime_ns, "smollm2" if str(source) == "smollm2" else str(path))
     cfg = GPTConfig.from_dict({**cfg.to_dict(), "fast": bool(fast)})
     with torch.device("meta"):
         model = GPT(cfg)  # shapes only: the weights come from the file
     model.load_state_dict({k: v.to(dtype, copy=True) for k, v in state.items()}, strict=True, assign=True)
     if cfg.tie_head:
         model.lm_head.weight = model.wte.weight
+    bad = first_nonfinite(model)
+    if bad:
+        raise TinyldError(f"{path}: the weights of {bad!r} hold NaN or inf")
     return model.eval(), tok
 
 
@@ -58,7 +63,14 @@ def _read(path, size: int, mtime: int, source: str) -> tuple[ByteBPE, GPTConfig,
     reader = gguf_reader(path)
     tok = gguf_tokenizer(path, reader, source=source)
     cfg = config_of(reader, path, tok)
-    return tok, cfg, weights(reader, cfg, path)
+    state = weights(reader, cfg, path)
+    with torch.device("meta"):
+        want = GPT(cfg).state_dict()
+    for k, w in want.items():  # the metadata and the tensors must describe the same model
+        if state[k].shape != w.shape:
+            raise TinyldError(f"{path}: {k} has shape {tuple(state[k].shape)} but the file's metadata says "
+                              f"{tuple(w.shape)}")
+    return tok, cfg, state
 
 
 def config_of(reader, path, tok: ByteBPE) -> GPTConfig:
@@ -67,9 +79,15 @@ def config_of(reader, path, tok: ByteBPE) -> GPTConfig:
     if arch != "llama":
         raise TinyldError(f"{path}: architecture {arch!r}; tinyld reads 'llama' GGUF files only")
     key = lambda name, default=None: gguf_field(reader, f"llama.{name}", default)  # noqa: E731
-    for name in ("rope.scaling.type", "expert_count"):
-        if key(name) not in (None, "none", 0):
+    for name in ("rope.scaling.type", "expert_count", "rope.scaling.factor", "rope.scale_linear"):
+        if key(name) not in (None, "none", 0, 1, 1.0):
             raise TinyldError(f"{path}: llama.{name} = {key(name)!r} is not supported")
+    for name in ("block_count", "context_length", "embedding_length", "feed_forward_length", "attention.head_count"):
+        value = key(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TinyldError(f"{path}: llama.{name} must be a positive integer, got {value!r}")
+    if not isinstance(key("attention.layer_norm_rms_epsilon"), float):
+        raise TinyldError(f"{path}: llama.attention.layer_norm_rms_epsilon is missing (RMSNorm's ε)")
     C, H = key("embedding_length"), key("attention.head_count")
     if key("rope.dimension_count", C // H) != C // H:
         raise TinyldError(f"{path}: rotary embeddings on {key('rope.dimension_count')} of {C // H} head dims "
@@ -111,10 +129,20 @@ def weights(reader, cfg: GPTConfig, path) -> dict[str, torch.Tensor]:
         missing = [name for name, w in blk.items() if w is None]
         if missing:
             raise TinyldError(f"{path}: block {i} lacks {', '.join(missing)}")
+        D = cfg.n_embd // cfg.n_head
+        for name, heads in (("attn_q", cfg.n_head), ("attn_k", Hkv)):
+            if blk[name].shape != (heads * D, cfg.n_embd):
+                raise TinyldError(f"{path}: blk.{i}.{name}.weight has shape {tuple(blk[name].shape)} but the file's "
+                                  f"metadata says ({heads * D}, {cfg.n_embd})")
         blk["attn_q"], blk["attn_k"] = unpermute(blk["attn_q"], cfg.n_head), unpermute(blk["attn_k"], Hkv)
         out.update({f"h.{i}.{name}": blk[g] for g, name in BLOCK_TENSORS.items()})
-        out.update({f"h.{i}.{name}": torch.cat([blk[g] for g in parts]) for name, parts in FUSED.items()})
-    if raw or any(v is None for v in out.values()):
-        extra = ", ".join(sorted(raw)[:3]) or ", ".join(k for k, v in out.items() if v is None)
-        raise TinyldError(f"{path}: tensors tinyld does not know or cannot find: {extra}")
+        for name, parts in FUSED.items():
+            if len({blk[g].shape[1:] for g in parts}) > 1 or blk[parts[0]].dim() != 2:
+                raise TinyldError(f"{path}: blk.{i}: {', '.join(parts)} do not have the same number of columns")
+            out[f"h.{i}.{name}"] = torch.cat([blk[g] for g in parts])
+    if raw:
+        raise TinyldError(f"{path}: tensors tinyld does not know: {', '.join(sorted(raw)[:3])}")
+    missing = [g for g, k in (("token_embd.weight", "wte.weight"), ("output_norm.weight", "ln_f.weight")) if out[k] is None]
+    if missing:
+        raise TinyldError(f"{path}: the file lacks {', '.join(missing)}")
     return out

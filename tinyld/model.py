@@ -241,7 +241,7 @@ class GPT(nn.Module):
             raise TinyldError(
                 f"sequence length T={T} exceeds the model's block_size={self.config.block_size}: "
                 f"truncate to the last {self.config.block_size} tokens or use a config with a larger block_size")
-        if T == 0:
+        if idx.shape[1] == 0:
             raise TinyldError("empty sequence (T=0): give the model at least one token")
         if torch.compiler.is_compiling() or _is_wrapped(idx):  # compiled, or inside vmap: values not inspected
             return
@@ -255,8 +255,13 @@ class GPT(nn.Module):
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final hidden states (after ln_f), the features the head reads: (B, T, C). With a ``cache``, ``idx``
         continues the tokens the cache holds (their keys and values are reused) and the cache grows by T."""
-        start = cache.length if cache is not None else 0
+        start = cache.length if isinstance(cache, KVCache) else 0
         self.check_input(idx, start)
+        if cache is not None and (not isinstance(cache, KVCache) or len(cache.keys) != self.config.n_layer):
+            raise TinyldError(f"cache must be a KVCache({self.config.n_layer}) for this model's {self.config.n_layer} "
+                              f"blocks, got {cache!r:.60}")
+        if cache is not None and cache.length and cache.keys[0].shape[0] != idx.shape[0]:
+            raise TinyldError(f"the cache holds {cache.keys[0].shape[0]} sequences but idx has {idx.shape[0]}")
         B, T = idx.shape
         x = self.wte(idx)  # (B, T, C)
         if self.config.pos == "learned":

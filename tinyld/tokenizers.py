@@ -18,8 +18,8 @@ those tokens, as Hugging Face's tokenizer does, so a chat template is plain text
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
-import math
 import os
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence, runtime_checkable
@@ -171,10 +171,14 @@ def gguf_tokenizer(path: Path, reader=None, source: str = "") -> "ByteBPE":
     if (model, pre) != ("gpt2", "smollm"):
         raise TinyldError(f"{path}: its tokenizer is {model!r} with pre-tokenizer {pre!r}; tinyld reads SmolLM2's "
                           "('gpt2' with 'smollm') only")
-    tokens, kinds = gguf_field(reader, "tokenizer.ggml.tokens"), gguf_field(reader, "tokenizer.ggml.token_type")
-    eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
-    return ByteBPE(tokens, gguf_field(reader, "tokenizer.ggml.merges"), [i for i, k in enumerate(kinds) if k == 3],
-                   eos, gguf_field(reader, "tokenizer.ggml.padding_token_id", eos), source or str(path),
+    fields = {k: gguf_field(reader, f"tokenizer.ggml.{k}") for k in ("tokens", "token_type", "merges", "eos_token_id")}
+    missing = [k for k, v in fields.items() if v is None]
+    if missing:
+        raise TinyldError(f"{path}: its tokenizer lacks tokenizer.ggml.{', tokenizer.ggml.'.join(missing)}")
+    eos = fields["eos_token_id"]
+    controls = [i for i, k in enumerate(fields["token_type"]) if k == 3]
+    return ByteBPE(fields["tokens"], fields["merges"], controls, eos,
+                   gguf_field(reader, "tokenizer.ggml.padding_token_id", eos), source or str(Path(path).resolve()),
                    gguf_field(reader, "tokenizer.chat_template"))
 
 
@@ -196,11 +200,17 @@ class ByteBPE:
         self.vocab_size = len(self.tokens)
         self.stoi = {t: i for i, t in enumerate(self.tokens)}
         self.ranks = {tuple(m.split(" ")): r for r, m in enumerate(merges)}  # (left, right) → rank
+        bad = next((m for m in merges if len(m.split(" ")) != 2 or m.replace(" ", "") not in self.stoi), None)
+        if bad is not None:
+            raise TinyldError(f"the merge {bad!r} does not make a token of the vocabulary: the tokenizer is damaged")
+        for name, i in (("eos", eos_id), ("pad", pad_id)):
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
+                raise TinyldError(f"the tokenizer's {name} id {i!r} is not a token id in [0, {self.vocab_size})")
         self.controls = {self.tokens[i]: i for i in controls}
         self.eos_id, self.pad_id, self.source, self.template = eos_id, pad_id, source, template
         self.char, self.byte = byte_chars(), {c: b for b, c in byte_chars().items()}
-        cut = "|".join(regex.escape(t) for t in sorted(self.controls, key=len, reverse=True))
-        self._controls = regex.compile(f"({cut})")
+        cut = "|".join(regex.escape(t) for t in sorted(self.controls, key=len, reverse=True) if t)
+        self._controls = regex.compile(f"({cut})") if cut else None
         self._digits = regex.compile(r"(\p{N})")
         self._words = regex.compile(HF_BYTE_LEVEL)
         self._cache: dict[str, list[int]] = {}
@@ -208,8 +218,13 @@ class ByteBPE:
 
     def encode(self, text: str) -> list[int]:
         _check_text(text)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise TinyldError(f"the text holds {text[e.start]!r} at {e.start}, a lone surrogate that is not a "
+                              "character: it has no UTF-8 bytes to encode") from None
         ids = []
-        for i, chunk in enumerate(self._controls.split(text)):
+        for i, chunk in enumerate(self._controls.split(text) if self._controls else [text]):
             if i % 2:  # a control token
                 ids.append(self.controls[chunk])
                 continue
@@ -225,15 +240,31 @@ class ByteBPE:
         if missing:
             raise TinyldError(f"{word!r} holds a byte that is not in the {self.vocab_size}-token vocabulary "
                               f"({self.byte[missing[0]]:#04x}): remove that character from the text")
-        while len(parts) > 1:  # merge the adjacent pair with the lowest rank, until no pair has one
-            rank, i = min((self.ranks.get(pair, math.inf), i) for i, pair in enumerate(zip(parts, parts[1:])))
-            if rank == math.inf:
-                break
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
-        out = [self.stoi[p] for p in parts]
+        out = [self.stoi[p] for p in self._pairs(parts) if p is not None]
         if len(self._cache) < 100_000:
             self._cache[word] = out
         return out
+
+    def _pairs(self, parts: list) -> list:
+        """Merge the adjacent pair with the lowest rank (the leftmost of equals) until no pair has one. A heap of
+        candidate pairs over a linked list: O(n log n) for a word of n bytes. Merged-away parts become None."""
+        nxt = list(range(1, len(parts))) + [-1]
+        prev = list(range(-1, len(parts) - 1))
+        heap = [(self.ranks[(a, b)], i, a, b) for i, (a, b) in enumerate(zip(parts, parts[1:])) if (a, b) in self.ranks]
+        heapq.heapify(heap)
+        while heap:
+            _, i, a, b = heapq.heappop(heap)
+            j = nxt[i]
+            if parts[i] != a or j < 0 or parts[j] != b:
+                continue  # stale: one side has merged since this pair was pushed
+            parts[i], parts[j] = a + b, None
+            nxt[i] = nxt[j]
+            if nxt[j] >= 0:
+                prev[nxt[j]] = i
+            for left, right in ((prev[i], i), (i, nxt[i])):
+                if left >= 0 and right >= 0 and (parts[left], parts[right]) in self.ranks:
+                    heapq.heappush(heap, (self.ranks[(parts[left], parts[right])], left, parts[left], parts[right]))
+        return parts
 
     def decode(self, ids: Sequence[int]) -> str:
         out = bytearray()
@@ -252,7 +283,9 @@ class ByteBPE:
         if self.template != CHATML:
             raise TinyldError(f"{self.source or 'this tokenizer'}: its chat template is not SmolLM2's ChatML, the "
                               "only one tinyld writes")
-        if isinstance(messages, (str, dict)) or not messages:
+        if not isinstance(add_generation_prompt, bool):
+            raise TinyldError(f"chat: add_generation_prompt must be True or False, got {add_generation_prompt!r}")
+        if not isinstance(messages, (list, tuple)) or not messages:
             raise TinyldError("chat takes a non-empty list of messages: [{'role': 'user', 'content': '...'}]")
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or \
