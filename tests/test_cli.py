@@ -48,6 +48,8 @@ def test_bench_decompose_prints_json(capsys):
     assert main(["bench", "decompose", "--repeat", "1", "--warmup", "0", "--batch", "2", "--seq", "16"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["ratio"] > 0 and res["rel_err_tokens"] < 0.1 and res["step_ms"] > 0
+    assert res["trainer_step_ms"] > 0 and res["ratio_trainer"] == pytest.approx(
+        res["predict_full_vocab_ms"] / res["trainer_step_ms"], rel=1e-2)
 
 
 def test_bench_step_reports_both_paths_and_the_device(capsys):
