@@ -113,3 +113,11 @@ def test_a_cache_that_does_not_fit_is_refused():
         m(x[:1], cache)
     with pytest.raises(TinyldError, match="empty sequence"):
         m(x[:, :0], cache)
+
+
+def test_the_gated_mlp_applies_the_configs_dropout():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.preset("tiny", vocab_size=40, dropout=0.5, **LLAMA)).train()
+    x = torch.randn(2, 5, 64)
+    assert not torch.equal(m.h[0].mlp(x), m.h[0].mlp(x))  # two dropout masks
+    assert torch.equal(m.eval().h[0].mlp(x), m.h[0].mlp(x))

@@ -49,14 +49,15 @@ def rotary(x: torch.Tensor, start: int, base: float) -> torch.Tensor:
 class SwiGLU(nn.Module):
     """The gated MLP of Llama: c_proj(silu(gate) ⊙ up), with gate and up from one matmul (c_fc, 2·n_inner rows)."""
 
-    def __init__(self, n_embd: int, n_inner: int, bias: bool):
+    def __init__(self, n_embd: int, n_inner: int, bias: bool, dropout: float = 0.0):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 2 * n_inner, bias=bias)  # rows: gate (n_inner), then up (n_inner)
         self.c_proj = nn.Linear(n_inner, n_embd, bias=bias)
+        self.drop = nn.Dropout(dropout)  # as GPT-2's MLP: after the projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.c_fc(x).chunk(2, dim=-1)  # 2 × (B, T, n_inner)
-        return self.c_proj(F.silu(gate) * up)  # (B, T, C)
+        return self.drop(self.c_proj(F.silu(gate) * up))  # (B, T, C)
 
 
 def causal_mask(T: int, S: int, device) -> torch.Tensor:

@@ -44,7 +44,7 @@ def load(source: str | os.PathLike = "smollm2", dtype: torch.dtype = torch.float
     path = gguf_file(source).resolve()
     stat = path.stat()
     tok, cfg, state = _read(path, stat.st_size, stat.st_mtime_ns, "smollm2" if str(source) == "smollm2" else str(path))
-    cfg = GPTConfig.from_dict({**cfg.to_dict(), "fast": bool(fast)})
+    cfg = GPTConfig.from_dict({**cfg.to_dict(), "fast": fast})
     with torch.device("meta"):
         model = GPT(cfg)  # shapes only: the weights come from the file
     model.load_state_dict({k: v.to(dtype, copy=True) for k, v in state.items()}, strict=True, assign=True)

@@ -177,7 +177,8 @@ class Block(nn.Module):
         self.ln_1 = norm(cfg)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = norm(cfg)
-        self.mlp = SwiGLU(cfg.n_embd, cfg.n_inner or 4 * cfg.n_embd, cfg.bias) if cfg.mlp == "swiglu" else MLP(cfg)
+        inner = cfg.n_inner or 4 * cfg.n_embd
+        self.mlp = SwiGLU(cfg.n_embd, inner, cfg.bias, cfg.dropout) if cfg.mlp == "swiglu" else MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)

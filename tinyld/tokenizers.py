@@ -208,7 +208,8 @@ class ByteBPE:
                 raise TinyldError(f"the tokenizer's {name} id {i!r} is not a token id in [0, {self.vocab_size})")
         self.controls = {self.tokens[i]: i for i in controls}
         self.eos_id, self.pad_id, self.source, self.template = eos_id, pad_id, source, template
-        self.char, self.byte = byte_chars(), {c: b for b, c in byte_chars().items()}
+        self.char = byte_chars()  # byte → its printable stand-in in the vocabulary
+        self.byte = {c: b for b, c in self.char.items()}
         cut = "|".join(regex.escape(t) for t in sorted(self.controls, key=len, reverse=True) if t)
         self._controls = regex.compile(f"({cut})") if cut else None
         self._digits = regex.compile(r"(\p{N})")
