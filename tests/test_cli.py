@@ -38,10 +38,11 @@ def test_env_command_reports_ok(capsys):
 
 
 def test_user_errors_exit_2_with_one_line():
-    r = subprocess.run([sys.executable, "-m", "tinyld", "demo", "--preset", "huge", "--fast"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "tinyld", "demo", "--model", "huge", "--fast"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr == "error: demo --preset: unknown preset 'huge'; choose one of tiny, mini\n"
+    assert r.stderr == ("error: demo --model 'huge' is neither a model name nor a file or folder that exists: give "
+                        "tiny, gpt2, smollm2, a .gguf file or a Hugging Face GPT-2 folder\n")
 
 
 def test_bench_decompose_prints_json(capsys):
@@ -65,9 +66,11 @@ def test_bench_step_reports_both_paths_and_the_device(capsys):
 
 
 def _flags(cmd: str) -> dict:
-    """dest → argparse action of each flag of subcommand ``cmd`` (--help left out)."""
+    """dest → argparse action of each flag of subcommand ``cmd`` (--help and the hidden old flags, which are parsed
+    only to be refused, left out)."""
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest: a for a in sub.choices[cmd]._actions if a.option_strings and a.dest != "help"}
+    return {a.dest: a for a in sub.choices[cmd]._actions if a.option_strings and a.dest != "help"
+            and a.help != argparse.SUPPRESS}
 
 
 def _shown(value) -> str:
@@ -103,16 +106,23 @@ def test_help_defaults_are_the_config_defaults(cmd, capsys):
 @pytest.mark.parametrize("cmd", ["sft-dynamics", "dpo-dynamics"])
 def test_help_of_a_default_resolved_later_says_what_it_resolves_to(cmd, tmp_path):
     flags, cls = _flags(cmd), CONFIGS[cmd]
-    tiny, gpt2, hf = cls(), cls(preset="gpt2"), cls(hf=str(tmp_path))
+    tiny, gpt2 = cls(), cls(model="gpt2")
     assert flags["pretrain_steps"].help.endswith(f"(default {tiny.pretrain_steps}; gpt2: {gpt2.pretrain_steps})")
-    assert flags["device"].help.endswith(f"(default {tiny.device} for tiny, {gpt2.device} for gpt2)")
-    assert flags["preset"].help.endswith(f"(default {tiny.preset}, or {hf.preset} with --hf)")
+    assert flags["device"].help.endswith(f"(default {tiny.device} for tiny, {gpt2.device} otherwise)")
+    assert flags["model"].help.endswith(f"(default {tiny.model})")
+    (tmp_path / "m.gguf").write_bytes(b"")  # a GGUF path: the config takes a real LLM's defaults, reading nothing
+    real = cls(model=str(tmp_path / "m.gguf"))
+    for field in ("epochs", "lr", "sft_epochs", "dpo_epochs"):  # the world model's default; the real LLM's
+        if field in flags:
+            assert flags[field].help.endswith(f"(default {_shown(getattr(tiny, field))}; smollm2: "
+                                              f"{_shown(getattr(real, field))})"), (field, flags[field].help)
 
 
 @pytest.mark.parametrize("cmd", sorted(CONFIGS))
 def test_every_config_field_has_a_flag_and_flags_default_to_none(cmd):
     """A new config field needs a flag in __main__'s table, or a place among the command's internal fields."""
-    names, internal = {f.name for f in dataclasses.fields(CONFIGS[cmd])}, set(CONFIG_COMMANDS[cmd].internal)
+    names = {f.name for f in dataclasses.fields(CONFIGS[cmd]) if f.init}  # init=False: resolved from another field
+    internal = set(CONFIG_COMMANDS[cmd].internal)
     flags = _flags(cmd)
     assert internal <= names
     lifecycle = {"overwrite", "resume"} if CONFIG_COMMANDS[cmd].used_by is not None else set()
@@ -128,8 +138,8 @@ def test_every_config_field_has_a_flag_and_flags_default_to_none(cmd):
     (["sft-dynamics", "--conditions", "--grad-clip", "1", "--every", "2", "--attr-prompts", "2"],
      dict(conditions=True, grad_clip=1.0, every=2, attr_prompts=2)),
     (["sft-dynamics"], {}),
-    (["demo", "--seed", "3", "--pretrain-lr", "0.05", "--preset", "mini", "--threads", "1"],
-     dict(seed=3, pretrain_lr=0.05, preset="mini", threads=1)),
+    (["demo", "--seed", "3", "--pretrain-lr", "0.05", "--model", "mini", "--threads", "1"],
+     dict(seed=3, pretrain_lr=0.05, model="mini", threads=1)),
     (["demo", "--fast"], dict(fast=True)),
     (["dpo-dynamics", "--experiment", "extend", "--modes", "easy", "--beta", "0.5", "--pretrain-steps", "200"],
      dict(experiment="extend", modes=["easy"], beta=0.5, pretrain_steps=200)),
@@ -160,10 +170,13 @@ def test_tinyld_fast_in_the_environment_is_fast(monkeypatch):
     (["forecast", "--experiment", "ches", "--temperature", "1"], "not by --experiment ches"),
     (["dpo-dynamics", "--experiment", "dynamics", "--samples", "2"], "--samples is used by --experiment extend"),
     (["dpo-dynamics", "--experiment", "conditions", "--modes", "hard", "easy"], "runs in one world mode"),
-    (["sft-dynamics", "--probes", "p.jsonl", "--model", "tiny", "--modes", "easy"], "--modes choose the world's"),
-    (["sft-dynamics", "--probes", "p.jsonl", "--model", "tiny", "--conditions"], "--conditions choose the world's"),
+    (["sft-dynamics", "--probes", "p.jsonl", "--modes", "easy"], "--modes choose the world's"),
+    (["sft-dynamics", "--probes", "p.jsonl", "--conditions"], "--conditions choose the world's"),
+    (["dpo-dynamics", "--pairs", "p.jsonl", "--modes", "easy"], "--modes choose the world's"),
+    (["dpo-dynamics", "--pairs", "p.jsonl", "--experiment", "extend"], "with your own --pairs the run is --experiment"
+     " dynamics"),
     (["bench", "step", "--seq", "100"], "the tiny preset's context is 64 tokens"),
-    (["bench", "step", "--preset", "gpt2", "--vocab", "5"], "gpt2 has its tokenizer's: leave it out"),
+    (["bench", "step", "--model", "gpt2", "--vocab", "5"], "gpt2 has its tokenizer's: leave it out"),
 ])
 def test_a_flag_the_run_would_ignore_or_rewrite_is_refused(argv, says, monkeypatch, capsys):
     ran = []

@@ -30,8 +30,9 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write(path, model: GPT, arch="llama", qtype=None, pre="smollm", extra=None, meta=None, merges=MERGES,
-          controls=len(CONTROLS), nan=False):
-    """``meta``: metadata keys to change (None drops one); ``controls``: how many tokens are control tokens."""
+          controls=len(CONTROLS), nan=False, template=None):
+    """``meta``: metadata keys to change (None drops one); ``controls``: how many tokens are control tokens;
+    ``template``: the chat template to store."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), arch)
     kv = {"llama.block_count": cfg.n_layer, "llama.context_length": cfg.block_size,
@@ -46,6 +47,8 @@ def write(path, model: GPT, arch="llama", qtype=None, pre="smollm", extra=None, 
     w.add_token_types([3] * controls + [1] * (len(vocab()) - controls))
     if merges is not None:
         w.add_token_merges(merges)
+    if template is not None:
+        w.add_chat_template(template)
     sd = {k: v.float().numpy().copy() for k, v in model.state_dict().items()}
     if nan:
         sd["h.0.mlp.c_proj.weight"][0, 0] = np.nan

@@ -24,7 +24,7 @@ LAYERS = (
     ("model",),  # the GPT
     ("tinyld",),  # the package itself re-exports GPT, GPTConfig and the errors
     ("data", "gguf"),  # examples, batches with prompt masks, data sources; a real LLM from a GGUF file
-    ("losses", "world"),  # losses with their residuals; the synthetic world
+    ("losses", "world", "choose"),  # losses with their residuals; the synthetic world; --model NAME
     ("preference", "reasoning", "squeeze", "evaluate", "forecast"),  # pairs + reference; measurements
     ("updates", "probes"),  # G: rows and updates; probe sets and the tracker
     ("kernel",),  # A and K
@@ -45,6 +45,7 @@ LAYERS = (
      "experiments.forecasting.ches"),
     ("experiments.sft_dynamics.command", "experiments.dpo_dynamics.command", "experiments.forecasting.command"),
     ("experiments.sft_dynamics", "experiments.dpo_dynamics", "experiments.forecasting"),
+    ("commands",),  # the command line's tables: each command's flags from its config
     ("__main__",),  # the command line
 )
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}

@@ -226,8 +226,20 @@ def test_from_hf_refuses_options_it_cannot_reproduce(tmp_path):
 # ==============================================================================================================
 
 CLI_BAD = [
-    (["demo", "--preset", "huge"], "unknown preset 'huge'"),
-    (["demo", "--preset", "gpt2"], "unknown preset 'gpt2'; choose one of tiny, mini"),
+    (["demo", "--model", "huge"], "demo --model 'huge' is neither a model name nor a file or folder"),
+    (["demo", "--model", "gpt2"], "demo takes the tiny world model or the mini from-scratch shape"),
+    (["demo", "--preset", "mini"], "demo --preset is gone: every command names its model with --model (here: demo "
+     "--model mini)"),
+    (["sft-dynamics", "--hf", "gpt2_folder"], "(here: sft-dynamics --model gpt2_folder)"),
+    (["dpo-dynamics", "--preset", "gpt2"], "(here: dpo-dynamics --model gpt2)"),
+    (["bench", "step", "--preset", "mini"], "(here: bench --model mini)"),
+    (["forecast", "--model", "gpt2"], "forecast takes the tiny world model; it trains many tiny models"),
+    (["sft-dynamics", "--model", "mini"], "mini is a from-scratch shape for demo and bench"),
+    (["sft-dynamics", "--model", "smollm2", "--pretrain-steps", "10"], "is a pretrained LLM used as it is"),
+    (["sft-dynamics", "--model", "smollm2", "--conditions"], "it would take hours on a CPU"),
+    (["dpo-dynamics", "--model", "smollm2", "--experiment", "on-policy"], "with --model smollm2 the run is "
+     "--experiment dynamics"),
+    (["sft-dynamics", "--model", "no/such.gguf"], "no such GGUF file"),
     (["demo", "--pretrain-steps", "0"], "--pretrain-steps must be an integer ≥ 1, got 0"),
     (["demo", "--pretrain-lr", "nan"], "--pretrain-lr must be a positive finite number, got nan"),
     (["demo", "--sft-lr", "-1"], "--sft-lr must be a positive finite number"),
@@ -239,7 +251,7 @@ CLI_BAD = [
     (["bench", "step", "--batch", "0"], "--batch must be an integer in [1, 4096]"),
     (["bench", "decompose", "--seq", "0"], "--seq must be an integer in [1, 8192]"),
     (["bench", "decompose", "--eta", "inf"], "--eta must be a positive finite number"),
-    (["bench", "step", "--preset", "nope"], "unknown preset 'nope'"),
+    (["bench", "step", "--model", "nope"], "bench --model 'nope' is neither a model name"),
     (["bench", "step", "--repeat", "0"], "--repeat must be an integer in [1, 10000]"),
     (["bench", "step", "--device", "tpu"], "unknown device 'tpu'"),
     (["env", "--device", "tpu"], "unknown device 'tpu'"),
@@ -975,10 +987,14 @@ def test_an_experiment_whose_last_update_diverges_fails_instead_of_reporting_nan
     """sft-dynamics with one epoch at lr 1e6 on your own probes used to exit 0 with '+nan' claims."""
     from tinyld.__main__ import main
 
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=64)).save_pretrained(
+        tmp_path / "hf")
     probes = tmp_path / "probes.jsonl"
     probes.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in [
         ("What is the capital of France?", "Paris.", "Rome."), ("What color is the sky?", "Blue.", "Green.")]))
-    rc = main(["sft-dynamics", "--probes", str(probes), "--model", "tiny", "--epochs", "1", "--lr", "1e6",
+    rc = main(["sft-dynamics", "--probes", str(probes), "--model", str(tmp_path / "hf"), "--epochs", "1", "--lr", "1e6",
                "--seeds", "0", "--threads", "1", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "not finite after the last update" in err and "Traceback" not in err

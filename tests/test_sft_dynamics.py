@@ -322,7 +322,7 @@ def user_run(tmp_path_factory):
 
     bpe = GPT2BPE()  # built once (≈2 s): the run and the test's oracle share it; it holds no state
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("tinyld.experiments.sft_dynamics.tracking.GPT2BPE", lambda: bpe)  # where _user_setup looks it up
+        mp.setattr("tinyld.choose.GPT2BPE", lambda: bpe)  # where load_real looks it up
         res = run(cfg)
     return tmp, bpe, res, hf
 
@@ -402,14 +402,12 @@ def test_user_attribution_from_rest_is_the_other_examples(user_run):
 def test_user_probes_bad_combinations(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text("".join(json.dumps(d) + "\n" for d in USER_PROBES))
-    with pytest.raises(TinyldError, match="--probes FILE and --model M go together"):
-        SFTDynamicsConfig(probes=str(f))
-    with pytest.raises(TinyldError, match="--probes FILE and --model M go together"):
-        SFTDynamicsConfig(model="tiny")
-    cfg = SFTDynamicsConfig(probes=str(f), model=str(tmp_path / "no_such_folder"), seeds=[0], epochs=1,
-                            out=str(tmp_path / "out"), threads=1)
-    with pytest.raises(TinyldError, match="neither a preset"):
-        run(cfg)
+    assert SFTDynamicsConfig(probes=str(f)).model == "tiny"  # the tiny world model, with its word tokenizer
+    with pytest.raises(TinyldError, match="neither a model name nor a file or folder"):
+        SFTDynamicsConfig(probes=str(f), model=str(tmp_path / "no_such_folder"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TinyldError, match="a folder without config.json"):
+        SFTDynamicsConfig(probes=str(f), model=str(tmp_path / "empty"))
 
 
 # ================================================================================================== world smoke run

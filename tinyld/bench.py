@@ -8,9 +8,9 @@ import time
 
 import torch
 
+from tinyld.choose import load_real, model_choice
 from tinyld.data import Batch
 from tinyld.dynamics import one_step, sequence_change, step_size_for
-from tinyld.gguf import load as load_gguf
 from tinyld.kernel import predict
 from tinyld.losses import sft_loss
 from tinyld.model import GPT, PRESETS, GPTConfig
@@ -26,9 +26,9 @@ def _own_vocab(preset: str) -> bool:
 
 def _check_args(preset, vocab, batch, seq, repeat, warmup, eta=None, model=None) -> None:
     """Every benchmark argument, checked before a model is built."""
-    check_choice("bench --preset", preset, PRESETS)
-    if model is not None and preset != "smollm2":
-        raise TinyldError("bench --model loads SmolLM2's weights: it goes with --preset smollm2 (its shape)")
+    check_choice("bench --model", preset, PRESETS)
+    if model is not None and model_choice(model, "bench").preset != preset:
+        raise TinyldError(f"bench: the weights of {model} are not those of a {preset} model")
     check_int("bench --vocab", vocab, 2, 1_000_000)
     check_int("bench --batch", batch, 1, 4096)
     check_int("bench --seq", seq, 1, 8192)
@@ -49,7 +49,7 @@ def _setup(preset: str, vocab: int, batch: int, seq: int, device: str, dtype=tor
     dev = pick_device(device)
     torch.manual_seed(0)
     if source is not None:
-        model, _ = load_gguf(source, fast=fast)
+        model, _ = load_real(model_choice(source, "bench"), fast=fast)
         model, cfg = model.to(dev.device, dtype), model.config
     else:
         cfg = GPTConfig.preset(preset, fast=fast, **({} if _own_vocab(preset) else {"vocab_size": vocab}))
@@ -95,7 +95,8 @@ def bench_step(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", repeat=1
 
     Plain: float32, attention written out. Fast (``GPTConfig.fast``): fused attention everywhere; on a GPU also bf16
     autocast and ``torch.compile`` (compiled during the warm-up steps). The result names the device it ran on.
-    ``model``: a GGUF source (``"smollm2"`` or a path) whose weights replace the random ones."""
+    ``model``: weights that replace the random ones: a GGUF source (``"smollm2"`` or a path; preset smollm2) or a
+    Hugging Face GPT-2 folder (preset gpt2)."""
     _check_args(preset, vocab, batch, seq, repeat, warmup, model=model)
     res = {"bench": "step", "preset": preset, "weights": model or "random", "batch": batch, "seq": seq,
            "tokens_per_step": batch * seq}
@@ -135,7 +136,8 @@ def bench_decompose(preset="tiny", vocab=128, batch=8, seq=64, device="cpu", rep
     the gradient and checks the loss and weights for NaN: ``ratio_trainer``).
 
     eta=None picks the step from the prediction itself: the largest predicted |Δ log π(y|x)| is 0.1 nats.
-    ``model``: a GGUF source (``"smollm2"`` or a path) whose weights replace the random ones."""
+    ``model``: weights that replace the random ones: a GGUF source (``"smollm2"`` or a path; preset smollm2) or a
+    Hugging Face GPT-2 folder (preset gpt2)."""
     _check_args(preset, vocab, batch, seq, repeat, warmup, eta, model)
     weights = model or "random"
     dev, model, b = _setup(preset, vocab, batch, seq, device, source=model)

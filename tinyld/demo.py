@@ -9,11 +9,12 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from tinyld.choose import model_choice
 from tinyld.data import PairData, TextStream, make_batch
 from tinyld.distributed import is_main
 from tinyld.dynamics import one_step, step_size_for
@@ -31,7 +32,7 @@ from tinyld.world import World
 class DemoConfig:
     # stage 1, pretraining: the tiny base-model recipe (tinyld.pretrained.TinyRecipe), one field each
     seed: int = TINY_RECIPE.seed  # one seed for the world, the init and the data order
-    preset: str = TINY_RECIPE.preset  # model shape (GPTConfig presets); vocab comes from the world's tokenizer
+    model: str = TINY_RECIPE.preset  # tiny or mini: the shape trained from scratch; vocab: the world tokenizer's
     pretrain_steps: int = TINY_RECIPE.pretrain_steps  # next-token steps on the world's text
     pretrain_lr: float = TINY_RECIPE.pretrain_lr  # AdamW, 50 warm-up steps, cosine decay
     batch_size: int = TINY_RECIPE.batch_size  # windows of block_size tokens per pretraining step
@@ -42,10 +43,12 @@ class DemoConfig:
     device: str = "cpu"  # auto | cpu | cuda | mps
     threads: int = TINY_RECIPE.threads  # CPU threads. Pinned: float sums, and so the model, depend on them
     fast: bool = False  # a few steps of each phase (smoke test; the numbers then mean little)
+    preset: str = field(default=TINY_RECIPE.preset, init=False)  # the GPTConfig preset: from model
 
     def __post_init__(self):
         self.seed = check_seed("demo --seed", self.seed)
-        check_choice("demo --preset", self.preset, ("tiny", "mini"))
+        self.preset = model_choice(self.model, "demo", ("tiny", "mini"), "demo trains a world model from scratch; "
+                                   "sft-dynamics and dpo-dynamics take gpt2, smollm2 and the rest").name
         self.pretrain_steps = check_int("demo --pretrain-steps", self.pretrain_steps, 1)
         self.pretrain_lr = check_number("demo --pretrain-lr", self.pretrain_lr, 0, strict=True)
         self.batch_size = check_int("DemoConfig.batch_size", self.batch_size, 1)

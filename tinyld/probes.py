@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tinyld.data import IGNORE, Example, encode_example, jsonl_objects, make_batch
 from tinyld.evaluate import check_healthy, greedy_answers, valley_depth
 from tinyld.runtime import TinyldError, check_int, write_text_atomic
+from tinyld.world import natural
 
 FAMILIES = {  # key → the paper's symbol. Model-free families first, then the two a model defines.
     "chosen": "y_u⁺", "rejected": "y_u⁻",
@@ -99,11 +100,34 @@ class ProbeSet:
 
     # ------------------------------------------------------------------ sources
     @classmethod
-    def from_world(cls, world) -> "ProbeSet":
-        """The world's training prompts (split train) and held-out prompts (split test), every model-free family."""
-        probes = [Probe(it.prompt, world.probes(it), split, {"name": it.name, "relation": it.relation})
-                  for split, items in (("train", world.train_items()), ("test", world.test_items())) for it in items]
-        return cls(probes, f"world {world.seed} ({world.mode})")
+    def from_world(cls, world, chat=None) -> "ProbeSet":
+        """The world's training prompts (split train) and held-out prompts (split test), every model-free family.
+        ``chat``: a real LLM's tokenizer; each prompt is then its question as the user turn of the chat template,
+        and every response natural text (:func:`tinyld.world.natural`)."""
+        def probe(it, split):
+            fams, meta = world.probes(it), {"name": it.name, "relation": it.relation}
+            if chat is None:
+                return Probe(it.prompt, fams, split, meta)
+            return Probe(chat.chat([{"role": "user", "content": world.question(it)}]),
+                         {k: natural(v) for k, v in fams.items()}, split, meta)
+        probes = [probe(it, split) for split, items in (("train", world.train_items()), ("test", world.test_items()))
+                  for it in items]
+        return cls(probes, f"world {world.seed} ({world.mode}{', chat' if chat is not None else ''})")
+
+    def as_chat(self, tok) -> "ProbeSet":
+        """A copy whose prompts are user turns of ``tok``'s chat template (a prompt that already holds the
+        template's first control token is kept as it is)."""
+        return ProbeSet([Probe(p.prompt if p.prompt.startswith("<|im_start|>") else
+                               tok.chat([{"role": "user", "content": p.prompt}]), dict(p.responses), p.split,
+                               dict(p.meta), p.source) for p in self.probes])
+
+    def subset(self, train: int, test: int, families: tuple[str, ...] | None = None) -> "ProbeSet":
+        """The first ``train`` training probes and ``test`` held-out ones, with only ``families`` (None: all;
+        chosen and rejected always): a probe set sized for a budget."""
+        keep = lambda p: {k: v for k, v in p.responses.items()  # noqa: E731
+                          if families is None or k in families or k in ("chosen", "rejected", "init")}
+        return ProbeSet([Probe(p.prompt, keep(p), p.split, dict(p.meta), p.source)
+                         for p in self.split("train")[:train] + self.split("test")[:test]])
 
     @classmethod
     def load(cls, path: str | Path) -> "ProbeSet":

@@ -56,6 +56,7 @@ STORY = {  # a tiny grammar for fluent sentences that mention no fact
     "prep": "near past under beside behind".split(),
 }
 PROMPT = "question : {q} answer :"
+PROPER = set(NAMES) | set(RELATIONS["city"][0])  # capitalised in natural text
 MODES = ("easy", "hard")
 ANSWER_KINDS = ("correct", "wrong_value", "other_question", "other")  # World.classify's verdicts
 
@@ -233,17 +234,21 @@ class World:
             "random_tokens": self.random_words(n_words, rng),
         }
 
+    def question(self, item: Item) -> str:
+        """The question of ``item``'s prompt as a person writes it: "Where does Alice live?" (a real LLM's user turn)."""
+        return natural(RELATIONS[item.relation][3].format(n=item.name))
+
     # ------------------------------------------------------------------ judging generated answers
     def classify(self, item: Item, answer: str) -> str:
         """Sort a generated answer to ``item``'s prompt by its first sentence (the fact; a hard-mode tail is not
-        judged): ``correct`` (the true fact, either phrasing) · ``wrong_value`` (same person and relation, another
+        judged), in world text or natural text (:func:`natural`; compared as :func:`plain` makes it): ``correct`` (the true fact, either phrasing) · ``wrong_value`` (same person and relation, another
         value) · ``other_question`` (the fact of *another* training prompt: the paper's "answer B to question A")
         · ``other`` (anything else, including no answer)."""
         if not isinstance(item, Item):
             raise TinyldError(f"classify() takes an Item (world.train_items()[k]), got {type(item).__name__}")
         if not isinstance(answer, str):
             raise TinyldError(f"classify() takes the answer as a string, got {type(answer).__name__}")
-        words = answer.split()
+        words = plain(answer).split()
         first = " ".join(words[: words.index(".") + 1] if "." in words else words)
         if first in self._phrasings(item.name, item.relation, item.value):
             return "correct"
@@ -263,3 +268,26 @@ class World:
 
     def _phrasings(self, name: str, rel: str, value: str) -> tuple[str, str]:
         return self.fact(name, rel, value), self.fact(name, rel, value, rephrase=True)
+
+
+def natural(text: str) -> str:
+    """World text as a person writes it, for a real LLM: names and cities capitalised, each sentence starting with
+    a capital, "." and "?" joined to the word before them. "alice lives in paris ." → "Alice lives in Paris."."""
+    out, start = [], True
+    for w in text.split():
+        if w in (".", "?") and out:
+            out[-1] += w
+            start = True
+            continue
+        out.append(w.capitalize() if start or w in PROPER else w)
+        start = False
+    return " ".join(out)
+
+
+def plain(text: str) -> str:
+    """Natural text back in the world's form, for comparing answers: lower case, "." "?" "," as words of their own,
+    "!" ending a sentence as "." does. "Alice lives in Paris!" → "alice lives in paris ."; world text is unchanged."""
+    for p in ".?,":
+        text = text.replace(p, f" {p} ")
+    text = text.replace("!", " . ")
+    return " ".join(text.lower().split())

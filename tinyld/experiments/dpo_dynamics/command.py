@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict
 
 from tinyld.distributed import is_main
+from tinyld.experiments.common import is_real, real_note
 from tinyld.experiments.dpo_dynamics.claims import claims_table
 from tinyld.experiments.dpo_dynamics.conditions import run_conditions
 from tinyld.experiments.dpo_dynamics.config import EXPERIMENTS, DPODynamicsConfig
@@ -13,6 +14,7 @@ from tinyld.experiments.dpo_dynamics.dynamics import run_dynamics
 from tinyld.experiments.dpo_dynamics.extend import run_extend
 from tinyld.experiments.dpo_dynamics.on_policy import run_on_policy
 from tinyld.experiments.kit import RunFolder, header, honour_batch_size, run_in_folder, write_results
+from tinyld.probes import ProbeSet
 from tinyld.runtime import TinyldError, pick_device
 from tinyld.world import World
 
@@ -24,10 +26,15 @@ def chosen(cfg: DPODynamicsConfig) -> set[str]:
     return {cfg.experiment} if cfg.experiment != "all" else set(EXPERIMENTS) - {"all"}
 
 
+def modes_of(cfg: DPODynamicsConfig) -> list[str]:
+    """The modes the run measures: the world's, or ``user`` for your own pairs."""
+    return ["user"] if cfg.pairs else cfg.modes
+
+
 def outputs(cfg: DPODynamicsConfig) -> list[str]:
     """Every file the run may write in ``cfg.out``."""
     want, names = chosen(cfg), ["dpo_dynamics.json", "claims.txt"]
-    for mode in cfg.modes:
+    for mode in modes_of(cfg):
         if want & {"dynamics", "on-policy"}:
             names += [f"fig4_{mode}.png", f"mass_{mode}.png"]
         if "extend" in want:
@@ -42,7 +49,8 @@ def run(cfg: DPODynamicsConfig, overwrite: bool = False, resume: bool = False, a
     if not isinstance(cfg, DPODynamicsConfig):
         raise TinyldError(f"run takes a DPODynamicsConfig, got {type(cfg).__name__}")
     pick_device(cfg.device)
-    pairs = min(len(World(s, mode=m).train_items()) for s in cfg.seeds for m in cfg.modes)
+    pairs = len(ProbeSet.load(cfg.pairs).split("train")) if cfg.pairs else min(
+        len(World(s, mode=m).train_items()) for s in cfg.seeds for m in cfg.modes)  # a bad pair file fails now
     honour_batch_size(cfg, pairs, "training pairs")
     return run_in_folder(cfg, COMMAND, outputs(cfg), run_in, overwrite, resume, again)
 
@@ -62,10 +70,12 @@ def run_in(cfg: DPODynamicsConfig, folder: RunFolder) -> dict:
             texts.append(claims_table(res["claims"], title))
             print(texts[-1])
 
-    for mode in cfg.modes:
+    if is_real(cfg) or cfg.pairs:
+        print(real_note(cfg) if is_real(cfg) else f"  your own pairs: {cfg.pairs}, every line measured")
+    for mode in modes_of(cfg):
         res = result["modes"][mode] = {}
         if want & {"dynamics", "on-policy"}:
-            print(f"\n== off-policy DPO dynamics, {mode} world ==")
+            print(f"\n== off-policy DPO dynamics, {'your pairs' if mode == 'user' else mode + ' world'} ==")
             res["dynamics"] = run_dynamics(cfg, mode, folder)
             if main:
                 print_regime(res["dynamics"]["regime_before_dpo"])

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 from tinyld.distributed import is_main
-from tinyld.experiments.common import figure, regime
+from tinyld.experiments.common import figure, first_step_line, is_real, regime, user_setup, world_examples
 from tinyld.experiments.dpo_dynamics.claims import judge_dpo, squeeze_summary
 from tinyld.experiments.dpo_dynamics.config import DPODynamicsConfig
 from tinyld.experiments.dpo_dynamics.stages import base, dpo, probes_for, sft, sft_steps
@@ -18,12 +18,16 @@ from tinyld.squeeze import MASS_CLASSES
 def dynamics_seed(cfg: DPODynamicsConfig, seed: int, mode: str) -> dict:
     """One seed: the SFT stage, the regime before DPO and the DPO run (dense: every step of the first epoch).
     Under torchrun the ranks other than 0 only train and return ``{}``."""
-    model, tok, world = base(cfg, seed, mode)
-    items = world.train_items()
-    model = sft(cfg, seed, model, tok, [it.example() for it in items], sft_steps(cfg, len(items)))
-    probes = probes_for(model, tok, world)
+    if cfg.pairs is not None:  # your own pairs: the model as --model names it, no world
+        model, tok, probes, world = user_setup(cfg, cfg.pairs, seed, init=False)
+        examples = probes.examples("train")
+    else:
+        model, tok, world = base(cfg, seed, mode)
+        examples = world_examples(cfg, tok, world)
+    model = sft(cfg, seed, model, tok, examples, sft_steps(cfg, len(examples)))
+    probes = probes.with_init(model, tok) if cfg.pairs is not None else probes_for(model, tok, world, cfg)
     reg = regime(model, tok, probes, world) if is_main() else None
-    r = dpo(cfg, seed, model, tok, probes, world, dense=True)
+    r = dpo(cfg, seed, model, tok, probes, world, dense=True, examples=examples, check=is_real(cfg))
     if not is_main():
         return {}
     r.pop("models")
@@ -41,6 +45,8 @@ def run_dynamics(cfg: DPODynamicsConfig, mode: str, folder: Folder | Path) -> di
             r, s = parts[-1]["run"], squeeze_summary(parts[-1]["run"])
             print(f"  seed {seed}: y⁻ {s['rejected']:+.1f}, y⁺ {s['chosen']:+.1f}, y* {s['star']:+.1f} nats · "
                   f"{s['falling']}/{s['families']} families fall · {r['seconds']} s", flush=True)
+            if r.get("first_step"):
+                print(first_step_line(r["first_step"], f"DPO ({cfg.optimizer} lr {cfg.lr:g}, β {cfg.beta:g})"))
     if not main:
         return {}
     runs, regimes = [p["run"] for p in parts], [p["regime"] for p in parts]

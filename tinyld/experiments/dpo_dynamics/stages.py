@@ -12,7 +12,7 @@ import torch
 from tinyld.data import Example
 from tinyld.distributed import dist_info, from_rank0, is_main
 from tinyld.evaluate import greedy_answers, sampled_answers
-from tinyld.experiments.common import lower_lr, sft_stage, stage_steps, world_base
+from tinyld.experiments.common import first_step, lower_lr, sft_stage, stage_steps, world_base, world_probes
 from tinyld.experiments.dpo_dynamics.config import DPODynamicsConfig
 from tinyld.preference import PreferenceData, Reference
 from tinyld.probes import ProbeSet, Tracker
@@ -175,29 +175,33 @@ def on_policy_round(cfg: DPODynamicsConfig, model, tok, world: World, items, see
     return pairs, size
 
 
-def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: World, on_policy: bool = False,
-        optimizer: str | None = None, lr: float | None = None, beta: float | None = None,
-        dense: bool = False, snapshots: tuple[int, ...] = ()) -> dict:
+def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: World | None,
+        on_policy: bool = False, optimizer: str | None = None, lr: float | None = None, beta: float | None = None,
+        dense: bool = False, snapshots: tuple[int, ...] = (), examples: list[Example] | None = None,
+        check: bool = False) -> dict:
     """DPO from ``model`` with ``model`` as reference, for ``cfg.dpo_epochs`` epochs, with the tracker, the mass
     split at y⁺/y⁻ positions and greedy answers (repetition) after every epoch (:class:`DPOWatch`). Off-policy: the
     world's pairs. On-policy: every epoch, pairs sampled from the current policy and ranked by the oracle
     (:func:`on_policy_round`); the reference log-probs of each new set are computed once, batched. ``dense``: the
     tracker also measures after every step of the first epoch (where SGD's brief rise of y⁺ happens).
     ``snapshots``: DPO epochs after which a copy of the model is kept (``run["models"][k]``; not saved in JSON).
+    ``examples``: the off-policy pairs (None: the probes' training split; the mass split is measured on that split
+    either way). ``check``: first compare the first step with its first-order prediction on the probes
+    (:func:`~tinyld.experiments.common.first_step`, ``run["first_step"]``).
     Under torchrun every rank trains, rank 0 alone measures (the others return ``{}``) and samples the on-policy
     pairs, which it hands to the others."""
     main = is_main()
     ref_model = copy.deepcopy(model).eval()
     model = copy.deepcopy(model)
-    items = world.train_items()
-    examples = probes.examples("train")
-    spe = len(items) // min(cfg.batch_size, len(items))
-    watch = DPOWatch(tok, probes, examples, spe, on_policy, dense, snapshots)
+    items = world.train_items() if on_policy else None
+    examples = probes.examples("train") if examples is None else examples
+    spe = len(examples) // min(cfg.batch_size, len(examples))
+    watch = DPOWatch(tok, probes, probes.examples("train"), spe, on_policy, dense, snapshots)
     if main:
         watch.start(model)
     tc = cfg.train_config("dpo", cfg.dpo_epochs * spe, seed, optimizer, lr, beta)
     t0 = time.perf_counter()
-    trainer, pairs = None, []
+    trainer, pairs, first = None, [], None
     for e in range(cfg.dpo_epochs) if on_policy else [None]:
         if on_policy:
             ex, size = on_policy_round(cfg, model, tok, world, items, seed * 1000 + e)
@@ -208,6 +212,8 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
             ex, size = examples, cfg.batch_size
         data = PreferenceData(tok, ex, size, model.config.block_size, seed,
                               reference=Reference.compute(ref_model, tok, ex))
+        if check and main and trainer is None:
+            first = first_step(model, tok, probes, lambda m: Trainer(m, data, replace(tc, steps=1), tok).run())
         if trainer is None:
             trainer = Trainer(model, data, tc, tok)
         else:  # a new round of pairs: same model and optimizer state, new data
@@ -228,11 +234,14 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
     return {"seed": seed, "optimizer": tc.optimizer, "lr": tc.lr, "beta": tc.pair_loss["beta"],
             "loss": tc.pair_loss["name"], "on_policy": on_policy, "steps_per_epoch": spe,
             "steps": trainer.step if trainer else 0, **watch.result(), "pairs_per_round": pairs,
-            "seconds": round(train_s, 1), "models": watch.models}
+            "seconds": round(train_s, 1), "models": watch.models, **({"first_step": first} if check else {})}
 
 
 
-def probes_for(model, tok, world: World) -> ProbeSet:
-    """The world's probes, with y_init (a measurement: rank 0's) from ``model``."""
-    probes = ProbeSet.from_world(world)
-    return probes.with_init(model, tok) if is_main() else probes
+def probes_for(model, tok, world: World, cfg: DPODynamicsConfig | None = None) -> ProbeSet:
+    """The world's probes as ``cfg``'s model reads them (None: a world model's), with y_init (a measurement: rank
+    0's) from ``model`` (:func:`~tinyld.experiments.common.world_probes`)."""
+    if cfg is None:
+        probes = ProbeSet.from_world(world)
+        return probes.with_init(model, tok) if is_main() else probes
+    return world_probes(cfg, model, tok, world)

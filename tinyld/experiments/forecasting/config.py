@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tinyld.choose import model_choice
 from tinyld.experiments.common import changed_note, check_shared
 from tinyld.runtime import TinyldError, check_choice, check_int, check_number
 
@@ -46,6 +47,7 @@ class ForecastConfig:
     ches_beta: float = 0.1
     pretrain_steps: int = 1500  # the arithmetic base model
     ches_pretrain_steps: int = 3000  # the fact world's base model (ches)
+    model: str = "tiny"  # the only one: forecast trains many tiny models from scratch (tinyld.choose)
     out: str = "tinyld_out/forecast"
     device: str = "cpu"
     threads: int = 2
@@ -54,6 +56,8 @@ class ForecastConfig:
     def __post_init__(self):
         check_choice("forecast --experiment", self.experiment, EXPERIMENTS)
         check_shared(self, "forecast")
+        self.model = model_choice(self.model, "forecast", ("tiny",), "it trains many tiny models from scratch, in "
+                                  "short runs").name
         self.lrs = _numbers("--lrs", self.lrs, float)
         self.epochs = _numbers("--epochs", self.epochs, int, hi=1000)
         self.data = _numbers("--data", self.data, int, hi=10_000)

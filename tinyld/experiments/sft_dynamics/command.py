@@ -7,14 +7,14 @@ import time
 from dataclasses import asdict
 
 from tinyld.distributed import is_main
-from tinyld.experiments.common import figure, regime
+from tinyld.experiments.common import figure, first_step_line, is_real, real_note, regime
 from tinyld.experiments.kit import (RunFolder, claims_table, header, honour_batch_size, run_in_folder, summary,
                                     write_results)
 from tinyld.experiments.sft_dynamics.attribution import attribution
 from tinyld.experiments.sft_dynamics.claims import judge
 from tinyld.experiments.sft_dynamics.conditions import conditions, conditions_outputs
 from tinyld.experiments.sft_dynamics.config import SFTDynamicsConfig
-from tinyld.experiments.sft_dynamics.tracking import check_user_model, setup, sft_run
+from tinyld.experiments.sft_dynamics.tracking import first_sft_step, setup, sft_run
 from tinyld.probes import ProbeSet
 from tinyld.runtime import TinyldError, pick_device
 from tinyld.world import ANSWER_KINDS, World
@@ -45,8 +45,6 @@ def run(cfg: SFTDynamicsConfig, overwrite: bool = False, resume: bool = False, a
     pick_device(cfg.device)  # an unavailable device fails now, not after the first seed
     prompts = len(ProbeSet.load(cfg.probes).split("train")) if cfg.probes else min(
         len(World(s, mode=m).train_items()) for s in cfg.seeds for m in cfg.modes)  # a bad probe file fails now
-    if cfg.probes:
-        check_user_model(cfg)
     honour_batch_size(cfg, prompts, "training prompts")
     return run_in_folder(cfg, COMMAND, outputs(cfg), run_in, overwrite, resume, again)
 
@@ -62,6 +60,8 @@ def seed_part(cfg: SFTDynamicsConfig, seed: int, mode: str, first_mode: bool, fo
             attribution(cfg, seed, model, tok, probes)
         return {}
     part = {"regime": regime(model, tok, probes, world)}
+    if is_real(cfg):  # the learning rate chosen for a real LLM: is one step at it first order?
+        part["first_step"] = first_sft_step(cfg, seed, model, tok, probes, world)
     part["run"] = sft_run(cfg, seed, mode, model, tok, probes, world,
                           track=folder.path(f"track_{mode}_seed{seed}.csv"))
     if attributes:
@@ -73,6 +73,8 @@ def run_in(cfg: SFTDynamicsConfig, folder: RunFolder) -> dict:
     t0 = time.perf_counter()
     modes = modes_of(cfg)
     header(COMMAND, "what SFT does to every other answer (paper §4, Fig. 3)", cfg, asdict(cfg))
+    if is_real(cfg):
+        print(real_note(cfg, "the SGD attribution run (per-example JVPs of a 135M model) is skipped"))
     clip = f"gradient norm clipped at {cfg.grad_clip:g}" if cfg.grad_clip else "no gradient clipping"
     print(f"  SFT: {cfg.optimizer}, lr {cfg.lr:g} (constant), {clip}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
           f"seeds {cfg.seeds}; loss −log π(y⁺|x) summed over the response")
@@ -114,6 +116,8 @@ def print_seed(seed: int, part: dict) -> None:
     line = (f"  seed {seed}: log π(y⁺) {reg['logp_chosen']:.1f} → {r['curves']['train']['chosen'][-1]:.1f} · "
             f"tracker {r['seconds']['tracker']:.1f} s = {100 * r['tracker_cost']:.0f}% of training "
             f"{r['seconds']['train']:.1f} s")
+    if "first_step" in part:
+        line += "\n" + first_step_line(part["first_step"], f"{r['optimizer']} lr {r['lr']:g}")
     if "attribution" in part:
         a = part["attribution"]
         line += f" · attribution R² {num(a['r2'], '.3f')} ({a['seconds']:.1f} s)"

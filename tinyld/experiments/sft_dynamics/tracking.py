@@ -6,56 +6,44 @@ import copy
 import time
 from pathlib import Path
 
-import torch
-
 from tinyld.data import PairData
 from tinyld.distributed import is_main
 from tinyld.evaluate import greedy_answers
-from tinyld.experiments.common import lower_lr, world_base
+from tinyld.experiments.common import (first_step, item_of, lower_lr, user_setup, world_base, world_examples,
+                                       world_probes)
 from tinyld.experiments.sft_dynamics.config import SFTDynamicsConfig
-from tinyld.model import GPT, PRESETS, GPTConfig
 from tinyld.probes import ProbeSet, Tracker
-from tinyld.runtime import TinyldError, TrainingDiverged, pick_device
-from tinyld.tokenizers import GPT2BPE
+from tinyld.runtime import TrainingDiverged
 from tinyld.train import TrainConfig, Trainer
 from tinyld.world import ANSWER_KINDS, World
 
 
 def setup(cfg: SFTDynamicsConfig, seed: int, mode: str):
     """(model, tokenizer, probes with y_init, world or None) for one seed and world mode (under torchrun the ranks
-    other than 0 get no y_init: only rank 0 measures)."""
+    other than 0 get no y_init: only rank 0 measures). A real LLM's probes are chat turns, and a subset
+    (:func:`~tinyld.experiments.common.measured_probes`)."""
     if cfg.probes is not None:
-        return _user_setup(cfg, seed)
+        return user_setup(cfg, cfg.probes, seed)
     model, tok, world = world_base(cfg, seed, mode)
-    probes = ProbeSet.from_world(world)
-    return model, tok, probes.with_init(model, tok) if is_main() else probes, world  # y_init: a measurement
+    return model, tok, world_probes(cfg, model, tok, world), world
 
 
-def check_user_model(cfg: SFTDynamicsConfig) -> None:
-    """``--model`` (with your own probes) names a preset or a folder."""
-    if cfg.model not in PRESETS and not Path(cfg.model).is_dir():
-        raise TinyldError(f"sft-dynamics --model {cfg.model!r} is neither a preset ({', '.join(PRESETS)}) nor a "
-                          "folder with a Hugging Face GPT-2 checkpoint")
+def sft_config(cfg: SFTDynamicsConfig, seed: int, steps: int, log_every: int, optimizer: str | None = None,
+               lr: float | None = None) -> TrainConfig:
+    """The TrainConfig of a tracked SFT run (None: the config's optimizer and lr)."""
+    return TrainConfig(task="sft", steps=steps, optimizer=optimizer or cfg.optimizer, lr=lr or cfg.lr, seed=seed,
+                       grad_clip=cfg.grad_clip, log_every=log_every, progress=False)
 
 
-def _user_setup(cfg: SFTDynamicsConfig, seed: int):
-    probes = ProbeSet.load(cfg.probes)
-    tok = GPT2BPE()
-    check_user_model(cfg)
-    if cfg.model in PRESETS:
-        torch.manual_seed(seed)
-        model = GPT(GPTConfig.preset(cfg.model, vocab_size=tok.vocab_size))  # random init: says nothing of GPT-2
-    else:
-        model = GPT.from_hf(cfg.model)
-    if model.config.vocab_size != tok.vocab_size:
-        raise TinyldError(f"the model's vocab_size is {model.config.vocab_size}, the GPT-2 BPE has "
-                          f"{tok.vocab_size}: give a GPT-2 model")
-    probes.check_fits(tok, model.config.block_size)
-    if cfg.model in PRESETS and seed == cfg.seeds[0]:
-        print(f"  note: --model {cfg.model} is a randomly initialised {cfg.model!r} GPT (seed {seed}), not trained "
-              "weights: its curves say nothing about a pretrained model")
-    model = model.to(pick_device(cfg.device).device)
-    return model.eval(), tok, probes.with_init(model, tok) if is_main() else probes, None
+def first_sft_step(cfg: SFTDynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: World | None) -> dict:
+    """The first step of the tracked run (its optimizer, lr and first batch) against its first-order prediction on
+    the measured training-prompt probes (:func:`~tinyld.experiments.common.first_step`)."""
+    examples = world_examples(cfg, tok, world) if world is not None else probes.examples("train")
+
+    def step(m):
+        data = PairData(tok, examples, cfg.batch_size, m.config.block_size, seed)
+        Trainer(m, data, sft_config(cfg, seed, 1, 1), tok).run()
+    return first_step(model, tok, probes, step)
 
 
 def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: ProbeSet, world: World | None,
@@ -64,13 +52,12 @@ def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: Pr
     ``track``: where the tracker's table goes (CSV). Under torchrun the ranks other than 0 only train (and return
     ``{}``): rank 0 alone measures."""
     model = copy.deepcopy(model)
-    examples = probes.examples("train")
+    examples = world_examples(cfg, tok, world) if world is not None else probes.examples("train")
     data = PairData(tok, examples, cfg.batch_size, model.config.block_size, seed)
     spe = data.batches_per_epoch
     steps = cfg.epochs * spe
     every = cfg.every or spe
-    tc = TrainConfig(task="sft", steps=steps, optimizer=optimizer or cfg.optimizer, lr=lr or cfg.lr, seed=seed,
-                     grad_clip=cfg.grad_clip, log_every=spe, progress=False)
+    tc = sft_config(cfg, seed, steps, spe, optimizer, lr)
 
     def train(callback=None):
         try:
@@ -87,14 +74,13 @@ def sft_run(cfg: SFTDynamicsConfig, seed: int, mode: str, model, tok, probes: Pr
     gens = {"epochs": [], "counts": {"train": [], "test": []}, "examples": []}
     gen_s = [0.0]
     if world is not None:  # fixed for the run: the world's items by prompt, and how long an answer may be
-        items = {it.prompt: it for it in world.train_items() + world.test_items()}
         max_new = max(len(tok.encode(p.responses["chosen"])) for p in probes.probes) + 4
 
     def generations(m, step):
         t = time.perf_counter()
         answers = greedy_answers(m, tok, [p.prompt for p in probes.probes], max_new)
         gens["epochs"].append(step // spe)
-        kinds = [world.classify(items[p.prompt], a) for p, a in zip(probes.probes, answers)]
+        kinds = [world.classify(item_of(world, p), a) for p, a in zip(probes.probes, answers)]
         for split in ("train", "test"):
             ks = [k for p, k in zip(probes.probes, kinds) if p.split == split]
             gens["counts"][split].append({k: ks.count(k) for k in ANSWER_KINDS})

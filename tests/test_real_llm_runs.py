@@ -1,0 +1,187 @@
+"""One ``--model`` for every command, and the world experiments on a real LLM used as it is: the world's facts as
+chat turns in natural text, a probe subset sized for a CPU, the first step against its first-order prediction, your
+own probe and pair files. The runs here use a small llama-shaped GGUF file written with llama.cpp's own writer and
+SmolLM2's chat template (tests/test_gguf.py), so they take seconds; the real SmolLM2 runs are the lab report's."""
+import json
+
+import pytest
+import torch
+
+from tinyld import GPT, GPTConfig, TinyldError
+from tinyld.choose import model_choice
+from tinyld.data import Example, make_batch
+from tinyld.dynamics import one_step
+from tinyld.experiments.common import REAL_FAMILIES, REAL_PLAN, first_step, user_setup
+from tinyld.experiments.dpo_dynamics import DPODynamicsConfig
+from tinyld.experiments.dpo_dynamics import run as dpo_run
+from tinyld.experiments.sft_dynamics import SFTDynamicsConfig
+from tinyld.experiments.sft_dynamics import run as sft_run
+from tinyld.probes import ProbeSet
+from tinyld.tokenizers import CHATML
+from tinyld.updates import SFTUpdate, lm_rows
+from tinyld.world import World, natural, plain
+
+gguf = pytest.importorskip("gguf")
+from test_gguf import LLAMA, vocab, write  # noqa: E402  (the writer of tests/test_gguf.py)
+
+
+@pytest.fixture(scope="module")
+def chat_gguf(tmp_path_factory):
+    """A small random llama-shaped model with SmolLM2's byte-level tokenizer layout and its ChatML template."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=len(vocab()), block_size=512, **LLAMA)).eval()
+    return write(tmp_path_factory.mktemp("gguf") / "chat.gguf", model, template=CHATML)
+
+
+# ---------------------------------------------------------------------------------------------- one --model
+def test_model_choice_names_every_kind(tmp_path, chat_gguf):
+    assert [model_choice(n, "x").kind for n in ("tiny", "mini", "gpt2", "smollm2")] == ["tiny", "mini", "gpt2", "gguf"]
+    c = model_choice(str(chat_gguf), "x")
+    assert (c.kind, c.path, c.real, c.preset) == ("gguf", str(chat_gguf), True, "smollm2")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    c = model_choice(tmp_path / "hf", "x")
+    assert (c.kind, c.real, c.preset) == ("hf", False, "gpt2")
+    for bad, says in [("", "must name a model"), (3, "must name a model"), ("nope", "neither a model name"),
+                      (str(tmp_path / "x.gguf"), "no such GGUF file"), (str(tmp_path), "a folder without config")]:
+        with pytest.raises(TinyldError, match=says):
+            model_choice(bad, "x")
+    with pytest.raises(TinyldError, match="demo takes the tiny world model or the mini from-scratch shape; why"):
+        model_choice("smollm2", "demo", ("tiny", "mini"), "why")
+
+
+def test_bench_takes_a_folder_as_gpt2_weights(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    from tinyld.__main__ import main
+
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=64)) \
+        .save_pretrained(tmp_path / "hf")
+    assert main(["bench", "step", "--model", str(tmp_path / "hf"), "--batch", "1", "--seq", "8", "--repeat", "1",
+                 "--warmup", "0"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["preset"] == "gpt2" and res["weights"] == str(tmp_path / "hf") and res["params"] < 10 ** 6
+
+
+# ---------------------------------------------------------------------------------------------- the world as chat
+def test_natural_text_reads_back_as_world_text_and_is_judged_alike():
+    w = World(0, mode="hard")
+    for it in w.train_items() + w.test_items():
+        for text in w.probes(it).values():
+            assert plain(natural(text)) == text
+        assert w.classify(it, natural(it.chosen)) == "correct" and w.classify(it, natural(it.rejected)) == "wrong_value"
+    it = w.train_items()[0]
+    assert natural(it.chosen).split(".")[0] == f"{it.name.capitalize()} lives in {it.value.capitalize()}"
+    assert w.question(it) == f"Where does {it.name.capitalize()} live?"
+    assert w.classify(it, f"{it.name.upper()} LIVES IN {it.value.upper()}!") == "correct"  # case and "!" are no matter
+
+
+def test_world_probes_as_chat_turns(chat_gguf):
+    from tinyld.gguf import load
+
+    _, tok = load(chat_gguf)
+    w = World(1, mode="easy")
+    plainset, chat = ProbeSet.from_world(w), ProbeSet.from_world(w, chat=tok)
+    assert len(chat) == len(plainset) and chat.families == plainset.families
+    for a, b in zip(plainset.probes, chat.probes):
+        item = w.item(a.meta["name"], a.meta["relation"])
+        assert b.prompt == tok.chat([{"role": "user", "content": w.question(item)}]) and b.meta == a.meta
+        assert b.responses == {k: natural(v) for k, v in a.responses.items()} and b.split == a.split
+    sub = chat.subset(3, 2, ("hum",))
+    assert [p.prompt for p in sub.probes] == [p.prompt for p in chat.split("train")[:3] + chat.split("test")[:2]]
+    assert sub.families == ["chosen", "rejected", "hum", "star"]
+    again = chat.as_chat(tok)  # a prompt that is a chat turn already stays as it is
+    assert [p.prompt for p in again.probes] == [p.prompt for p in chat.probes]
+
+
+# ---------------------------------------------------------------------------------------------- the first step
+def test_first_step_prediction_is_first_order_along_the_real_update(tiny64, wtok, world):
+    """first_step's prediction against two independent routes: the measured change after the step (its error must
+    shrink in proportion to the step, as a first-order remainder does) and one_step's own A·J·Δθ with the optimizer."""
+    probes = ProbeSet.from_world(world).subset(3, 0, ("gpts_chosen", "hum"))
+    examples = probes.examples("train")
+    b = make_batch(wtok, [e.prompt for e in examples], [e.chosen for e in examples], 64)
+
+    def sgd(lr):
+        def step(m):
+            opt = torch.optim.SGD(m.parameters(), lr=lr)
+            m.zero_grad()
+            SFTUpdate(lm_rows(b)).loss(m).backward()
+            opt.step()
+        return step
+    errs = [first_step(tiny64, wtok, probes, sgd(lr))["rel_err"] for lr in (4e-4, 2e-4)]
+    assert errs[1] < 0.05 and 1.6 < errs[0] / errs[1] < 2.4  # a second-order remainder: half the step, half the error
+    check = first_step(tiny64, wtok, probes, sgd(1e-3))
+    observed = lm_rows(make_batch(wtok, *zip(*[(p.prompt, t) for p in probes.split("train")
+                                                for t in p.responses.values()]), 64))
+    opt = torch.optim.SGD(tiny64.parameters(), lr=1e-3)
+    rep = one_step(tiny64, SFTUpdate(lm_rows(b)), observed, 1e-3, optimizer=opt)
+    torch.testing.assert_close(torch.tensor(check["predicted"], dtype=torch.float64), rep.pred_seq.double(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(check["actual"], dtype=torch.float64), rep.actual_seq.double(), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- whole runs
+def test_sft_dynamics_on_a_real_llm_file(chat_gguf, tmp_path):
+    cfg = SFTDynamicsConfig(model=str(chat_gguf), seeds=[0], epochs=2, out=str(tmp_path / "o"), threads=1)
+    assert (cfg.modes, cfg.lr, cfg.attribution) == ([REAL_PLAN.mode], 5e-6, False)
+    res = sft_run(cfg)
+    m = res["modes"]["easy"]
+    r = m["runs"][0]
+    n_train, n_test = REAL_PLAN.train_probes, REAL_PLAN.test_probes
+    assert set(r["curves"]["train"]) == set(REAL_FAMILIES) | {"init", "star"} or \
+        set(r["curves"]["train"]) == set(REAL_FAMILIES) | {"star"}  # y_init: none where the answer was empty
+    assert r["steps"] == 2 * 5 and len(r["measured_steps"]) == 3
+    counts = r["generations"]["counts"]
+    assert [sum(c.values()) for c in counts["train"]] == [n_train] * 3
+    assert [sum(c.values()) for c in counts["test"]] == [n_test] * 3
+    fs = json.loads((tmp_path / "o" / "sft_dynamics.json").read_text())["modes"]["easy"]
+    assert "first_step" not in fs  # kept per seed: in the parts, and printed
+    assert (tmp_path / "o" / "claims.txt").is_file()
+
+
+def test_dpo_dynamics_on_your_own_pairs(chat_gguf, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(d) + "\n" for d in [
+        {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A chair."},
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+        {"prompt": "Name a pet.", "chosen": "A cat.", "rejected": "A cloud.", "split": "test"}]))
+    cfg = DPODynamicsConfig(model=str(chat_gguf), pairs=str(pairs), seeds=[0], sft_epochs=1, dpo_epochs=2,
+                            batch_size=2, out=str(tmp_path / "o"), threads=1)
+    assert cfg.experiment == "dynamics" and cfg.modes is None
+    res = dpo_run(cfg)
+    r = res["modes"]["user"]["dynamics"]["runs"][0]
+    assert r["steps"] == 2 and r["first_step"]["sequences"] == 2 * 2  # two training pairs, chosen and rejected
+    assert r["first_step"]["rel_err"] < 0.5
+    out = capsys.readouterr().out
+    assert "first-order check, one DPO" in out and "measures every line of your file" in out
+    model, tok, probes, _ = user_setup(cfg, str(pairs), 0)
+    assert all(p.prompt.startswith("<|im_start|>system") and p.prompt.endswith("<|im_start|>assistant\n")
+               for p in probes.probes)
+
+
+@pytest.mark.parametrize("line, says", [
+    ('{"prompt": "x", "chosen": "y"}', "pairs.jsonl:2: missing 'rejected'"),
+    ('{"prompt": "x", "chosen": "y", "rejected": 3}', "pairs.jsonl:2: 'rejected' must be a string"),
+    ('not json', "pairs.jsonl:2"),
+    ('{"prompt": "x", "chosen": "y", "rejected": "z", "split": "dev"}', "pairs.jsonl:2: 'split' must be 'train'"),
+])
+def test_a_bad_pair_file_is_refused_before_any_work(tmp_path, line, says, capsys):
+    from tinyld.__main__ import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n" + line + "\n")
+    assert main(["dpo-dynamics", "--pairs", str(pairs), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_training_examples_of_a_real_llm_are_every_training_prompt(chat_gguf):
+    cfg = SFTDynamicsConfig(model=str(chat_gguf), seeds=[0], fast=True, out="o")
+    assert cfg.seeds == [0] and cfg.epochs == 3 and cfg.changed
+    from tinyld.experiments.common import world_examples
+    from tinyld.gguf import load
+
+    _, tok = load(chat_gguf)
+    ex = world_examples(cfg, tok, World(0, mode="easy"))
+    assert len(ex) == len(World(0).train_items()) and all(isinstance(e, Example) for e in ex)
+    assert ex[0].prompt.endswith("<|im_start|>assistant\n") and ex[0].chosen[0].isupper()
