@@ -246,7 +246,7 @@ assert max(start) < min(x["logp_chosen"] for x in regimes["easy"]) - 10  # hard 
 # 2. Track your own families, in the world's words: `probes.save("mine.jsonl")`, add a key (say `first`: a response
 #    that shares only its first word with y⁺, such as y⁺'s first word followed by `hum`) to every line, then
 #    `mine = ProbeSet.load("mine.jsonl")` and `sft_run(cfg, 0, "hard", model, tok, mine, None)` with the `model`,
-#    `tok` of `setup`. (On the command line, `--probes` is for GPT-2-BPE models: it needs `--model`.) Does `first`
+#    `tok` of `setup`. (On the command line: `sft-dynamics --probes mine.jsonl`, the tiny world model.) Does `first`
 #    rise? Then see where: write `token_changes(before, after, tok, prompt, response)`, the change of
 #    log π(y_m | x, y_<m) at every token of y (EOS included) from one model to another. Predict whether the word
 #    `first` shares with y⁺ or the rest of `first` gains more in an epoch of SFT, then compute it.

@@ -148,7 +148,7 @@ assert dec["rel_err_tokens"] < 0.05
 # At GPT-2 size the prediction costs a few plain float32 training steps (about 1.5 on this CPU, about 3 on a GPU);
 # at `mini` size fixed overheads dominate and the ratio is larger. Either way it buys the change of every token's
 # probability, and first order holds at this step size. The world experiments run at this size with
-# `--preset gpt2` (GPT-2 small pretrained on the world's text), on one GPU or, under torchrun, on several.
+# `--model gpt2` (GPT-2 small pretrained on the world's text), on one GPU or, under torchrun, on several.
 #
 # ## Exercises
 # 1. **Two ranks in float32.** Repeat the first check of section 1 with a float32 copy of the model

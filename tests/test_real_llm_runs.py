@@ -185,3 +185,18 @@ def test_training_examples_of_a_real_llm_are_every_training_prompt(chat_gguf):
     ex = world_examples(cfg, tok, World(0, mode="easy"))
     assert len(ex) == len(World(0).train_items()) and all(isinstance(e, Example) for e in ex)
     assert ex[0].prompt.endswith("<|im_start|>assistant\n") and ex[0].chosen[0].isupper()
+
+
+def test_dpo_dynamics_on_a_real_llm_file(chat_gguf, tmp_path, capsys):
+    cfg = DPODynamicsConfig(model=str(chat_gguf), seeds=[0], sft_epochs=1, dpo_epochs=1, out=str(tmp_path / "o"),
+                            threads=1)
+    assert (cfg.experiment, cfg.modes, cfg.lr) == ("dynamics", [REAL_PLAN.mode], 1e-5)
+    res = dpo_run(cfg)
+    r = res["modes"]["easy"]["dynamics"]["runs"][0]
+    assert r["steps"] == 5 and set(r["curves"]["train"]) <= set(REAL_FAMILIES) | {"init", "star"}
+    for split, n in (("train", REAL_PLAN.train_probes), ("test", REAL_PLAN.test_probes)):
+        assert [sum(c.values()) for c in r["answer_classes"][split]] == [n, n]  # before DPO and after its epoch
+    n = REAL_PLAN.train_probes * len(REAL_FAMILIES)  # every family of every training-prompt probe, y_init where
+    assert n <= r["first_step"]["sequences"] <= n + REAL_PLAN.train_probes  # the first answer was not empty
+    out = capsys.readouterr().out
+    assert "greedy answers per DPO epoch" in out and "note: --model" in out and "is a real LLM" in out

@@ -13,6 +13,7 @@ from tinyld.experiments.dpo_dynamics.config import DPODynamicsConfig
 from tinyld.experiments.dpo_dynamics.stages import base, dpo, probes_for, sft, sft_steps
 from tinyld.experiments.kit import Folder, as_folder, summary
 from tinyld.squeeze import MASS_CLASSES
+from tinyld.world import ANSWER_KINDS
 
 
 def dynamics_seed(cfg: DPODynamicsConfig, seed: int, mode: str) -> dict:
@@ -50,6 +51,8 @@ def run_dynamics(cfg: DPODynamicsConfig, mode: str, folder: Folder | Path) -> di
     if not main:
         return {}
     runs, regimes = [p["run"] for p in parts], [p["regime"] for p in parts]
+    if runs[0]["answer_classes"]["train"]:
+        print_answer_classes(runs)
     res = {"regime_before_dpo": summary(regimes), "regime_per_seed": regimes, "claims": judge_dpo(runs), "runs": runs}
     try:
         res["figure"] = str(figure(runs, folder.path(f"fig4_{mode}.png"), f"off-policy DPO, {mode} world ("
@@ -76,3 +79,12 @@ def mass_figure(runs: list[dict], path: Path, title: str) -> Path:
                          for k in MASS_CLASSES}
     return condition_lines(series, path, title, xlabel="DPO epoch", ylabel="probability (mean over positions)")
 
+
+
+def print_answer_classes(runs: list[dict]) -> None:
+    """The greedy answers' classes after every DPO epoch, summed over seeds."""
+    print("  greedy answers per DPO epoch (summed over seeds): correct / wrong value / other question's answer / other")
+    for split in ("train", "test"):
+        cells = [f"ep{e:g}:" + "/".join(str(sum(r["answer_classes"][split][i][k] for r in runs)) for k in ANSWER_KINDS)
+                 for i, e in enumerate(runs[0]["mass_epochs"])]
+        print(f"    {split:5s} " + "  ".join(cells))

@@ -12,14 +12,14 @@ import torch
 from tinyld.data import Example
 from tinyld.distributed import dist_info, from_rank0, is_main
 from tinyld.evaluate import greedy_answers, sampled_answers
-from tinyld.experiments.common import first_step, lower_lr, sft_stage, stage_steps, world_base, world_probes
+from tinyld.experiments.common import first_step, item_of, lower_lr, sft_stage, stage_steps, world_base, world_probes
 from tinyld.experiments.dpo_dynamics.config import DPODynamicsConfig
 from tinyld.preference import PreferenceData, Reference
 from tinyld.probes import ProbeSet, Tracker
 from tinyld.runtime import TrainingDiverged
 from tinyld.squeeze import MASS_CLASSES, token_mass
 from tinyld.train import Trainer
-from tinyld.world import World
+from tinyld.world import ANSWER_KINDS, World
 
 
 def base(cfg: DPODynamicsConfig, seed: int, mode: str, pretrain_steps: int | None = None):
@@ -119,11 +119,11 @@ class DPOWatch:
     Called as the Trainer's callback."""
 
     def __init__(self, tok, probes: ProbeSet, examples: list[Example], spe: int, on_policy: bool, dense: bool,
-                 snapshots: tuple[int, ...]):
-        self.tok, self.probes, self.examples, self.spe = tok, probes, examples, spe
+                 snapshots: tuple[int, ...], world: World | None = None):
+        self.tok, self.probes, self.examples, self.spe, self.world = tok, probes, examples, spe, world
         self.on_policy, self.dense, self.snapshots = on_policy, dense, snapshots
         self.tracker = Tracker(tok, probes, every=spe, valley=True)
-        self.measured = {"mass": [], "repetition": [], "mass_steps": []}
+        self.measured = {"mass": [], "repetition": [], "mass_steps": [], "answers": {"train": [], "test": []}}
         self.models = {}
         self.prompts = [p.prompt for p in probes.probes]
         self.max_new = 2 * max(len(tok.encode(p.responses["chosen"])) for p in probes.probes)
@@ -148,7 +148,13 @@ class DPOWatch:
         if (end if self.on_policy else step % spe == 0):
             self.measured["mass"].append(mass(m, self.tok, self.examples, self.start_peak))
             self.measured["mass_steps"].append(step)
-            self.measured["repetition"].append(repetition(greedy_answers(m, self.tok, self.prompts, self.max_new)))
+            answers = greedy_answers(m, self.tok, self.prompts, self.max_new)
+            self.measured["repetition"].append(repetition(answers))
+            if self.world is not None:  # the answer classes: correct / wrong value / another question's / other
+                kinds = [self.world.classify(item_of(self.world, p), a) for p, a in zip(self.probes.probes, answers)]
+                for split in ("train", "test"):
+                    ks = [k for p, k in zip(self.probes.probes, kinds) if p.split == split]
+                    self.measured["answers"][split].append({k: ks.count(k) for k in ANSWER_KINDS})
 
     def track(self, m, step: int, end: bool = False) -> None:
         """Measure every probe family where it is due (on-policy: at the end of every round)."""
@@ -163,7 +169,7 @@ class DPOWatch:
                 "measured_steps": tr.curve("chosen", "train")[0],
                 "valley_depth": [r["valley_depth"] for r in tr.steps],
                 "mass": measured["mass"], "mass_epochs": [s / self.spe for s in measured["mass_steps"]],
-                "repetition": measured["repetition"]}
+                "repetition": measured["repetition"], "answer_classes": measured["answers"]}
 
 
 def on_policy_round(cfg: DPODynamicsConfig, model, tok, world: World, items, seed: int) -> tuple[list[Example], int]:
@@ -196,7 +202,7 @@ def dpo(cfg: DPODynamicsConfig, seed: int, model, tok, probes: ProbeSet, world: 
     items = world.train_items() if on_policy else None
     examples = probes.examples("train") if examples is None else examples
     spe = len(examples) // min(cfg.batch_size, len(examples))
-    watch = DPOWatch(tok, probes, probes.examples("train"), spe, on_policy, dense, snapshots)
+    watch = DPOWatch(tok, probes, probes.examples("train"), spe, on_policy, dense, snapshots, world)
     if main:
         watch.start(model)
     tc = cfg.train_config("dpo", cfg.dpo_epochs * spe, seed, optimizer, lr, beta)
