@@ -134,8 +134,9 @@ def test_sft_dynamics_on_a_real_llm_file(chat_gguf, tmp_path):
     counts = r["generations"]["counts"]
     assert [sum(c.values()) for c in counts["train"]] == [n_train] * 3
     assert [sum(c.values()) for c in counts["test"]] == [n_test] * 3
-    fs = json.loads((tmp_path / "o" / "sft_dynamics.json").read_text())["modes"]["easy"]
-    assert "first_step" not in fs  # kept per seed: in the parts, and printed
+    (fs,) = json.loads((tmp_path / "o" / "sft_dynamics.json").read_text())["modes"]["easy"]["first_step"]
+    n = n_train * len(REAL_FAMILIES)  # every family of every measured training prompt; y_init where not empty
+    assert n <= fs["sequences"] <= n + n_train and len(fs["predicted"]) == fs["sequences"]
     assert (tmp_path / "o" / "claims.txt").is_file()
 
 

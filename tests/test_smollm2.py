@@ -180,3 +180,45 @@ def test_one_training_step_of_each_task_lowers_its_loss(smollm2, task):
     cfg = TrainConfig(task=task, steps=2, lr=1e-5, warmup_steps=0, grad_clip=1.0, progress=False, log_every=1)
     history = Trainer(model, data, cfg, tok).run()
     assert history[1]["loss"] < history[0]["loss"], history
+
+
+def test_the_worlds_chat_probes_are_the_releases_chat_template(smollm2, hf_tok):
+    """Every prompt of the world's chat probes is the release's template around the question, token for token, and
+    every response reads back as the world's own text."""
+    from tinyld.probes import ProbeSet
+    from tinyld.world import World, plain
+
+    w = World(2, mode="hard")
+    probes = ProbeSet.from_world(w, chat=smollm2[1])
+    for p, ref in zip(probes.probes, ProbeSet.from_world(w).probes):
+        item = w.item(p.meta["name"], p.meta["relation"])
+        want = hf_tok.apply_chat_template([{"role": "user", "content": w.question(item)}], tokenize=False,
+                                          add_generation_prompt=True)
+        assert p.prompt == want and "alice" not in want
+        assert smollm2[1].encode(p.prompt) == hf_tok(want, add_special_tokens=False)["input_ids"]
+        assert {k: plain(v) for k, v in p.responses.items()} == ref.responses
+
+
+@pytest.mark.parametrize("command", ["sft-dynamics", "dpo-dynamics"])
+def test_the_fast_commands_run_on_the_real_model(command, tmp_path, capsys):
+    """`sft-dynamics --model smollm2 --fast` and `dpo-dynamics …`: the JSON, the claims table and the first step
+    against its first-order prediction (about two and three minutes on a 2-core CPU; not timed here)."""
+    import json
+
+    from tinyld.__main__ import main
+
+    assert main([command, "--model", "smollm2", "--fast", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "is a real LLM, used as it is" in out and "first-order check, one" in out
+    name = command.replace("-", "_") + ".json"
+    res = json.loads((tmp_path / "o" / name).read_text())
+    assert res["config"]["seeds"] == [0] and list(res["modes"]) == ["easy"]
+    assert (tmp_path / "o" / "claims.txt").read_text().strip()
+    if command == "sft-dynamics":  # SFT raises y⁺ (by about 13 nats here); DPO lowers y⁻
+        run, check = res["modes"]["easy"]["runs"][0], res["modes"]["easy"]["first_step"][0]
+        assert run["curves"]["train"]["chosen"][-1] > run["curves"]["train"]["chosen"][0]
+    else:
+        run = res["modes"]["easy"]["dynamics"]["runs"][0]
+        check = run["first_step"]
+        assert run["curves"]["train"]["rejected"][-1] < run["curves"]["train"]["rejected"][0]
+    assert 0 < check["rel_err"] < 0.5 and len(check["predicted"]) == len(check["actual"]) == check["sequences"]

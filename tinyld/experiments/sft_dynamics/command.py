@@ -93,6 +93,8 @@ def run_in(cfg: SFTDynamicsConfig, folder: RunFolder) -> dict:
         runs = [p["run"] for p in parts]
         res = {"regime": summary([p["regime"] for p in parts]), "regime_per_seed": [p["regime"] for p in parts],
                "claims": judge(runs), "runs": runs}
+        if any("first_step" in p for p in parts):
+            res["first_step"] = [p["first_step"] for p in parts]
         if any("attribution" in p for p in parts):
             res["attribution"] = [p["attribution"] for p in parts if "attribution" in p]
         result["modes"][mode] = res
