@@ -17,6 +17,7 @@
 # probability goes. Fast and full mode run the same code, in float32; every number printed is this run's.
 
 # %%
+import copy
 import time
 
 import torch
@@ -26,9 +27,13 @@ from torch.func import functional_call, jvp
 from tinyld.data import make_batch
 from tinyld.dynamics import halves, one_step, step_size_for
 from tinyld.evaluate import response_logprobs
+from tinyld.experiments.common import first_step
 from tinyld.gguf import load
+from tinyld.losses import sft_loss
+from tinyld.probes import ProbeSet
 from tinyld.squeeze import MASS_CLASSES, token_mass
 from tinyld.updates import DPOUpdate, SFTUpdate, lm_rows
+from tinyld.world import RELATIONS, World, natural
 
 TARGET = 0.1  # nats: η is chosen so that no observed response is predicted to move by more than this
 t0 = time.time()
@@ -164,8 +169,88 @@ assert abs(float(mass[1].sum()) - 1) < 1e-4 and float(mass[1][0] - mass[0][0]) <
 # - **Differs:** the real model has no synthetic-world structure for K to follow: every answer lives in one huge
 #   vocabulary and a chat template; what one step moves is set by its own similarities, not by ours. And its
 #   valleys are deep for what it never saw (the world's facts) and shallow for what it knows.
-# - **Not shown here:** whether squeezing grows over many epochs of DPO, and the hallucination mechanism of SFT.
-#   Both need training runs, not one step.
+# - **Not shown in one step:** whether squeezing grows over many epochs of DPO, and the hallucination mechanism of
+#   SFT. Both need training runs: section 6.
+#
+# ## 6. The paper's experiments on this model
+# `python -m tinyld sft-dynamics --model smollm2` and `dpo-dynamics --model smollm2` run the experiments of lessons
+# 6–9 on this model. It has never seen the world's people, so SFT teaches it new facts, and its own first answer
+# y_init is a real instruct model's reply to a question it cannot know. The world's facts become chat turns in
+# natural text: the question is the user turn, the fact the assistant's answer. By hand first, then the library's
+# `ProbeSet.from_world(world, chat=tok)`:
+
+# %%
+world = World(0, mode="easy")
+item = world.train_items()[0]
+question = natural(RELATIONS[item.relation][3].format(n=item.name))  # "Where does Judy live?"
+prompt = tok.chat([{"role": "user", "content": question}])
+probes = ProbeSet.from_world(world, chat=tok)
+p0 = probes.split("train")[0]
+assert (p0.prompt, p0.responses["chosen"]) == (prompt, natural(item.chosen))
+print(f"{question!r} → y⁺ {natural(item.chosen)!r}, y⁻ {p0.responses['rejected']!r}")
+print(f"its own first answer, y_init: {chat(question)!r}")
+
+# %% [markdown]
+# **Which learning rate?** The run's story is told in −η·A·K·G only if one step at its learning rate is first
+# order. With AdamW the step is not −η·∇L, so the prediction is A·J·Δθ: one JVP along the real update Δθ. By hand,
+# one AdamW step on eight training facts, observed on two probes × three families; then the library's
+# `first_step`, which the commands print for every seed, at that rate and at four times it.
+
+# %%
+train = probes.examples("train")[:8]
+batch = make_batch(tok, [e.prompt for e in train], [e.chosen for e in train])
+small = probes.subset(2, 0, ("random_tokens",))
+obs = make_batch(tok, *zip(*[(p.prompt, t) for p in small.probes for t in p.responses.values()]))
+labels = obs.targets[obs.mask]  # (N_o,) the observed tokens
+
+
+def adamw_step(m, lr):
+    opt = torch.optim.AdamW(m.parameters(), lr=lr)
+    m.zero_grad()
+    sft_loss(m(batch.idx), batch.targets).backward()
+    opt.step()
+
+
+def per_sequence(dlogp):  # (N_o, V) → (n_seq,): Σ over each sequence's tokens of Δ log π at its label
+    rows = torch.arange(obs.idx.shape[0])[:, None].expand_as(obs.mask)[obs.mask]  # (N_o,) which sequence
+    return torch.zeros(obs.idx.shape[0]).index_add_(0, rows, dlogp.gather(-1, labels[:, None])[:, 0])
+
+
+LR = 5e-6
+m = copy.deepcopy(model)
+theta0 = {k: v.detach().clone() for k, v in m.named_parameters()}
+with torch.no_grad():
+    z0 = m(obs.idx)[obs.mask]  # (N_o, V)
+adamw_step(m, LR)
+with torch.no_grad():
+    actual = per_sequence(F.log_softmax(m(obs.idx)[obs.mask], -1) - F.log_softmax(z0, -1))
+    delta = {k: v.detach() - theta0[k] for k, v in m.named_parameters()}
+    _, dz = jvp(lambda q: functional_call(model, q, (obs.idx,))[obs.mask], (theta0,), (delta,))  # (N_o, V) J·Δθ
+    predicted = per_sequence(dz - (F.softmax(z0, -1) * dz).sum(-1, keepdim=True))  # A·J·Δθ
+del m, delta, dz
+err = ((predicted - actual).norm() / actual.norm()).item()
+lib = first_step(model, tok, small, lambda mm: adamw_step(mm, LR))
+assert torch.allclose(torch.tensor(lib["predicted"]), predicted, rtol=1e-3, atol=1e-4)
+print(f"lr {LR:g}: predicted {[round(x, 2) for x in predicted.tolist()]}")
+print(f"          actual    {[round(x, 2) for x in actual.tolist()]}   relative error {err:.3f}")
+big = first_step(model, tok, small, lambda mm: adamw_step(mm, 4 * LR))
+print(f"lr {4 * LR:g}: relative error {big['rel_err']:.3f}, largest |Δ| {big['max_abs_actual']:.1f} nats")
+assert err < big["rel_err"]  # the error is second order: a larger step, a larger share of it
+
+# %% [markdown]
+# AdamW's first step moves every weight by about lr, whatever its gradient, so even 5e-6 moves an answer by nats.
+# At that rate the prediction is close; at four times it, it is visibly not. `sft-dynamics --model smollm2` uses
+# 5e-6 and prints this check for every seed (dpo-dynamics, 1e-5, for its first DPO step). A full run trains on all
+# 40 training facts and measures a subset of the probes, to fit a laptop CPU; `--fast` runs one seed in about two
+# minutes:
+#
+# ```bash
+# python -m tinyld sft-dynamics --model smollm2 --fast
+# python -m tinyld dpo-dynamics --model smollm2 --fast
+# ```
+#
+# The claims tables of the full runs (3 seeds), beside the tiny and the 124M world models', are in the lab report
+# (`tinyld/experiments/README.md`, "A real LLM").
 #
 # ## Exercises
 # 1. **Valley depth by hand.** Write the mean log-probability per answer token (EOS included) of an answer to a

@@ -116,7 +116,7 @@ REAL_FAMILIES = ("chosen", "rejected", "gpts_chosen", "gpts_rejected", "other_ch
                  "urnd_chosen", "rnd", "random_tokens")  # and init, star: the families that mean something here
 
 
-def real_defaults(cfg, command: str, defaults: dict, fast: dict) -> list[str]:
+def real_defaults(cfg, defaults: dict, fast: dict) -> list[str]:
     """Fill the fields a real LLM runs with by default (``defaults``; ``fast``: their fast-mode caps) where the
     config left them None, the modes (:data:`REAL_PLAN`'s) and, in fast mode, the seeds; return fast mode's note."""
     for name, value in defaults.items():

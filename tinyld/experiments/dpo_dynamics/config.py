@@ -58,10 +58,8 @@ class DPODynamicsConfig:
         self.experiment = "all" if self.experiment is None else self.experiment
         check_choice("dpo-dynamics --experiment", self.experiment, EXPERIMENTS)
         if is_real(self):
-            self.changed = real_defaults(self, "dpo-dynamics", {k: REAL_DPO[k] for k in ("sft_epochs", "dpo_epochs",
-                                                                                          "lr")},
-                                         {"sft_epochs": REAL_DPO["fast_sft_epochs"],
-                                          "dpo_epochs": REAL_DPO["fast_dpo_epochs"]})
+            self.changed = real_defaults(self, {k: REAL_DPO[k] for k in ("sft_epochs", "dpo_epochs", "lr")},
+                                         {k: REAL_DPO[f"fast_{k}"] for k in ("sft_epochs", "dpo_epochs")})
         else:
             self.sft_epochs = WORLD_SFT.epochs if self.sft_epochs is None else self.sft_epochs
             self.dpo_epochs = WORLD_DPO_EPOCHS if self.dpo_epochs is None else self.dpo_epochs

@@ -52,7 +52,7 @@ class SFTDynamicsConfig:
             if self.conditions:
                 raise TinyldError(f"sft-dynamics --conditions trains 18 runs of the world model: on --model "
                                   f"{self.model} it would take hours on a CPU; leave it out")
-            self.changed = real_defaults(self, "sft-dynamics", {"epochs": REAL_SFT["epochs"], "lr": REAL_SFT["lr"]},
+            self.changed = real_defaults(self, {"epochs": REAL_SFT["epochs"], "lr": REAL_SFT["lr"]},
                                          {"epochs": REAL_SFT["fast_epochs"]})
             self.attribution = False  # per-example JVPs over 135M parameters: out of a CPU budget (said in the run)
         else:
