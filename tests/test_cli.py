@@ -110,7 +110,7 @@ def test_help_of_a_default_resolved_later_says_what_it_resolves_to(cmd, tmp_path
     assert flags["pretrain_steps"].help.endswith(f"(default {tiny.pretrain_steps}; gpt2: {gpt2.pretrain_steps})")
     assert flags["device"].help.endswith(f"(default {tiny.device} for tiny, {gpt2.device} otherwise)")
     assert flags["model"].help.endswith(f"(default {tiny.model})")
-    (tmp_path / "m.gguf").write_bytes(b"")  # a GGUF path: the config takes a real LLM's defaults, reading nothing
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")  # a GGUF path: the config takes a real LLM's defaults, reading no more
     real = cls(model=str(tmp_path / "m.gguf"))
     for field in ("epochs", "lr", "sft_epochs", "dpo_epochs"):  # the world model's default; the real LLM's
         if field in flags:

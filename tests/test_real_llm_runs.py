@@ -201,3 +201,71 @@ def test_dpo_dynamics_on_a_real_llm_file(chat_gguf, tmp_path, capsys):
     assert n <= r["first_step"]["sequences"] <= n + REAL_PLAN.train_probes  # the first answer was not empty
     out = capsys.readouterr().out
     assert "greedy answers per DPO epoch" in out and "note: --model" in out and "is a real LLM" in out
+
+
+def _hf_folder(path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=64)) \
+        .save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("case, says", [
+    ("empty probes", "sft-dynamics --probes must name a JSONL file, got ''"),
+    ("empty pairs", "dpo-dynamics --pairs must name a JSONL file, got ''"),
+    ("not a gguf", "is a file but not a GGUF file (it does not start with 'GGUF')"),
+    ("gguf folder", "a folder, not a GGUF file"),
+    ("bad hf config", "lacks the GPT-2 field"),
+    ("words the tiny model does not know", "probes.jsonl:1: prompt + 'chosen'"),
+    ("same pair", "pairs.jsonl:1: chosen and rejected are the same text"),
+    ("attribution on a real LLM", "on --model smollm2 there is no attribution run"),
+    ("pretraining a folder used as it is", "is used as it is here; --pretrain-steps is for the world models"),
+    ("duplicate key", "pairs.jsonl:1: the key 'prompt' appears twice"),
+    ("bench step --eta", "bench --eta is the step of bench decompose's prediction check"),
+    ("bench --vocab 0", "bench --vocab must be an integer in [2, 1000000]"),
+    ("samples with pairs", "(the one experiment of a real LLM or your own --pairs)"),
+    ("old flag beside --model", "--model alone: leave --preset out"),
+])
+def test_a_bad_model_or_file_is_refused_before_the_run_folder(case, says, tmp_path, capsys):
+    from tinyld.__main__ import main
+
+    (tmp_path / "x.gguf").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text(json.dumps({"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A chair."}) + "\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "where does alice live ?", "chosen": "alice lives in rome .",
+                                 "rejected": "alice lives in rome ."}) + "\n")
+    out = ["--out", str(tmp_path / "o")]
+    argv = {
+        "empty probes": ["sft-dynamics", "--probes", ""],
+        "empty pairs": ["dpo-dynamics", "--pairs", ""],
+        "not a gguf": ["sft-dynamics", "--model", str(tmp_path / "notes.txt")],
+        "gguf folder": ["dpo-dynamics", "--model", str(tmp_path / "x.gguf")],
+        "bad hf config": ["sft-dynamics", "--model", str(tmp_path / "hf")],
+        "words the tiny model does not know": ["sft-dynamics", "--probes", str(probes)],
+        "same pair": ["dpo-dynamics", "--pairs", str(pairs)],
+        "attribution on a real LLM": ["sft-dynamics", "--model", "smollm2", "--attr-lr", "0.5"],
+        "pretraining a folder used as it is": ["sft-dynamics", "--probes", str(probes), "--model",
+                                               str(tmp_path / "hf"), "--pretrain-steps", "5"],
+        "duplicate key": ["dpo-dynamics", "--pairs", str(pairs)],
+        "bench step --eta": ["bench", "step", "--eta", "0.5"],
+        "bench --vocab 0": ["bench", "step", "--vocab", "0"],
+        "samples with pairs": ["dpo-dynamics", "--pairs", str(pairs), "--samples", "3"],
+        "old flag beside --model": ["sft-dynamics", "--model", "tiny", "--preset", "gpt2"],
+    }[case]
+    if case == "duplicate key":
+        pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c", "prompt": "z"}\n')
+    assert main(argv + (out if argv[0] != "bench" else [])) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_byte_order_mark_is_no_content(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_bytes("\ufeff".encode() + json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}).encode() + b"\n")
+    assert ProbeSet.load(f).probes[0].prompt == "a"

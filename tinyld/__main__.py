@@ -115,7 +115,10 @@ def cmd_bench(args) -> int:
     if args.vocab is not None and choice.preset in ("gpt2", "smollm2"):
         raise TinyldError(f"bench --vocab sets the vocabulary of tiny and mini; {args.model} has its tokenizer's: "
                           "leave it out")
-    kw = dict(preset=choice.preset, vocab=args.vocab or 128, batch=args.batch, seq=args.seq, device=args.device,
+    if args.eta is not None and args.what == "step":
+        raise TinyldError("bench --eta is the step of bench decompose's prediction check; bench step takes none: leave "
+                          "it out")
+    kw = dict(preset=choice.preset, vocab=128 if args.vocab is None else args.vocab, batch=args.batch, seq=args.seq, device=args.device,
               repeat=args.repeat, warmup=args.warmup, model=choice.path)
     res = bench_step(**kw) if args.what == "step" else bench_decompose(**kw, eta=args.eta)
     print(json.dumps(res))
@@ -143,8 +146,10 @@ def _refuse_old(args) -> None:
 
     for flag, value in (("--preset", getattr(args, "old_preset", None)), ("--hf", getattr(args, "old_hf", None))):
         if value is not None:
-            raise TinyldError(f"{args.cmd} {flag} is gone: every command names its model with --model (here: "
-                              f"{args.cmd} --model {shlex.quote(value)})")
+            given = args.cmd != "bench" and getattr(args, "model", None) is not None
+            raise TinyldError(f"{args.cmd} {flag} is gone: every command names its model with --model (" +
+                              ("--model alone: leave " + flag + " out)" if given else
+                               f"here: {args.cmd} --model {shlex.quote(value)})"))
 
 
 def run_config(args) -> int:
@@ -163,8 +168,10 @@ def run_config(args) -> int:
     unused = [k for k, users in command.used_by.items() if k in kw and experiment not in (*users, "all")]
     if unused:
         flag = "--" + unused[0].replace("_", "-")
+        why = " (the one experiment of a real LLM or your own --pairs)" if getattr(cfg, "pairs", None) or \
+            getattr(cfg, "preset", None) == "smollm2" else ""
         raise TinyldError(f"{args.cmd} {flag} is used by --experiment {' / '.join(command.used_by[unused[0]])} (or "
-                          f"all), not by --experiment {experiment}: leave it out")
+                          f"all), not by --experiment {experiment}{why}: leave it out")
     given = [a for a in (getattr(args, "argv", None) or []) if a not in ("--overwrite", "--resume")]
     given += ["--fast"] if cfg.fast and not args.fast else []  # fast mode came from TINYLD_FAST: say it
     again = " ".join(["python -m tinyld", *map(shlex.quote, given), "--resume"])

@@ -27,7 +27,8 @@ from tinyld.runtime import TinyldError
 from tinyld.tokenizers import GPT2BPE
 
 KINDS = {  # kind → what it is, as a message says it
-    "tiny": "the tiny world model", "mini": "the mini from-scratch shape", "gpt2": "the 124M GPT-2 world model",
+    "tiny": "tiny (the synthetic world's small GPT)", "mini": "mini (a wider shape)",
+    "gpt2": "gpt2 (GPT-2 small on the world's text)",
     "gguf": "a real LLM from a GGUF file (smollm2, or a .gguf path)", "hf": "a Hugging Face GPT-2 folder",
 }
 SPELLING = "tiny, gpt2, smollm2, a .gguf file or a Hugging Face GPT-2 folder"
@@ -66,7 +67,12 @@ def model_choice(name, command: str, allowed: tuple[str, ...] = tuple(KINDS), wh
         choice = ModelChoice(name, "gguf", "smollm2")
     elif name.endswith(".gguf") or Path(name).is_file():
         if not Path(name).is_file():
-            raise TinyldError(f"{command} --model {name!r}: no such GGUF file")
+            raise TinyldError(f"{command} --model {name!r}: " + ("a folder, not a GGUF file" if Path(name).is_dir()
+                                                                  else "no such GGUF file"))
+        with open(name, "rb") as f:
+            if f.read(4) != b"GGUF":  # every GGUF file starts so: a probe file or a config is refused now
+                raise TinyldError(f"{command} --model {name!r} is a file but not a GGUF file (it does not start "
+                                  "with 'GGUF'): give a .gguf model file, or a Hugging Face GPT-2 folder")
         choice = ModelChoice(name, "gguf", str(Path(name)))
     elif Path(name).is_dir():
         if not (Path(name) / "config.json").is_file():

@@ -137,14 +137,16 @@ def jsonl_objects(path: str | Path) -> list[tuple[str, dict]]:
         for n, raw in enumerate(f, 1):
             where = f"{path}:{n}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a byte-order mark is no content
             except UnicodeDecodeError as e:
                 raise TinyldError(f"{where}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
                                   "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                d = json.loads(line)
+                d = json.loads(line, object_pairs_hook=_no_repeats)
+            except _Repeated as e:
+                raise TinyldError(f"{where}: the key {e.args[0]!r} appears twice; give each key once") from None
             except json.JSONDecodeError as e:
                 raise TinyldError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
             except (ValueError, RecursionError) as e:  # absurdly deep nesting or huge numbers
@@ -157,6 +159,18 @@ def jsonl_objects(path: str | Path) -> list[tuple[str, dict]]:
     if not out:
         raise TinyldError(f"{path} holds no examples (every line is blank)")
     return out
+
+
+class _Repeated(ValueError):
+    """A JSON object that gives one key twice (json keeps the last silently)."""
+
+
+def _no_repeats(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise _Repeated(k)
+    return dict(pairs)
 
 
 def read_jsonl(path: str | Path) -> list[Example]:

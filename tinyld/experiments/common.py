@@ -20,9 +20,11 @@ from tinyld.distributed import is_main
 from tinyld.dynamics import sequence_change
 from tinyld.evaluate import valley_depth
 from tinyld.kernel import apply_A, jvp_rows
+from tinyld.model import GPTConfig
 from tinyld.pretrained import GPT2_RECIPE, TINY_RECIPE, pretrained
 from tinyld.probes import FAMILIES, ProbeSet, position_stats
 from tinyld.runtime import TinyldError, TrainingDiverged, check_choice, check_int, check_seed, pick_device
+from tinyld.tokenizers import GPT2BPE
 from tinyld.train import TrainConfig, Trainer
 from tinyld.updates import lm_rows
 from tinyld.world import Item, World, plain
@@ -52,7 +54,8 @@ def fast_caps(cfg, caps: dict) -> list[str]:
     (:func:`changed_note`)."""
     before = {name: getattr(cfg, name) for name in caps}
     for name, cap in caps.items():
-        setattr(cfg, name, min(getattr(cfg, name), cap))
+        if getattr(cfg, name) is not None:  # None: the field does not apply to this run
+            setattr(cfg, name, min(getattr(cfg, name), cap))
     return changed_note(cfg, before)
 
 
@@ -70,19 +73,28 @@ def shown(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def check_base_model(cfg, command: str) -> None:
+def check_own_file(value, flag: str) -> str | None:
+    """A flag that names your own JSONL file (``--probes``, ``--pairs``): None, or a non-empty path (as text)."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise TinyldError(f"{flag} must name a JSONL file, got {value!r}")
+    return str(value)
+
+
+def check_base_model(cfg, command: str, own: bool = False) -> None:
     """Resolve and check the base-model fields the world experiments share: ``model`` (:func:`model_choice`; the
     world models tiny and gpt2, a Hugging Face GPT-2 folder to start gpt2 from, or a real LLM used as it is),
     ``pretrain_steps`` (the world models only) and ``device``. Sets ``preset`` (tiny, gpt2 or smollm2) and ``hf``
-    (the folder) from ``model``."""
+    (the folder) from ``model``. ``own``: the run is on your own file, where a folder too is used as it is."""
     cfg.model = "tiny" if cfg.model is None else cfg.model
     choice = model_choice(cfg.model, command, ("tiny", "gpt2", "gguf", "hf"),
                           "mini is a from-scratch shape for demo and bench")
     cfg.model, cfg.preset = choice.name, choice.preset
     cfg.hf = choice.path if choice.kind == "hf" else None
-    if choice.real:
+    if choice.real or (own and choice.kind == "hf"):
         if cfg.pretrain_steps is not None:
-            raise TinyldError(f"{command} --pretrain-steps: --model {choice.name} is a pretrained LLM used as it is; "
+            raise TinyldError(f"{command} --pretrain-steps: --model {choice.name} is used as it is here; "
                               "--pretrain-steps is for the world models (tiny, gpt2): leave it out")
     else:
         if cfg.pretrain_steps is None:
@@ -230,6 +242,35 @@ def user_setup(cfg, path: str, seed: int, init: bool = True):
     probes.check_fits(tok, model.config.block_size)
     model = model.to(pick_device(cfg.device).device)
     return model.eval(), tok, probes.with_init(model, tok) if init and is_main() else probes, None
+
+
+def preflight(cfg, command: str, path: str | None = None) -> int:
+    """What would otherwise fail after the run has started, checked before its folder is made: the model file or
+    folder loads, and your own ``path`` (probes or pairs) loads and fits the model's tokenizer and context (the
+    tiny world model knows only the world's words); a pair whose chosen and rejected responses are the same text is
+    refused. Returns the number of training prompts (the world's, or your file's)."""
+    choice = model_choice(cfg.model, command)
+    model = tok = None
+    if choice.kind in ("hf", "gguf"):
+        model, tok = load_real(choice)  # kept in memory: the run's own load of a GGUF file is then quick
+    if path is None:
+        return min(len(World(s, mode=m).train_items()) for s in cfg.seeds for m in cfg.modes)
+    probes = ProbeSet.load(path)
+    if choice.kind == "hf" or choice.real:
+        block = model.config.block_size
+    else:  # a world model, not pretrained yet: its tokenizer and context without it
+        tok = World(cfg.seeds[0]).tokenizer() if choice.kind == "tiny" else GPT2BPE()
+        block = GPTConfig.preset(choice.preset, **({"vocab_size": tok.vocab_size} if choice.kind == "tiny"
+                                                   else {})).block_size
+    if getattr(tok, "template", None):
+        probes = probes.as_chat(tok)
+    probes.check_fits(tok, block)
+    if getattr(cfg, "pairs", None):
+        same = [p.source for p in probes.probes if p.responses["chosen"] == p.responses["rejected"]]
+        if same:
+            raise TinyldError(f"{same[0]}: chosen and rejected are the same text, so the pair prefers nothing; drop "
+                              "it or fix the rejected response")
+    return len(probes.split("train"))
 
 
 def world_examples(cfg, tok, world: World, split: str = "train") -> list[Example]:

@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 
 from tinyld.distributed import is_main
-from tinyld.experiments.common import is_real, real_note
+from tinyld.experiments.common import is_real, preflight, real_note
 from tinyld.experiments.dpo_dynamics.claims import claims_table
 from tinyld.experiments.dpo_dynamics.conditions import run_conditions
 from tinyld.experiments.dpo_dynamics.config import EXPERIMENTS, DPODynamicsConfig
@@ -14,9 +14,7 @@ from tinyld.experiments.dpo_dynamics.dynamics import run_dynamics
 from tinyld.experiments.dpo_dynamics.extend import run_extend
 from tinyld.experiments.dpo_dynamics.on_policy import run_on_policy
 from tinyld.experiments.kit import RunFolder, header, honour_batch_size, run_in_folder, write_results
-from tinyld.probes import ProbeSet
 from tinyld.runtime import TinyldError, pick_device
-from tinyld.world import World
 
 COMMAND = "dpo-dynamics"
 
@@ -49,8 +47,7 @@ def run(cfg: DPODynamicsConfig, overwrite: bool = False, resume: bool = False, a
     if not isinstance(cfg, DPODynamicsConfig):
         raise TinyldError(f"run takes a DPODynamicsConfig, got {type(cfg).__name__}")
     pick_device(cfg.device)
-    pairs = len(ProbeSet.load(cfg.pairs).split("train")) if cfg.pairs else min(
-        len(World(s, mode=m).train_items()) for s in cfg.seeds for m in cfg.modes)  # a bad pair file fails now
+    pairs = preflight(cfg, COMMAND, cfg.pairs)  # a bad model or pair file fails now, before the folder
     honour_batch_size(cfg, pairs, "training pairs")
     return run_in_folder(cfg, COMMAND, outputs(cfg), run_in, overwrite, resume, again)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinyld.experiments.common import (WORLD_SFT, check_base_model, check_shared, fast_caps, is_real, real_defaults,
-                                       stage_config)
+from tinyld.experiments.common import (WORLD_SFT, check_base_model, check_own_file, check_shared, fast_caps, is_real,
+                                       real_defaults, stage_config)
 from tinyld.losses import pair_loss
 from tinyld.runtime import TinyldError, check_choice, check_int, check_number
 from tinyld.train import OPTIMIZERS, TrainConfig
@@ -43,7 +43,8 @@ class DPODynamicsConfig:
     hf: str | None = field(default=None, init=False)  # the Hugging Face folder gpt2 starts from: from model
 
     def __post_init__(self):
-        check_base_model(self, "dpo-dynamics")
+        self.pairs = check_own_file(self.pairs, "dpo-dynamics --pairs")
+        check_base_model(self, "dpo-dynamics", own=self.pairs is not None)
         check_shared(self, "dpo-dynamics")
         if self.pairs is not None and self.modes is not None:
             raise TinyldError("dpo-dynamics: --modes choose the world's runs; your own --pairs are the whole run: "

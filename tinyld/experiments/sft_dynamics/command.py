@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict
 
 from tinyld.distributed import is_main
-from tinyld.experiments.common import figure, first_step_line, is_real, real_note, regime
+from tinyld.experiments.common import figure, first_step_line, is_real, preflight, real_note, regime
 from tinyld.experiments.kit import (RunFolder, claims_table, header, honour_batch_size, run_in_folder, summary,
                                     write_results)
 from tinyld.experiments.sft_dynamics.attribution import attribution
@@ -15,9 +15,8 @@ from tinyld.experiments.sft_dynamics.claims import judge
 from tinyld.experiments.sft_dynamics.conditions import conditions, conditions_outputs
 from tinyld.experiments.sft_dynamics.config import SFTDynamicsConfig
 from tinyld.experiments.sft_dynamics.tracking import first_sft_step, setup, sft_run
-from tinyld.probes import ProbeSet
 from tinyld.runtime import TinyldError, pick_device
-from tinyld.world import ANSWER_KINDS, World
+from tinyld.world import ANSWER_KINDS
 
 COMMAND = "sft-dynamics"
 
@@ -43,8 +42,7 @@ def run(cfg: SFTDynamicsConfig, overwrite: bool = False, resume: bool = False, a
     if not isinstance(cfg, SFTDynamicsConfig):
         raise TinyldError(f"run takes an SFTDynamicsConfig, got {type(cfg).__name__}")
     pick_device(cfg.device)  # an unavailable device fails now, not after the first seed
-    prompts = len(ProbeSet.load(cfg.probes).split("train")) if cfg.probes else min(
-        len(World(s, mode=m).train_items()) for s in cfg.seeds for m in cfg.modes)  # a bad probe file fails now
+    prompts = preflight(cfg, COMMAND, cfg.probes)  # a bad model or probe file fails now, before the folder
     honour_batch_size(cfg, prompts, "training prompts")
     return run_in_folder(cfg, COMMAND, outputs(cfg), run_in, overwrite, resume, again)
 

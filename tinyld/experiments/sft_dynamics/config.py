@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinyld.experiments.common import check_base_model, check_shared, fast_caps, is_real, real_defaults
+from tinyld.experiments.common import check_base_model, check_own_file, check_shared, fast_caps, is_real, real_defaults
 from tinyld.runtime import TinyldError, check_choice, check_int, check_number
 from tinyld.train import OPTIMIZERS
 from tinyld.world import MODES
@@ -37,13 +37,14 @@ class SFTDynamicsConfig:
     hf: str | None = field(default=None, init=False)  # the Hugging Face folder gpt2 starts from: from model
 
     def __post_init__(self):
+        self.probes = check_own_file(self.probes, "sft-dynamics --probes")
         if self.probes is not None:  # the world's flags mean nothing for your own probes: refused, never ignored
             given = (["--modes"] if self.modes is not None else []) + (["--conditions"] if self.conditions is True
                                                                        else [])
             if given:
                 raise TinyldError(f"sft-dynamics: {', '.join(given)} choose the world's runs; your own --probes "
                                   "are the whole run: leave them out")
-        check_base_model(self, "sft-dynamics")
+        check_base_model(self, "sft-dynamics", own=self.probes is not None)
         check_shared(self, "sft-dynamics")
         for name in ("attribution", "conditions", "fast"):
             if not isinstance(getattr(self, name), bool):
@@ -54,7 +55,12 @@ class SFTDynamicsConfig:
                                   f"{self.model} it would take hours on a CPU; leave it out")
             self.changed = real_defaults(self, {"epochs": REAL_SFT["epochs"], "lr": REAL_SFT["lr"]},
                                          {"epochs": REAL_SFT["fast_epochs"]})
-            self.attribution = False  # per-example JVPs over 135M parameters: out of a CPU budget (said in the run)
+            given = [f"--{k.replace('_', '-')}" for k in ("attr_lr", "attr_prompts")
+                     if getattr(self, k) != SFTDynamicsConfig.__dataclass_fields__[k].default]
+            if given:
+                raise TinyldError(f"sft-dynamics {', '.join(given)}: on --model {self.model} there is no attribution "
+                                  "run (per-example JVPs of a 135M model, out of a CPU budget): leave it out")
+            self.attribution = False  # said in the run's note
         else:
             self.epochs = WORLD_RUN["epochs"] if self.epochs is None else self.epochs
             self.lr = WORLD_RUN["lr"] if self.lr is None else self.lr
