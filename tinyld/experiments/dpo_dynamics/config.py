@@ -15,7 +15,7 @@ EXPERIMENTS = ("dynamics", "extend", "on-policy", "conditions", "all")
 
 
 WORLD_DPO_EPOCHS = 8  # a world model's default
-REAL_DPO = {"sft_epochs": 3, "dpo_epochs": 4, "lr": 1e-5, "fast_sft_epochs": 1, "fast_dpo_epochs": 2}  # a real LLM
+REAL_DPO = {"sft_epochs": 3, "dpo_epochs": 4, "lr": 5e-6, "fast_sft_epochs": 1, "fast_dpo_epochs": 2}  # a real LLM
 
 
 @dataclass
