@@ -238,11 +238,11 @@ print(f"lr {4 * LR:g}: relative error {big['rel_err']:.3f}, largest |Δ| {big['m
 assert err < big["rel_err"]  # the error is second order: a larger step, a larger share of it
 
 # %% [markdown]
-# AdamW's first step moves every weight by about lr, whatever its gradient, so even 5e-6 moves an answer by nats.
-# At that rate the prediction is close; at four times it, it is visibly not. `sft-dynamics --model smollm2` uses
-# 5e-6 and prints this check for every seed (dpo-dynamics too, for its first DPO step). A full run trains on all
-# 40 training facts and measures a subset of the probes, to fit a laptop CPU; `--fast` runs one seed in about two
-# minutes:
+# AdamW's first step moves every weight by about lr (for any gradient well above its ε), so even 5e-6 moves an
+# answer by nats. At that rate the prediction is close; at four times it, it is visibly not. `sft-dynamics --model
+# smollm2` uses 5e-6 and prints this check for every seed (dpo-dynamics too, for its first DPO step). A full run
+# trains on all 40 training facts and measures a subset of the probes, to fit a laptop CPU; `--fast` runs one seed
+# in about two (SFT) and three (DPO) minutes:
 #
 # ```bash
 # python -m tinyld sft-dynamics --model smollm2 --fast

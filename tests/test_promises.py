@@ -227,15 +227,15 @@ def test_from_hf_refuses_options_it_cannot_reproduce(tmp_path):
 
 CLI_BAD = [
     (["demo", "--model", "huge"], "demo --model 'huge' is neither a model name nor a file or folder"),
-    (["demo", "--model", "gpt2"], "demo takes the tiny world model or the mini from-scratch shape"),
+    (["demo", "--model", "gpt2"], "demo takes tiny (the synthetic world's small GPT) or mini (a wider shape)"),
     (["demo", "--preset", "mini"], "demo --preset is gone: every command names its model with --model (here: demo "
      "--model mini)"),
     (["sft-dynamics", "--hf", "gpt2_folder"], "(here: sft-dynamics --model gpt2_folder)"),
     (["dpo-dynamics", "--preset", "gpt2"], "(here: dpo-dynamics --model gpt2)"),
     (["bench", "step", "--preset", "mini"], "(here: bench --model mini)"),
-    (["forecast", "--model", "gpt2"], "forecast takes the tiny world model; it trains many tiny models"),
+    (["forecast", "--model", "gpt2"], "forecast takes tiny (the synthetic world's small GPT); it trains many tiny"),
     (["sft-dynamics", "--model", "mini"], "mini is a from-scratch shape for demo and bench"),
-    (["sft-dynamics", "--model", "smollm2", "--pretrain-steps", "10"], "is a pretrained LLM used as it is"),
+    (["sft-dynamics", "--model", "smollm2", "--pretrain-steps", "10"], "--model smollm2 is used as it is here"),
     (["sft-dynamics", "--model", "smollm2", "--conditions"], "it would take hours on a CPU"),
     (["dpo-dynamics", "--model", "smollm2", "--experiment", "on-policy"], "with --model smollm2 the run is "
      "--experiment dynamics"),
@@ -989,8 +989,8 @@ def test_an_experiment_whose_last_update_diverges_fails_instead_of_reporting_nan
 
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=64)).save_pretrained(
-        tmp_path / "hf")
+    hf_cfg = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=64)
+    transformers.GPT2LMHeadModel(hf_cfg).save_pretrained(tmp_path / "hf")
     probes = tmp_path / "probes.jsonl"
     probes.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in [
         ("What is the capital of France?", "Paris.", "Rome."), ("What color is the sky?", "Blue.", "Green.")]))

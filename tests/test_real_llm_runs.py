@@ -46,7 +46,8 @@ def test_model_choice_names_every_kind(tmp_path, chat_gguf):
                       (str(tmp_path / "x.gguf"), "no such GGUF file"), (str(tmp_path), "a folder without config")]:
         with pytest.raises(TinyldError, match=says):
             model_choice(bad, "x")
-    with pytest.raises(TinyldError, match="demo takes the tiny world model or the mini from-scratch shape; why"):
+    with pytest.raises(TinyldError, match=r"demo takes tiny \(the synthetic world's small GPT\) or mini \(a wider "
+                       r"shape\); why"):
         model_choice("smollm2", "demo", ("tiny", "mini"), "why")
 
 
@@ -116,8 +117,8 @@ def test_first_step_prediction_is_first_order_along_the_real_update(tiny64, wtok
                                                 for t in p.responses.values()]), 64))
     opt = torch.optim.SGD(tiny64.parameters(), lr=1e-3)
     rep = one_step(tiny64, SFTUpdate(lm_rows(b)), observed, 1e-3, optimizer=opt)
-    torch.testing.assert_close(torch.tensor(check["predicted"], dtype=torch.float64), rep.pred_seq.double(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(torch.tensor(check["actual"], dtype=torch.float64), rep.actual_seq.double(), rtol=1e-4, atol=1e-6)
+    for mine, theirs in ((check["predicted"], rep.pred_seq), (check["actual"], rep.actual_seq)):
+        torch.testing.assert_close(torch.tensor(mine, dtype=torch.float64), theirs.double(), rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- whole runs
