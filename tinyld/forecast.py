@@ -103,3 +103,13 @@ def ches(model, tok, prompts: Sequence[str], chosen: Sequence[str], rejected: Se
         h = model.eval().hidden(b.idx)  # (N, T, C)
         out.append([h[i][b.mask[i]] for i in range(len(prompts))])  # rows that predict the response's tokens
     return torch.stack([ches_from_hidden(hp, hm, normalize) for hp, hm in zip(*out)]).cpu()
+
+
+def auc(score: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """P(score of a positive > score of a negative), ties counting ½ (None when one class is empty): how well
+    ``score`` ranks the positives first, from 0.5 (no better than chance) to 1."""
+    pos = [s for s, p in zip(score, positive) if p]
+    neg = [s for s, p in zip(score, positive) if not p]
+    if not pos or not neg:
+        return None
+    return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))

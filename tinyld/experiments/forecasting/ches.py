@@ -12,7 +12,7 @@ from tinyld.experiments.common import WORLD_SFT, BaseModelConfig, sft_stage, sta
 from tinyld.experiments.forecasting.config import ForecastConfig
 from tinyld.experiments.forecasting.sweep import spread
 from tinyld.experiments.kit import add_claim, dash
-from tinyld.forecast import ches
+from tinyld.forecast import auc, ches
 from tinyld.preference import PreferenceData, Reference
 from tinyld.train import TrainConfig, Trainer
 
@@ -28,15 +28,6 @@ def edit_distance(a: list[int], b: list[int]) -> int:
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
         prev = cur
     return prev[-1]
-
-
-def auc(score: list[float], positive: list[bool]) -> float | None:
-    """P(score of a positive > score of a negative), ties counting ½ (None when one class is empty)."""
-    pos = [s for s, p in zip(score, positive) if p]
-    neg = [s for s, p in zip(score, positive) if not p]
-    if not pos or not neg:
-        return None
-    return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
 
 
 def dpo_change(cfg: ForecastConfig, model, tok, pairs: list[Example], seed: int,

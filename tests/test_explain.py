@@ -1,0 +1,86 @@
+"""The per-pair numbers behind ``explain`` (tinyld.explain), against independent routes: the one-step forecast
+against the change a real SGD step makes (first order, float64), its halves against their closed-form property
+(DPO's two halves cancel on the shared prefix), CHES against the hidden states summed by hand, the AUC against
+counted pairs."""
+import pytest
+import torch
+
+from tinyld import GPT, GPTConfig, TinyldError
+from tinyld.data import Example, make_batch
+from tinyld.evaluate import response_logprobs
+from tinyld.explain import forecast_auc, pair_forecasts
+from tinyld.preference import PreferenceData, Reference
+from tinyld.train import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def setup(world, wtok):
+    torch.manual_seed(1)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=wtok.vocab_size)).double().eval()
+    items = world.train_items()[:3]
+    pairs = [Example(it.prompt, it.chosen, it.rejected) for it in items]
+    pairs.append(Example(items[0].prompt, "alice likes soup .", "the old river runs near the tall tree ."))
+    return model, wtok, pairs, pair_forecasts(model, wtok, pairs)
+
+
+def test_log_probs_and_lengths(setup):
+    model, tok, pairs, fc = setup
+    for e, f in zip(pairs, fc):
+        assert f["tokens_chosen"] == len(tok.encode(e.chosen)) + 1  # the response's tokens and the EOS
+        lp = response_logprobs(model, tok, [e.prompt], [e.chosen])[0].item()
+        assert f["logp_chosen"] == pytest.approx(lp) and f["logp_chosen_per_token"] == pytest.approx(
+            lp / f["tokens_chosen"])
+
+
+def test_the_one_step_forecast_is_the_change_a_real_step_makes(setup):
+    """One plain-SGD DPO step on each pair alone, from the model (also the reference): the actual change of
+    log π(y⁺) and log π(y⁻), divided by η, against the forecast per unit η (first order: close at a small η)."""
+    model, tok, pairs, fc = setup
+    eta = 1e-3
+    for e, f in zip(pairs, fc):
+        m = GPT(model.config).double()
+        m.load_state_dict(model.state_dict())
+        ref = Reference.compute(model, tok, [e])
+        data = PreferenceData(tok, [e], 1, model.config.block_size, reference=ref)
+        Trainer(m, data, TrainConfig(task="dpo", steps=1, optimizer="sgd", lr=eta, grad_clip=0.0, progress=False,
+                                     pair_loss={"name": "sigmoid", "beta": 0.1})).run()
+        with torch.no_grad():
+            after = response_logprobs(m.eval(), tok, [e.prompt] * 2, [e.chosen, e.rejected])
+        for k, name in enumerate(("chosen", "rejected")):
+            actual = (after[k].item() - f[f"logp_{name}"]) / eta
+            s = f[f"step_{name}"]
+            assert s["total"] == pytest.approx(s["pull"] + s["push"] + s["shared"])
+            assert actual == pytest.approx(s["total"], rel=2e-2, abs=1e-4), (e, name)
+
+
+def test_dpo_halves_cancel_on_the_shared_prefix(setup):
+    _, _, pairs, fc = setup
+    for f in fc:  # sigmoid: c⁺ = c⁻ = β(1 − σ), so G⁺ + G⁻ = 0 where both see the same context and token
+        assert abs(f["step_chosen"]["shared"]) < 1e-9 and abs(f["step_rejected"]["shared"]) < 1e-9
+    assert fc[0]["step_chosen"]["pull"] > 0 > fc[0]["step_rejected"]["push"]  # y⁺ pulled up, y⁻ pushed down
+
+
+def test_ches_from_the_hidden_states_by_hand(setup):
+    model, tok, pairs, fc = setup
+    for e, f in zip(pairs, fc):
+        H = []
+        for y in (e.chosen, e.rejected):
+            b = make_batch(tok, [e.prompt], [y], model.config.block_size)
+            with torch.no_grad():
+                H.append(model.hidden(b.idx)[0][b.mask[0]])  # (|y|+1, C): the rows that predict y and the EOS
+        hp, hm = H[0].sum(0), H[1].sum(0)
+        assert f["ches"] == pytest.approx((hp @ hm - hp @ hp).item(), rel=1e-6)
+        hp, hm = H[0].mean(0), H[1].mean(0)
+        assert f["ches_norm"] == pytest.approx((hp @ hm - hp @ hp).item(), rel=1e-6)
+
+
+def test_forecast_auc_counts_pairs():
+    fc = [{"ches": c, "ches_norm": -c, "step_chosen": {"total": t}} for c, t in ((3, -1), (1, -2), (2, 1), (0, 2))]
+    res = forecast_auc(fc, [True, True, False, False])
+    # CHES ranks both fallen pairs (3, 1) against the others (2, 0): 3 > 2, 3 > 0, 1 < 2, 1 > 0 → 3 of 4
+    assert res == {"fell": 2, "of": 4, "ches": 0.75, "ches_norm": 0.25, "step": 1.0}
+    assert forecast_auc(fc, [True] * 4)["ches"] is None
+    with pytest.raises(TinyldError, match="4 forecasts but 3 outcomes"):
+        forecast_auc(fc, [True] * 3)
+    with pytest.raises(TinyldError, match="needs a non-empty list of Examples"):
+        pair_forecasts(None, None, [])
