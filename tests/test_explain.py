@@ -84,3 +84,52 @@ def test_forecast_auc_counts_pairs():
         forecast_auc(fc, [True] * 3)
     with pytest.raises(TinyldError, match="needs a non-empty list of Examples"):
         pair_forecasts(None, None, [])
+
+
+@pytest.fixture(scope="module")
+def watched(setup):
+    from tinyld.explain import watch_dpo
+
+    model, tok, pairs, _ = setup
+    return watch_dpo(model, tok, pairs, steps=3, lr=0.05, optimizer="sgd", batch_size=2, top=2)
+
+
+def test_watch_dpo_starts_where_the_model_is_and_ends_where_the_trainer_left_it(setup, watched):
+    model, tok, pairs, _ = setup
+    r = watched
+    assert r["steps"] == [0, 1, 2, 3] and len(r["pairs"]) == len(pairs)
+    for k, e in enumerate(pairs):
+        p = r["pairs"][k]
+        before = response_logprobs(model, tok, [e.prompt] * 2, [e.chosen, e.rejected])
+        assert (p["chosen"][0], p["rejected"][0]) == pytest.approx(before.tolist(), abs=1e-9)
+        b = make_batch(tok, [e.prompt], [e.chosen], model.config.block_size)
+        with torch.no_grad():
+            star = model(b.idx).log_softmax(-1)[0][b.mask[0]].amax(-1).sum().item()  # teacher-forced argmax along y⁺
+        assert p["star"][0] == pytest.approx(star, abs=1e-9)
+        for masses in p["mass"]:
+            for half in ("chosen", "rejected"):
+                assert sum(masses[half].values()) == pytest.approx(1.0, abs=1e-9)
+        assert r["fell"][k] == (p["chosen"][-1] < p["chosen"][0])
+    m = GPT(model.config).double()  # the same run by hand: the last measurement is its model's
+    m.load_state_dict(model.state_dict())
+    data = PreferenceData(tok, pairs, 2, model.config.block_size, 0, reference=Reference.compute(model, tok, pairs))
+    Trainer(m, data, TrainConfig(task="dpo", steps=3, optimizer="sgd", lr=0.05, grad_clip=0.0, progress=False,
+                                 pair_loss={"name": "sigmoid", "beta": 0.1})).run()
+    after = response_logprobs(m.eval(), tok, [e.prompt for e in pairs], [e.chosen for e in pairs])
+    assert [p["chosen"][-1] for p in r["pairs"]] == pytest.approx(after.tolist(), abs=1e-9)
+    assert r["mean"]["chosen"][-1] == pytest.approx(after.mean().item(), abs=1e-9)
+
+
+def test_token_changes_add_up_and_name_the_tokens_that_gained(setup, watched):
+    model, tok, pairs, _ = setup
+    for k, e in enumerate(pairs):
+        for side in ("chosen", "rejected"):
+            toks = watched["tokens"][k][side]
+            text = getattr(e, side)
+            want = [tok.decode([i]) for i in tok.encode(text) + [tok.eos_id]]  # the response's tokens, then the EOS
+            assert [t["token"] for t in toks] == want
+            curve = watched["pairs"][k][side]
+            assert sum(t["dlogp"] for t in toks) == pytest.approx(curve[-1] - curve[0], abs=1e-9)
+            for t in toks:
+                gains = [g for _, g in t["gained"]]
+                assert len(gains) == 2 and gains[0] >= gains[1]
