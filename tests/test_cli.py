@@ -11,13 +11,15 @@ import pytest
 from tinyld.__main__ import CONFIG_COMMANDS, build_parser, main
 from tinyld.demo import DemoConfig, run_demo
 from tinyld.experiments.dpo_dynamics import DPODynamicsConfig
+from tinyld.experiments.explain import ExplainConfig
 from tinyld.experiments.forecasting import ForecastConfig
 from tinyld.experiments.sft_dynamics import SFTDynamicsConfig
 
 CONFIGS = {"demo": DemoConfig, "sft-dynamics": SFTDynamicsConfig, "dpo-dynamics": DPODynamicsConfig,
-           "forecast": ForecastConfig}
+           "forecast": ForecastConfig, "explain": ExplainConfig}
 RUNS = {"demo": "tinyld.demo.run_demo", "sft-dynamics": "tinyld.experiments.sft_dynamics.run",
-        "dpo-dynamics": "tinyld.experiments.dpo_dynamics.run", "forecast": "tinyld.experiments.forecasting.run"}
+        "dpo-dynamics": "tinyld.experiments.dpo_dynamics.run", "forecast": "tinyld.experiments.forecasting.run",
+        "explain": "tinyld.experiments.explain.run"}
 
 
 def test_demo_fast_mode_writes_results(tmp_path, capsys):
@@ -80,7 +82,7 @@ def _shown(value) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
-def test_the_config_commands_are_the_four_experiments():
+def test_the_config_commands_are_the_experiments():
     assert set(CONFIG_COMMANDS) == set(CONFIGS)
 
 

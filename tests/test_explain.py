@@ -133,3 +133,28 @@ def test_token_changes_add_up_and_name_the_tokens_that_gained(setup, watched):
             for t in toks:
                 gains = [g for _, g in t["gained"]]
                 assert len(gains) == 2 and gains[0] >= gains[1]
+
+
+def test_the_explain_command_on_a_chat_model(tmp_path, capsys):
+    """`explain --pairs FILE --model M.gguf`: the forecasts and the watched run are written, the table names every
+    pair, and the verdict counts the pairs whose y⁺ fell."""
+    import json
+
+    pytest.importorskip("gguf")
+    from test_real_llm_runs import chat_gguf_file
+
+    from tinyld.__main__ import main
+
+    model = chat_gguf_file(tmp_path / "chat.gguf")
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [("Name a fruit.", "An apple.", "A chair."), ("Name a colour.", "Blue.", "Seven."),
+            ("Name a pet.", "A cat.", "A cloud.")]
+    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in rows))
+    assert main(["explain", "--pairs", str(pairs), "--model", str(model), "--steps", "2", "--batch-size", "2",
+                 "--threads", "1", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "o" / "explain.json").read_text())
+    assert len(res["forecasts"]) == 3 and res["run"]["steps"] == [0, 1, 2]
+    assert res["verdict"]["of"] == 3 and res["verdict"]["fell"] == sum(res["run"]["fell"])
+    assert res["pairs"][0]["prompt"].startswith("<|im_start|>system") and res["config"]["lr"] == 5e-6
+    assert "y⁺ fell in" in out and (tmp_path / "o" / "claims.txt").read_text().count("\n") == 3 + 2

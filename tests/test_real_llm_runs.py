@@ -25,12 +25,16 @@ gguf = pytest.importorskip("gguf")
 from test_gguf import LLAMA, vocab, write  # noqa: E402  (the writer of tests/test_gguf.py)
 
 
-@pytest.fixture(scope="module")
-def chat_gguf(tmp_path_factory):
+def chat_gguf_file(path):
     """A small random llama-shaped model with SmolLM2's byte-level tokenizer layout and its ChatML template."""
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny", vocab_size=len(vocab()), block_size=512, **LLAMA)).eval()
-    return write(tmp_path_factory.mktemp("gguf") / "chat.gguf", model, template=CHATML)
+    return write(path, model, template=CHATML)
+
+
+@pytest.fixture(scope="module")
+def chat_gguf(tmp_path_factory):
+    return chat_gguf_file(tmp_path_factory.mktemp("gguf") / "chat.gguf")
 
 
 # ---------------------------------------------------------------------------------------------- one --model

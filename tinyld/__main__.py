@@ -5,6 +5,7 @@
     python -m tinyld sft-dynamics        what SFT does to every other answer: probes, claims, attribution
     python -m tinyld dpo-dynamics        what DPO does: squeezing, extend, on- vs off-policy, conditions
     python -m tinyld forecast            pre-memorization accuracy and CHES on a reasoning task
+    python -m tinyld explain --pairs F   where did the probability go? your own pairs before and during DPO
     python -m tinyld golden [--write F]  first training losses on a fixed seed (the test fixture)
     python -m tinyld bench step          tokens/s of one training step, plain and fast path (JSON)
     python -m tinyld bench decompose     predicted full-vocab Δ log π vs one training step (JSON)
@@ -253,6 +254,9 @@ def _dispatch(args, started: list) -> int:
                 raise TinyldError("forecast does not run under torchrun (it trains tiny models in many short runs, "
                                   "which one process does as fast, and CHES trains on one pair at a time, which "
                                   "processes cannot share): run it with python -m tinyld forecast")
+            if args.cmd == "explain" and launched_processes() > 1:
+                raise TinyldError("explain does not run under torchrun (it watches a short run on your pairs, which "
+                                  "one process does): run it with python -m tinyld explain")
             if init_distributed()[1] > 1:
                 started.append(True)
             rc = run_config(args)

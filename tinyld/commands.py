@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from tinyld.experiments.common import WORLD_SFT
 from tinyld.experiments.dpo_dynamics.config import REAL_DPO, WORLD_DPO_EPOCHS
+from tinyld.experiments.explain.config import DEFAULT_LR
 from tinyld.experiments.sft_dynamics.config import REAL_SFT, WORLD_RUN
 from tinyld.pretrained import GPT2_RECIPE, TINY_RECIPE
 
@@ -97,6 +98,24 @@ _FORECAST_FLAGS = [
 ]
 
 
+_EXPLAIN_FLAGS = [
+    ("pairs", "your preference pairs: JSONL, one object per line with prompt, chosen, rejected", dict(metavar="FILE")),
+    ("model", _MODEL),
+    ("steps", "DPO steps of the watched run"),
+    ("optimizer", "sgd | adamw | rmsprop"),
+    ("lr", "learning rate", dict(shown=f"{DEFAULT_LR['real']:g} for a real LLM, {DEFAULT_LR['world']:g} for a world "
+                                       "model")),
+    ("loss", "sigmoid (DPO) | hinge | ipo | robust | rpo | simpo | dpop"),
+    ("beta", "β"),
+    ("batch_size", "pairs per step"),
+    ("seed", "data order (and a world model's seed)"),
+    ("pretrain_steps", "a world model's pretraining", dict(shown=_pretrain_steps_default)),
+    ("out", "output folder"),
+    _DEVICE_BY_PRESET,
+    ("threads", "CPU threads"),
+]
+
+
 class ConfigCommand(NamedTuple):
     """A subcommand that fills a config dataclass from its flags and runs the experiment on it."""
 
@@ -133,6 +152,10 @@ CONFIG_COMMANDS = {
         used_by={**dict.fromkeys(("lrs", "epochs", "data"), ("sweep", "perturb")),
                  **dict.fromkeys(("samples", "temperature", "tau", "pretrain_steps"), ("sweep", "perturb", "curate")),
                  **dict.fromkeys(("curate_lr", "curate_epochs"), ("curate",))}),
+    "explain": ConfigCommand(
+        "tinyld.experiments.explain:ExplainConfig", "tinyld.experiments.explain:run",
+        "where did the probability go? your preference pairs before and during a short DPO run",
+        "4 DPO steps (also TINYLD_FAST=1)", _EXPLAIN_FLAGS, used_by={}),
 }
 
 
