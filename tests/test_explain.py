@@ -158,3 +158,23 @@ def test_the_explain_command_on_a_chat_model(tmp_path, capsys):
     assert res["verdict"]["of"] == 3 and res["verdict"]["fell"] == sum(res["run"]["fell"])
     assert res["pairs"][0]["prompt"].startswith("<|im_start|>system") and res["config"]["lr"] == 5e-6
     assert "y⁺ fell in" in out and (tmp_path / "o" / "claims.txt").read_text().count("\n") == 3 + 2
+    page = (tmp_path / "o" / "report.html").read_text()
+    from html.parser import HTMLParser
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.seen, self.urls = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.seen.append((tag, dict(attrs)))
+            self.urls += [v for k, v in attrs if k in ("src", "href") and v and not v.startswith("#")]
+    t = Tags()
+    t.feed(page)
+    ids = {a.get("id") for _, a in t.seen}
+    assert {"summary", "verdict", "pair-0", "pair-1", "pair-2"} <= ids
+    assert sum(tag == "svg" for tag, _ in t.seen) == 4 and sum(tag == "polyline" for tag, _ in t.seen) == 12
+    assert t.urls == [] and "<script" not in page  # self-contained: nothing fetched, nothing run
+    tokens = [a for tag, a in t.seen if tag == "span" and a.get("class") == "tok"]
+    n_tok = sum(len(res["run"]["tokens"][k][s]) for k in range(3) for s in ("chosen", "rejected"))
+    assert len(tokens) == n_tok and all(a["title"].startswith("Δ log π = ") for a in tokens)

@@ -38,7 +38,8 @@ LAYERS = (
     ("experiments.kit",),  # the kit every experiment uses: the run folder, header, claims, tables, JSON
     ("experiments.sft_dynamics.config", "experiments.sft_dynamics.claims",  # each experiment is a package: its
      "experiments.dpo_dynamics.config", "experiments.dpo_dynamics.claims",  # config and claims, its pieces, one
-     "experiments.forecasting.config", "experiments.explain.config"),  # module per part, the command, and the package that names them
+     "experiments.forecasting.config", "experiments.explain.config",
+     "experiments.explain.report"),  # module per part, the command, and the package that names them
     ("experiments.sft_dynamics.tracking", "experiments.sft_dynamics.attribution", "experiments.dpo_dynamics.stages",
      "experiments.forecasting.sweep"),
     ("experiments.sft_dynamics.conditions", "experiments.dpo_dynamics.dynamics", "experiments.dpo_dynamics.extend",

@@ -1,5 +1,5 @@
 """``python -m tinyld explain``: the forecasts before training and the watched DPO run, each one part of the run
-(kept as it finishes), then the verdict, the summary table and the JSON."""
+(kept as it finishes), then the verdict, the summary table, the JSON and the page to open in a browser."""
 from __future__ import annotations
 
 import time
@@ -8,6 +8,7 @@ from dataclasses import asdict
 from tinyld.data import Example
 from tinyld.experiments.common import preflight, user_setup
 from tinyld.experiments.explain.config import ExplainConfig
+from tinyld.experiments.explain.report import report_html
 from tinyld.experiments.kit import RunFolder, header, honour_batch_size, run_in_folder, write_results
 from tinyld.explain import forecast_auc, pair_forecasts, watch_dpo
 from tinyld.probes import ProbeSet
@@ -18,7 +19,7 @@ COMMAND = "explain"
 
 def outputs(cfg: ExplainConfig) -> list[str]:
     """Every file the run may write in ``cfg.out``."""
-    return ["explain.json", "claims.txt"]
+    return ["explain.json", "claims.txt", "report.html"]
 
 
 def run(cfg: ExplainConfig, overwrite: bool = False, resume: bool = False, again: str | None = None) -> dict:
@@ -48,7 +49,8 @@ def run_in(cfg: ExplainConfig, folder: RunFolder) -> dict:
     result = {"config": asdict(cfg), "versions": folder.manifest.get("versions"),
               "pairs": [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in pairs],
               "forecasts": forecasts, "run": watched, "verdict": verdict}
-    return write_results(folder, "explain.json", result, table, t0, also="the summary")
+    folder.write("report.html", report_html(result))
+    return write_results(folder, "explain.json", result, table, t0, also="report.html (open it in a browser)")
 
 
 def summary_table(pairs: list[Example], forecasts: list[dict], watched: dict, verdict: dict) -> str:
