@@ -175,6 +175,7 @@ def test_the_explain_command_on_a_chat_model(tmp_path, capsys):
     assert {"summary", "verdict", "pair-0", "pair-1", "pair-2"} <= ids
     assert sum(tag == "svg" for tag, _ in t.seen) == 4 and sum(tag == "polyline" for tag, _ in t.seen) == 12
     assert t.urls == [] and "<script" not in page  # self-contained: nothing fetched, nothing run
+    assert "<code>Name a fruit.</code>" in page and "im_start" not in page.split('id="pair-0"')[1].split("</p>")[0]
     tokens = [a for tag, a in t.seen if tag == "span" and a.get("class") == "tok"]
     n_tok = sum(len(res["run"]["tokens"][k][s]) for k in range(3) for s in ("chosen", "rejected"))
     assert len(tokens) == n_tok and all(a["title"].startswith("Δ log π = ") for a in tokens)

@@ -59,6 +59,14 @@ def token_spans(tokens: list[dict]) -> str:
     return "".join(spans)
 
 
+def shown_prompt(prompt: str, limit: int = 300) -> str:
+    """The prompt as the page shows it: the last user turn of a chat template (the system message and the control
+    tokens are the same in every pair), else the text itself; at most ``limit`` characters, from the end."""
+    if "<|im_start|>user\n" in prompt:
+        prompt = prompt.rsplit("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+    return prompt if len(prompt) <= limit else "…" + prompt[-limit:]
+
+
 def pair_section(k: int, pair: dict, forecast: dict, run: dict) -> str:
     """One pair: its texts, the forecast, its curves, the mass at y⁻'s and y⁺'s positions, its tokens."""
     p, steps = run["pairs"][k], run["steps"]
@@ -68,7 +76,7 @@ def pair_section(k: int, pair: dict, forecast: dict, run: dict) -> str:
                         for half, key in (("at y⁺ positions", "chosen"), ("at y⁻ positions", "rejected")))
     fell = '<span class="fell">fell</span>' if run["fell"][k] else "did not fall"
     return f"""<section id="pair-{k}"><h2>Pair {k}: y⁺ {fell}</h2>
-<p><b>prompt</b> <code>{html.escape(pair['prompt'][-300:])}</code></p>
+<p><b>prompt</b> <code>{html.escape(shown_prompt(pair['prompt']))}</code></p>
 <p><b>forecast before training</b> (one DPO step on this pair alone, per unit lr): Δ log π(y⁺) = {s['total']:+.4g}
 = pull {s['pull']:+.4g} + push {s['push']:+.4g} + shared prefix {s['shared']:+.4g}; CHES {forecast['ches']:.4g}</p>
 <figure class="curves">{lines_svg(steps, {n: p[n] for n in ('chosen', 'rejected', 'star')})}</figure>
