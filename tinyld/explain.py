@@ -102,9 +102,9 @@ class _PairBatch:
         self.mask = b.targets != IGNORE
 
     @torch.no_grad()
-    def measure(self, model) -> tuple[dict, torch.Tensor]:
-        """Per pair: log π(y⁺), log π(y⁻), log π(y*) and the mean mass split over y⁺'s and y⁻'s positions; and the
-        log-probabilities at the response positions (rows of the mask, in order: (N_resp, V))."""
+    def measure(self, model, full: bool = False) -> tuple[dict, torch.Tensor | None]:
+        """Per pair: log π(y⁺), log π(y⁻), log π(y*) and the mean mass split over y⁺'s and y⁻'s positions; and, if
+        ``full``, the log-probabilities at the response positions (rows of the mask, in order: (N_resp, V))."""
         logits = model.eval()(self.idx)  # (2N, T, V)
         st = position_stats(logits, self.targets)
         mass = token_mass(logits, self.targets, self.other)  # (2N, T, 4)
@@ -114,7 +114,7 @@ class _PairBatch:
                "star": st["logp_star"][:n].tolist(),
                "mass": [{"chosen": dict(zip(MASS_CLASSES, mean[i])), "rejected": dict(zip(MASS_CLASSES, mean[n + i]))}
                         for i in range(n)]}
-        return res, F.log_softmax(logits[self.mask].double(), -1)
+        return res, F.log_softmax(logits[self.mask].double(), -1) if full else None
 
 
 def watch_dpo(model, tok, examples: Sequence[Example], steps: int, lr: float, optimizer: str = "adamw",
@@ -133,16 +133,17 @@ def watch_dpo(model, tok, examples: Sequence[Example], steps: int, lr: float, op
     data = PreferenceData(tok, examples, min(batch_size, len(examples)), model.config.block_size, seed, reference=ref)
     pb = _PairBatch(tok, examples, model.config.block_size, dev)
     m = copy.deepcopy(model)
-    first, lp0 = pb.measure(m)
-    measured, at = [first], [0]
+    first, lp0 = pb.measure(m, full=True)
+    measured, at, last = [first], [0], {}
 
-    def callback(trainer, step):
-        measured.append(pb.measure(trainer.model)[0])
+    def callback(trainer, step):  # after every step; the last one also keeps the log-probs for the token changes
+        res, last["lp"] = pb.measure(trainer.model, full=step == steps)
+        measured.append(res)
         at.append(step)
     tc = TrainConfig(task="dpo", steps=steps, optimizer=optimizer, lr=lr, grad_clip=0.0, seed=seed, log_every=steps,
                      progress=False, pair_loss={"name": loss, "beta": beta})
     Trainer(m, data, tc, tok).run(callback)
-    _, lp1 = pb.measure(m)
+    lp1 = last["lp"]  # (N_resp, V) after the last step
     n = len(examples)
     curves = {k: [[r[k][i] for r in measured] for i in range(n)] for k in ("chosen", "rejected", "star")}
     pairs = [{**{k: curves[k][i] for k in curves}, "mass": [r["mass"][i] for r in measured]} for i in range(n)]
