@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from tinyld import GPT, GPTConfig, TinyldError
-from tinyld.data import Example, make_batch
+from tinyld.data import Example, PairData, make_batch
 from tinyld.evaluate import response_logprobs
-from tinyld.explain import forecast_auc, pair_forecasts
+from tinyld.explain import fixes, forecast_auc, pair_forecasts
 from tinyld.preference import PreferenceData, Reference
 from tinyld.train import TrainConfig, Trainer
+from tinyld.updates import DPOUpdate, lm_rows
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,48 @@ def test_ches_from_the_hidden_states_by_hand(setup):
         assert f["ches"] == pytest.approx((hp @ hm - hp @ hp).item(), rel=1e-6)
         hp, hm = H[0].mean(0), H[1].mean(0)
         assert f["ches_norm"] == pytest.approx((hp @ hm - hp @ hp).item(), rel=1e-6)
+
+
+def test_the_sft_forecast_is_the_change_a_real_sft_step_makes(setup):
+    """One plain-SGD SFT step on y⁺ alone: the actual change of log π(y⁺) and log π(y⁻), divided by η, against
+    the forecast per unit η that the fixes build on."""
+    model, tok, pairs, fc = setup
+    eta, e, f = 1e-5, pairs[3], fc[3]
+    m = GPT(model.config).double()
+    m.load_state_dict(model.state_dict())
+    data = PairData(tok, [Example(e.prompt, e.chosen)], 1, model.config.block_size)
+    Trainer(m, data, TrainConfig(task="sft", steps=1, optimizer="sgd", lr=eta, grad_clip=0.0, progress=False)).run()
+    with torch.no_grad():
+        after = response_logprobs(m.eval(), tok, [e.prompt] * 2, [e.chosen, e.rejected])
+    actual = [(after[0].item() - f["logp_chosen"]) / eta, (after[1].item() - f["logp_rejected"]) / eta]
+    assert actual == pytest.approx(f["sft_chosen"], rel=2e-2, abs=1e-4)
+    assert f["sft_chosen"][0] > 0  # SFT on y⁺ lifts y⁺
+
+
+def test_the_nll_fix_is_the_rpo_step(setup):
+    """The forecast of DPO + α·NLL(y⁺)/n⁺ that ``fixes`` builds from DPO's forecast and SFT's, against RPO's own
+    one-step forecast (the loss rpo of the family, its halves summed); the other rows from their definitions."""
+    from tinyld.dynamics import halves
+
+    model, tok, pairs, fc = setup
+    block = model.config.block_size
+    for e, f in zip(pairs, fc):
+        rc, rr = (lm_rows(make_batch(tok, [e.prompt], [y], block)) for y in (e.chosen, e.rejected))
+        observed = lm_rows(make_batch(tok, [e.prompt] * 2, [e.chosen, e.rejected], block))
+        rpo = DPOUpdate(rc, rr, torch.tensor([f["logp_chosen"]]), torch.tensor([f["logp_rejected"]]), beta=0.1,
+                        loss="rpo", alpha=0.5)
+        want = sum(halves(model, rpo, observed, 1.0).values())  # (Δ y⁺, Δ y⁻) per unit η
+        got = {x["fix"]: x for x in fixes([f], alpha=0.5)}
+        assert [got["nll"]["chosen"], got["nll"]["rejected"]] == pytest.approx(want.tolist(), rel=1e-6, abs=1e-9)
+        assert got["smaller step"]["chosen"] == pytest.approx(f["step_chosen"]["total"] / 10)
+        assert got["extend"]["rejected"] == pytest.approx(f["sft_chosen"][1] + f["sft_rejected"][1])
+        falls = f["step_chosen"]["total"] < 0
+        assert got["dpo"]["fall"] == got["smaller step"]["fall"] == int(falls)
+        if falls:  # at the α it names, the forecast fall of y⁺ is exactly made up
+            a = got["nll"]["alpha_needed"][0]
+            assert {x["fix"]: x for x in fixes([f], alpha=a)}["nll"]["chosen"] == pytest.approx(0, abs=1e-9)
+    with pytest.raises(TinyldError, match="at least one pair"):
+        fixes([])
 
 
 def test_forecast_auc_counts_pairs():
@@ -157,7 +200,7 @@ def test_the_explain_command_on_a_chat_model(tmp_path, capsys):
     assert len(res["forecasts"]) == 3 and res["run"]["steps"] == [0, 1, 2]
     assert res["verdict"]["of"] == 3 and res["verdict"]["fell"] == sum(res["run"]["fell"])
     assert res["pairs"][0]["prompt"].startswith("<|im_start|>system") and res["config"]["lr"] == 5e-6
-    assert "y⁺ fell in" in out and (tmp_path / "o" / "claims.txt").read_text().count("\n") == 3 + 2
+    assert "y⁺ fell in" in out and (tmp_path / "o" / "claims.txt").read_text().count("\n") == 3 + 2 + 6
     page = (tmp_path / "o" / "report.html").read_text()
     from html.parser import HTMLParser
 
@@ -172,10 +215,76 @@ def test_the_explain_command_on_a_chat_model(tmp_path, capsys):
     t = Tags()
     t.feed(page)
     ids = {a.get("id") for _, a in t.seen}
-    assert {"summary", "verdict", "pair-0", "pair-1", "pair-2"} <= ids
+    assert {"summary", "verdict", "fixes", "pair-0", "pair-1", "pair-2"} <= ids and "stopped" not in ids
     assert sum(tag == "svg" for tag, _ in t.seen) == 4 and sum(tag == "polyline" for tag, _ in t.seen) == 12
     assert t.urls == [] and "<script" not in page  # self-contained: nothing fetched, nothing run
     assert "<code>Name a fruit.</code>" in page and "im_start" not in page.split('id="pair-0"')[1].split("</p>")[0]
     tokens = [a for tag, a in t.seen if tag == "span" and a.get("class") == "tok"]
     n_tok = sum(len(res["run"]["tokens"][k][s]) for k in range(3) for s in ("chosen", "rejected"))
     assert len(tokens) == n_tok and all(a["title"].startswith("Δ log π = ") for a in tokens)
+
+
+def _explain_files(tmp_path):
+    import json
+
+    pytest.importorskip("gguf")
+    from test_real_llm_runs import chat_gguf_file
+
+    model = chat_gguf_file(tmp_path / "chat.gguf")
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [("Name a fruit.", "An apple.", "A chair."), ("Name a colour.", "Blue.", "Seven."),
+            ("Name a pet.", "A cat.", "A cloud.")]
+    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in rows))
+    return ["explain", "--pairs", str(pairs), "--model", str(model), "--steps", "3", "--batch-size", "2",
+            "--threads", "1", "--out", str(tmp_path / "o")]
+
+
+def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the DPO run: the command stops after the step under way (exit 130), and the page and the JSON
+    hold the forecasts and the steps measured, saying how far it got; --resume keeps the finished forecasts and
+    runs the whole DPO run again. Ctrl-C while forecasting keeps the pairs forecast so far."""
+    import json
+    import os
+    import signal
+
+    import tinyld.explain as ex
+    from tinyld.__main__ import main
+
+    argv = _explain_files(tmp_path)
+    measure, calls = ex._PairBatch.measure, []
+
+    def measure_then_ctrl_c(self, model, full=False):  # the measurement after step 1 is when Ctrl-C comes
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return measure(self, model, full)
+    monkeypatch.setattr(ex._PairBatch, "measure", measure_then_ctrl_c)
+    assert main(argv) == 130
+    res = json.loads((tmp_path / "o" / "explain.json").read_text())
+    assert res["stopped"] == "Ctrl-C after DPO step 1 of 3" and res["run"]["steps"] == [0, 1]
+    assert len(res["forecasts"]) == 3 and res["verdict"]["of"] == 3
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert 'id="stopped"' in page and "after DPO step 1 of 3" in page and page.count("<svg") == 4
+    assert "Continue with" in capsys.readouterr().err
+    forecast = ex.pair_forecasts
+    monkeypatch.setattr(ex._PairBatch, "measure", measure)
+    monkeypatch.setattr("tinyld.experiments.explain.command.pair_forecasts", lambda *a, **k: pytest.fail("again"))
+    assert main(argv + ["--resume"]) == 0  # the forecasts come from the finished part
+    res2 = json.loads((tmp_path / "o" / "explain.json").read_text())
+    assert res2["stopped"] is None and res2["run"]["steps"] == [0, 1, 2, 3] and res2["forecasts"] == res["forecasts"]
+
+    one, forecast_calls = ex._pair_forecast, []
+
+    def forecast_then_ctrl_c(*args):  # Ctrl-C comes while the second pair is forecast
+        forecast_calls.append(1)
+        if len(forecast_calls) == 2:
+            raise KeyboardInterrupt
+        return one(*args)
+    monkeypatch.setattr("tinyld.experiments.explain.command.pair_forecasts", forecast)
+    monkeypatch.setattr(ex, "_pair_forecast", forecast_then_ctrl_c)
+    assert main(argv + ["--overwrite"]) == 130
+    res = json.loads((tmp_path / "o" / "explain.json").read_text())
+    assert res["stopped"].startswith("Ctrl-C while forecasting: 1 of 3 pairs") and res["run"] is None
+    assert len(res["forecasts"]) == 1 and res["verdict"] is None
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert 'id="pair-0"' in page and 'id="pair-1"' not in page and "The DPO run did not reach" in page

@@ -27,15 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from tinyld.data import IGNORE, Example, make_batch
-from tinyld.dynamics import halves
+from tinyld.dynamics import halves, sequence_change
 from tinyld.evaluate import response_logprobs
 from tinyld.forecast import auc, ches
+from tinyld.kernel import predict
 from tinyld.preference import PreferenceData, Reference
 from tinyld.probes import position_stats
-from tinyld.runtime import TinyldError, check_int
+from tinyld.runtime import TinyldError, check_int, check_number
 from tinyld.squeeze import MASS_CLASSES, token_mass
 from tinyld.train import TrainConfig, Trainer
-from tinyld.updates import DPOUpdate, lm_rows
+from tinyld.updates import DPOUpdate, SFTUpdate, lm_rows
 
 FORECASTS = ("ches", "ches_norm", "step")  # scores of "y⁺ will fall", highest first: CHES, its normalised form,
 # and minus the one-step forecast of Δ log π(y⁺)
@@ -46,7 +47,8 @@ def pair_forecasts(model, tok, examples: Sequence[Example], beta: float = 0.1, l
     forms, ``tokens_chosen``, ``tokens_rejected``, ``ches``, ``ches_norm`` and the one-step forecast of a DPO step
     (``loss``, ``beta``) on that pair alone, per unit learning rate: ``step_chosen`` = Δ log π(y⁺) split into
     ``pull`` (y⁺'s half), ``push`` (y⁻'s half) and ``shared`` (their net on the common prefix), and
-    ``step_rejected`` likewise for y⁻."""
+    ``step_rejected`` likewise for y⁻; ``sft_chosen`` and ``sft_rejected``: the predicted (Δ log π(y⁺), Δ log π(y⁻))
+    of one SFT step on y⁺, or on y⁻, alone, per unit learning rate (what :func:`fixes` builds on)."""
     examples = list(examples)
     if not examples or not all(isinstance(e, Example) and e.rejected for e in examples):
         raise TinyldError("pair_forecasts needs a non-empty list of Examples with a rejected response (pairs)")
@@ -60,22 +62,32 @@ def pair_forecasts(model, tok, examples: Sequence[Example], beta: float = 0.1, l
         ch, ch_norm = (ches(model, tok, prompts, chosen, rejected, normalize=n) for n in (False, True))
     dev = next(model.parameters()).device
     out = []
-    for i, e in enumerate(examples):
-        rc = lm_rows(make_batch(tok, [e.prompt], [e.chosen], block).to(dev))
-        rr = lm_rows(make_batch(tok, [e.prompt], [e.rejected], block).to(dev))
-        update = DPOUpdate(rc, rr, lp_c[i:i + 1], lp_r[i:i + 1], beta=beta, loss=loss)  # reference: the model itself
-        observed = lm_rows(make_batch(tok, [e.prompt] * 2, [e.chosen, e.rejected], block).to(dev))
-        parts = {k: v.tolist() for k, v in halves(model, update, observed, 1.0).items()}  # per unit η: (2,) each
-        nc, nr = rc.n, rr.n
-        out.append({"logp_chosen": lp_c[i].item(), "logp_rejected": lp_r[i].item(), "tokens_chosen": nc,
-                    "tokens_rejected": nr, "logp_chosen_per_token": lp_c[i].item() / nc,
-                    "logp_rejected_per_token": lp_r[i].item() / nr, "ches": ch[i].item(),
-                    "ches_norm": ch_norm[i].item(),
-                    **{f"step_{name}": {"pull": parts["chosen"][k], "push": parts["rejected"][k],
-                                        "shared": parts["shared"][k],
-                                        "total": parts["chosen"][k] + parts["rejected"][k] + parts["shared"][k]}
-                       for k, name in enumerate(("chosen", "rejected"))}})
+    try:
+        for i, e in enumerate(examples):
+            out.append(_pair_forecast(model, tok, e, block, dev, beta, loss, (lp_c[i], lp_r[i], ch[i], ch_norm[i])))
+    except KeyboardInterrupt as err:  # Ctrl-C: keep the pairs already forecast
+        raise ExplainStopped(f"Ctrl-C while forecasting: {len(out)} of {len(examples)} pairs forecast, the DPO run "
+                             "not started", out) from err
     return out
+
+
+def _pair_forecast(model, tok, e: Example, block: int, dev, beta: float, loss: str, measured) -> dict:
+    """pair_forecasts for one pair; ``measured``: its (log π(y⁺), log π(y⁻), CHES, normalised CHES), (1,) each."""
+    lp_c, lp_r, ch, ch_norm = measured
+    rc = lm_rows(make_batch(tok, [e.prompt], [e.chosen], block).to(dev))
+    rr = lm_rows(make_batch(tok, [e.prompt], [e.rejected], block).to(dev))
+    update = DPOUpdate(rc, rr, lp_c.reshape(1), lp_r.reshape(1), beta=beta, loss=loss)  # reference: the model itself
+    observed = lm_rows(make_batch(tok, [e.prompt] * 2, [e.chosen, e.rejected], block).to(dev))
+    parts = {k: v.tolist() for k, v in halves(model, update, observed, 1.0).items()}  # per unit η: (2,) each
+    sft = {name: sequence_change(observed, predict(model, observed, SFTUpdate(rows), 1.0)).tolist()
+           for name, rows in (("sft_chosen", rc), ("sft_rejected", rr))}  # per unit η: (Δ y⁺, Δ y⁻) each
+    nc, nr = rc.n, rr.n
+    return {"logp_chosen": lp_c.item(), "logp_rejected": lp_r.item(), "tokens_chosen": nc, "tokens_rejected": nr,
+            "logp_chosen_per_token": lp_c.item() / nc, "logp_rejected_per_token": lp_r.item() / nr,
+            "ches": ch.item(), "ches_norm": ch_norm.item(), **sft,
+            **{f"step_{name}": {"pull": parts["chosen"][k], "push": parts["rejected"][k], "shared": parts["shared"][k],
+                                "total": parts["chosen"][k] + parts["rejected"][k] + parts["shared"][k]}
+               for k, name in enumerate(("chosen", "rejected"))}}
 
 
 def forecast_auc(forecasts: list[dict], fell: Sequence[bool]) -> dict:
@@ -87,6 +99,55 @@ def forecast_auc(forecasts: list[dict], fell: Sequence[bool]) -> dict:
     scores = {"ches": [f["ches"] for f in forecasts], "ches_norm": [f["ches_norm"] for f in forecasts],
               "step": [-f["step_chosen"]["total"] for f in forecasts]}
     return {"fell": sum(fell), "of": len(fell), **{k: auc(v, fell) for k, v in scores.items()}}
+
+
+def fixes(forecasts: list[dict], alpha: float = 1.0) -> list[dict]:
+    """What the one-step forecast predicts for each fix the mechanism suggests, per unit learning rate (plain SGD),
+    as the mean over the pairs of the predicted Δ log π(y⁺) and Δ log π(y⁻) (``chosen``, ``rejected``) and the
+    number of pairs whose y⁺ is forecast to fall (``fall``):
+
+    - ``dpo``: the DPO step as run (the baseline);
+    - ``smaller step``: lr ÷ 10; at first order every change scales with the step, so the same pairs fall, slower;
+    - ``nll``: an NLL term on y⁺ as in RPO, ``α``·NLL(y⁺)/n⁺ (TRL's rpo_alpha): the SFT pull on y⁺ added to the
+      DPO step; ``alpha_needed``: per pair, the α at which its forecast Δ log π(y⁺) is 0 (None where y⁺ is not
+      forecast to fall);
+    - ``sft on y⁺``: one more SFT step on y⁺ before DPO; ``offsets``: per pair forecast to fall, how many DPO steps
+      of its forecast fall that one SFT step makes up (None elsewhere);
+    - ``extend``: one SFT step on y⁺ and on y⁻ before DPO (the paper's extension), which lifts y⁻ out of the
+      low-probability region where the negative gradient squeezes hardest.
+
+    The verdict shows these as forecasts, not as advice: what happens over a whole run is for the run to show."""
+    if not forecasts:
+        raise TinyldError("fixes needs the forecasts of at least one pair")
+    alpha = check_number("fixes alpha", alpha, 0)
+    n = len(forecasts)
+    mean = lambda xs: sum(xs) / n  # noqa: E731
+    dpo = [(f["step_chosen"]["total"], f["step_rejected"]["total"]) for f in forecasts]
+    nll = [(c + alpha * f["sft_chosen"][0] / f["tokens_chosen"], r + alpha * f["sft_chosen"][1] / f["tokens_chosen"])
+           for (c, r), f in zip(dpo, forecasts)]
+    sft = [tuple(f["sft_chosen"]) for f in forecasts]
+    ext = [(f["sft_chosen"][0] + f["sft_rejected"][0], f["sft_chosen"][1] + f["sft_rejected"][1]) for f in forecasts]
+
+    def row(name: str, what: str, changes, **extra) -> dict:
+        return {"fix": name, "what": what, "chosen": mean([c for c, _ in changes]),
+                "rejected": mean([r for _, r in changes]), "fall": sum(c < 0 for c, _ in changes), "of": n, **extra}
+    return [row("dpo", "the DPO step as run", dpo),
+            row("smaller step", "the same step at lr ÷ 10", [(c / 10, r / 10) for c, r in dpo]),
+            row("nll", f"DPO + an NLL term on y⁺ (RPO, α = {alpha:g})", nll,
+                alpha_needed=[-c * f["tokens_chosen"] / f["sft_chosen"][0] if c < 0 < f["sft_chosen"][0] else None
+                              for (c, _), f in zip(dpo, forecasts)]),
+            row("sft on y⁺", "one more SFT step on y⁺ before DPO", sft,
+                offsets=[s[0] / -c if c < 0 else None for s, (c, _) in zip(sft, dpo)]),
+            row("extend", "one SFT step on y⁺ and on y⁻ before DPO (the extension)", ext)]
+
+
+class ExplainStopped(KeyboardInterrupt):
+    """Ctrl-C stopped a measurement of ``explain``; ``partial`` holds what was measured before it, ``stopped``
+    says where it stopped."""
+
+    def __init__(self, stopped: str, partial):
+        super().__init__(stopped)
+        self.stopped, self.partial = stopped, partial
 
 
 class _PairBatch:
@@ -142,14 +203,25 @@ def watch_dpo(model, tok, examples: Sequence[Example], steps: int, lr: float, op
         at.append(step)
     tc = TrainConfig(task="dpo", steps=steps, optimizer=optimizer, lr=lr, grad_clip=0.0, seed=seed, log_every=steps,
                      progress=False, pair_loss={"name": loss, "beta": beta})
-    Trainer(m, data, tc, tok).run(callback)
-    lp1 = last["lp"]  # (N_resp, V) after the last step
-    n = len(examples)
+    try:
+        Trainer(m, data, tc, tok).run(callback)
+    except KeyboardInterrupt as err:  # Ctrl-C: keep every measurement made so far, and the token changes until now
+        if "lp" not in last or last["lp"] is None:
+            last["lp"] = pb.measure(m, full=True)[1]
+        stopped = f"Ctrl-C after DPO step {at[-1]} of {steps}"
+        raise ExplainStopped(stopped, _watched(measured, at, pb, tok, lp0, last["lp"], top, stopped)) from err
+    return _watched(measured, at, pb, tok, lp0, last["lp"], top)
+
+
+def _watched(measured: list[dict], at: list[int], pb: "_PairBatch", tok, lp0, lp1, top: int,
+             stopped: str | None = None) -> dict:
+    """watch_dpo's result from its measurements (``stopped``: why it ended early, or None)."""
+    n = pb.n
     curves = {k: [[r[k][i] for r in measured] for i in range(n)] for k in ("chosen", "rejected", "star")}
     pairs = [{**{k: curves[k][i] for k in curves}, "mass": [r["mass"][i] for r in measured]} for i in range(n)]
     mean = {k: [sum(c[j] for c in curves[k]) / n for j in range(len(at))] for k in curves}
-    return {"steps": at, "pairs": pairs, "mean": mean, "fell": [p["chosen"][-1] < p["chosen"][0] for p in pairs],
-            "tokens": _token_changes(tok, pb, lp0, lp1, top)}
+    return {"steps": list(at), "pairs": pairs, "mean": mean, "fell": [p["chosen"][-1] < p["chosen"][0] for p in pairs],
+            "tokens": _token_changes(tok, pb, lp0, lp1, top), "stopped": stopped}
 
 
 def _token_changes(tok, pb: _PairBatch, lp0: torch.Tensor, lp1: torch.Tensor, top: int) -> list[dict]:

@@ -9,8 +9,8 @@ from tinyld.data import Example
 from tinyld.experiments.common import preflight, user_setup
 from tinyld.experiments.explain.config import ExplainConfig
 from tinyld.experiments.explain.report import report_html
-from tinyld.experiments.kit import RunFolder, header, honour_batch_size, run_in_folder, write_results
-from tinyld.explain import forecast_auc, pair_forecasts, watch_dpo
+from tinyld.experiments.kit import RunFolder, header, honour_batch_size, run_in_folder, write_json, write_results
+from tinyld.explain import ExplainStopped, fixes, forecast_auc, pair_forecasts, watch_dpo
 from tinyld.probes import ProbeSet
 from tinyld.runtime import TinyldError, pick_device
 
@@ -40,23 +40,44 @@ def run_in(cfg: ExplainConfig, folder: RunFolder) -> dict:
     pairs = [Example(p.prompt, p.responses["chosen"], p.responses["rejected"]) for p in probes.probes]  # every line
     print(f"  {len(pairs)} pairs from {cfg.pairs}; DPO ({cfg.loss}, β {cfg.beta:g}): {cfg.optimizer}, lr {cfg.lr:g} "
           f"(constant, no clipping), batch {cfg.batch_size}, {cfg.steps} steps, the model as its own reference")
-    forecasts = folder.part("forecasts", lambda: pair_forecasts(model, tok, pairs, cfg.beta, cfg.loss))
-    watched = folder.part("run", lambda: watch_dpo(model, tok, pairs, cfg.steps, cfg.lr, cfg.optimizer, cfg.loss,
-                                                     cfg.beta, cfg.batch_size, cfg.seed))
-    verdict = forecast_auc(forecasts, watched["fell"])
-    table = summary_table(pairs, forecasts, watched, verdict)
+    forecasts = watched = stopped = None
+    try:
+        forecasts = folder.part("forecasts", lambda: pair_forecasts(model, tok, pairs, cfg.beta, cfg.loss))
+        watched = folder.part("run", lambda: watch_dpo(model, tok, pairs, cfg.steps, cfg.lr, cfg.optimizer, cfg.loss,
+                                                         cfg.beta, cfg.batch_size, cfg.seed))
+    except ExplainStopped as stop:  # Ctrl-C: the page and the JSON show what was measured, and say how far it got
+        forecasts, watched = (stop.partial, None) if forecasts is None else (forecasts, stop.partial)
+        stopped = stop.stopped
+        result = assemble(cfg, folder, pairs, forecasts, watched, stopped)
+        folder.write("report.html", report_html(result))
+        write_json(folder, "explain.json", result)
+        print(f"\n  {stopped}: {folder.out / 'report.html'} and explain.json show what was measured until then")
+        raise
+    result = assemble(cfg, folder, pairs, forecasts, watched, stopped)
+    table = summary_table(pairs, forecasts, watched, result["verdict"], result["fixes"])
     print("\n" + table)
-    result = {"config": asdict(cfg), "versions": folder.manifest.get("versions"),
-              "pairs": [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in pairs],
-              "forecasts": forecasts, "run": watched, "verdict": verdict}
     folder.write("report.html", report_html(result))
     return write_results(folder, "explain.json", result, table, t0, also="report.html (open it in a browser)")
 
 
-def summary_table(pairs: list[Example], forecasts: list[dict], watched: dict, verdict: dict) -> str:
+def assemble(cfg: ExplainConfig, folder: RunFolder, pairs: list[Example], forecasts: list[dict] | None,
+             watched: dict | None, stopped: str | None) -> dict:
+    """The result the JSON and the page hold: the config, the versions, the pairs, what was measured (the
+    forecasts, the run: each None, or shorter, when Ctrl-C stopped it: ``stopped`` says where), the verdict and
+    the forecasts of the fixes."""
+    done = len(forecasts or [])
+    verdict = (forecast_auc(forecasts, watched["fell"]) if watched is not None and len(watched["steps"]) > 1
+               else None)
+    return {"config": asdict(cfg), "versions": folder.manifest.get("versions"),
+            "pairs": [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in pairs],
+            "forecasts": forecasts, "run": watched, "verdict": verdict, "fixes": fixes(forecasts) if done else None,
+            "stopped": stopped}
+
+
+def summary_table(pairs: list[Example], forecasts: list[dict], watched: dict, verdict: dict, fixes: list[dict]) -> str:
     """One line per pair: log π(y⁺) before → after, the change of y⁻, CHES and the one-step forecast of y⁺'s change
     (per unit lr: the pull of y⁺'s half, the push of y⁻'s half), and whether y⁺ fell; then how well each forecast
-    ranked the pairs that fell."""
+    ranked the pairs that fell, and what the forecast predicts for each fix."""
     lines = [f"{'pair':>4}  {'log π(y⁺) before → after':>25}  {'Δ y⁻':>7}  {'CHES':>9}  "
              f"{'forecast Δ y⁺ = pull + push (per unit lr)':>42}  y⁺ fell"]
     for k, (f, p) in enumerate(zip(forecasts, watched["pairs"])):
@@ -70,4 +91,8 @@ def summary_table(pairs: list[Example], forecasts: list[dict], watched: dict, ve
     lines.append(f"y⁺ fell in {n['fell']} of {n['of']} pairs. AUC for 'y⁺ falls' (1 = every fallen pair ranked first, "
                  f"0.5 = chance): CHES {auc('ches')}, length-normalised CHES {auc('ches_norm')}, one-step forecast "
                  f"{auc('step')}")
+    lines.append("What the one-step forecast predicts for each fix (mean over the pairs, per unit lr; a forecast, "
+                 "not advice):")
+    lines += [f"  {x['what']:<58} Δ y⁺ {x['chosen']:>+11.4g}  Δ y⁻ {x['rejected']:>+11.4g}  "
+              f"y⁺ forecast to fall in {x['fall']} of {x['of']}" for x in fixes]
     return "\n".join(lines)

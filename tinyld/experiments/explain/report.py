@@ -67,18 +67,23 @@ def shown_prompt(prompt: str, limit: int = 300) -> str:
     return prompt if len(prompt) <= limit else "…" + prompt[-limit:]
 
 
-def pair_section(k: int, pair: dict, forecast: dict, run: dict) -> str:
-    """One pair: its texts, the forecast, its curves, the mass at y⁻'s and y⁺'s positions, its tokens."""
+def pair_section(k: int, pair: dict, forecast: dict, run: dict | None) -> str:
+    """One pair: its texts, the forecast, and (once the run measured it) its curves, the mass at y⁺'s and y⁻'s
+    positions and its tokens."""
+    s = forecast["step_chosen"]
+    head = f"""<section id="pair-{k}"><h2>Pair {k}: y⁺ {_fell(run, k)}</h2>
+<p><b>prompt</b> <code>{html.escape(shown_prompt(pair['prompt']))}</code></p>
+<p><b>forecast before training</b> (one DPO step on this pair alone, per unit lr): Δ log π(y⁺) = {s['total']:+.4g}
+= pull {s['pull']:+.4g} + push {s['push']:+.4g} + shared prefix {s['shared']:+.4g}; CHES {forecast['ches']:.4g}.
+One SFT step on y⁺ alone: Δ log π(y⁺) = {forecast['sft_chosen'][0]:+.4g}.</p>"""
+    if run is None:
+        return head + "<p>The DPO run did not reach this pair.</p></section>"
     p, steps = run["pairs"][k], run["steps"]
-    s, m0, m1 = forecast["step_chosen"], p["mass"][0], p["mass"][-1]
+    m0, m1 = p["mass"][0], p["mass"][-1]
     mass_rows = "".join(f"<tr><th>{half}</th>" + "".join(f"<td>{m0[key][c]:.3f} → {m1[key][c]:.3f}</td>"
                                                            for c in MASS_CLASSES) + "</tr>"
                         for half, key in (("at y⁺ positions", "chosen"), ("at y⁻ positions", "rejected")))
-    fell = '<span class="fell">fell</span>' if run["fell"][k] else "did not fall"
-    return f"""<section id="pair-{k}"><h2>Pair {k}: y⁺ {fell}</h2>
-<p><b>prompt</b> <code>{html.escape(shown_prompt(pair['prompt']))}</code></p>
-<p><b>forecast before training</b> (one DPO step on this pair alone, per unit lr): Δ log π(y⁺) = {s['total']:+.4g}
-= pull {s['pull']:+.4g} + push {s['push']:+.4g} + shared prefix {s['shared']:+.4g}; CHES {forecast['ches']:.4g}</p>
+    return head + f"""
 <figure class="curves">{lines_svg(steps, {n: p[n] for n in ('chosen', 'rejected', 'star')})}</figure>
 <p><b>where the probability sits</b> (mean over positions, before → after)</p>
 <table><tr><th></th>{''.join(f'<th>{c}</th>' for c in MASS_CLASSES)}</tr>{mass_rows}</table>
@@ -86,35 +91,63 @@ def pair_section(k: int, pair: dict, forecast: dict, run: dict) -> str:
 <p><b>y⁻</b> {token_spans(run['tokens'][k]['rejected'])}</p></section>"""
 
 
+def _fell(run: dict | None, k: int, yes: str = '<span class="fell">fell</span>', no: str = "did not fall") -> str:
+    return "–" if run is None or len(run["steps"]) < 2 else yes if run["fell"][k] else no
+
+
+def fixes_table(fixes: list[dict]) -> str:
+    """What the one-step forecast predicts for each fix (:func:`tinyld.explain.fixes`)."""
+    rows = "".join(f"<tr><td class=\"text\">{html.escape(x['what'])}</td><td>{x['chosen']:+.4g}</td>"
+                   f"<td>{x['rejected']:+.4g}</td><td>{x['fall']} of {x['of']}</td></tr>" for x in fixes)
+    return ('<table id="fixes"><tr><th>fix</th><th>forecast Δ log π(y⁺)</th><th>forecast Δ log π(y⁻)</th>'
+            f'<th>pairs whose y⁺ is forecast to fall</th></tr>{rows}</table>')
+
+
 def report_html(result: dict) -> str:
-    """The whole page for an ``explain`` result (the dict its JSON holds)."""
-    run, fc, cfg = result["run"], result["forecasts"], result["config"]
+    """The whole page for an ``explain`` result (the dict its JSON holds; after a Ctrl-C, what was measured)."""
+    run, cfg, pairs = result["run"], result["config"], result["pairs"]
+    fc = result["forecasts"] or []
     rows = []
-    for k, (f, p) in enumerate(zip(fc, run["pairs"])):
-        fell = '<span class="fell">yes</span>' if run["fell"][k] else "no"
-        rows.append(f'<tr><td><a href="#pair-{k}">{k}</a></td><td class="text">'
-                    f'{html.escape(result["pairs"][k]["chosen"][:80])}</td>'
-                    f'<td>{p["chosen"][0]:.2f} → {p["chosen"][-1]:.2f}</td>'
-                    f'<td>{p["rejected"][-1] - p["rejected"][0]:+.2f}</td><td>{f["ches"]:.3g}</td>'
-                    f'<td>{f["step_chosen"]["pull"]:+.3g} / {f["step_chosen"]["push"]:+.3g}</td><td>{fell}</td></tr>')
+    for k, pair in enumerate(pairs):
+        f = fc[k] if k < len(fc) else None
+        p = run["pairs"][k] if run is not None else None
+        cells = [f'<a href="#pair-{k}">{k}</a>' if f else str(k), html.escape(pair["chosen"][:80]),
+                 f'{p["chosen"][0]:.2f} → {p["chosen"][-1]:.2f}' if p else "–",
+                 f'{p["rejected"][-1] - p["rejected"][0]:+.2f}' if p else "–", f'{f["ches"]:.3g}' if f else "–",
+                 f'{f["step_chosen"]["pull"]:+.3g} / {f["step_chosen"]["push"]:+.3g}' if f else "–",
+                 _fell(run, k, '<span class="fell">yes</span>', "no")]
+        rows.append("<tr>" + "".join(f'<td{" class=text" if i == 1 else ""}>{c}</td>' for i, c in enumerate(cells))
+                    + "</tr>")
     v = result["verdict"]
     auc = lambda key: "n/a" if v[key] is None else f"{v[key]:.2f}"  # noqa: E731
+    verdict = ("<p id=\"verdict\">No DPO step was measured, so there is no verdict.</p>" if v is None else
+               f"""<p id="verdict">y⁺ fell in {v['fell']} of {v['of']} pairs. AUC for "y⁺ falls" (1: the pairs that
+fell ranked first; 0.5: chance): CHES {auc('ches')}, length-normalised CHES {auc('ches_norm')}, one-step forecast
+{auc('step')}.</p>""")
+    stopped = (f'<p id="stopped" class="fell">Stopped early — {html.escape(result["stopped"])}. This page shows what '
+               'was measured until then.</p>' if result.get("stopped") else "")
+    fixes = ("" if not result.get("fixes") else
+             "<h2>What the forecast predicts for each fix</h2><p>Per unit lr (plain SGD), the mean over the pairs "
+             "forecast; a forecast of one step, not advice: a whole run can differ.</p>" + fixes_table(result["fixes"]))
     legend = ('<p class="legend">tokens: <span style="background:rgba(44,160,44,.8)">log π rose</span> '
               '<span style="background:rgba(214,39,40,.8)">log π fell</span> (full colour: 2 nats; hover a token '
               'for its numbers)</p>')
+    mean = ("" if run is None else
+            f"<h2>Mean over the pairs</h2><figure class=\"curves\">{lines_svg(run['steps'], run['mean'])}</figure>")
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>tinyld explain</title>
 <style>{STYLE}</style></head><body>
 <h1>Where did the probability go?</h1>
-<p>{len(fc)} pairs · model <code>{html.escape(str(cfg['model']))}</code> · DPO {html.escape(cfg['loss'])},
+{stopped}
+<p>{len(pairs)} pairs · model <code>{html.escape(str(cfg['model']))}</code> · DPO {html.escape(cfg['loss'])},
 β {cfg['beta']:g}, {html.escape(cfg['optimizer'])} lr {cfg['lr']:g}, {cfg['steps']} steps, batch {cfg['batch_size']}</p>
 <h2>Summary</h2>
 <table id="summary"><tr><th>pair</th><th>y⁺</th><th>log π(y⁺) before → after</th><th>Δ log π(y⁻)</th>
 <th>CHES</th><th>forecast pull / push</th><th>y⁺ fell</th></tr>{''.join(rows)}</table>
-<p id="verdict">y⁺ fell in {v['fell']} of {v['of']} pairs. AUC for "y⁺ falls" (1: the pairs that fell ranked first;
-0.5: chance): CHES {auc('ches')}, length-normalised CHES {auc('ches_norm')}, one-step forecast {auc('step')}.</p>
-<h2>Mean over the pairs</h2><figure class="curves">{lines_svg(run['steps'], run['mean'])}</figure>
+{verdict}
+{fixes}
+{mean}
 {legend}
-{''.join(pair_section(k, result['pairs'][k], fc[k], run) for k in range(len(fc)))}
+{''.join(pair_section(k, pairs[k], fc[k], run) for k in range(len(fc)))}
 <h2>Config and versions</h2><pre>{html.escape(json.dumps({'config': cfg, 'versions': result.get('versions')},
                                                           indent=1))}</pre>
 </body></html>
