@@ -251,14 +251,14 @@ def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
     from tinyld.__main__ import main
 
     argv = _explain_files(tmp_path)
-    measure, calls = ex._PairBatch.measure, []
+    measure, calls = ex.PairBatch.measure, []
 
     def measure_then_ctrl_c(self, model, full=False):  # the measurement after step 1 is when Ctrl-C comes
         calls.append(1)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGINT)
         return measure(self, model, full)
-    monkeypatch.setattr(ex._PairBatch, "measure", measure_then_ctrl_c)
+    monkeypatch.setattr(ex.PairBatch, "measure", measure_then_ctrl_c)
     assert main(argv) == 130
     res = json.loads((tmp_path / "o" / "explain.json").read_text())
     assert res["stopped"] == "Ctrl-C after DPO step 1 of 3" and res["run"]["steps"] == [0, 1]
@@ -267,13 +267,13 @@ def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
     assert 'id="stopped"' in page and "after DPO step 1 of 3" in page and page.count("<svg") == 4
     assert "Continue with" in capsys.readouterr().err
     forecast = ex.pair_forecasts
-    monkeypatch.setattr(ex._PairBatch, "measure", measure)
+    monkeypatch.setattr(ex.PairBatch, "measure", measure)
     monkeypatch.setattr("tinyld.experiments.explain.command.pair_forecasts", lambda *a, **k: pytest.fail("again"))
     assert main(argv + ["--resume"]) == 0  # the forecasts come from the finished part
     res2 = json.loads((tmp_path / "o" / "explain.json").read_text())
     assert res2["stopped"] is None and res2["run"]["steps"] == [0, 1, 2, 3] and res2["forecasts"] == res["forecasts"]
 
-    one, forecast_calls = ex._pair_forecast, []
+    one, forecast_calls = ex.pair_forecast, []
 
     def forecast_then_ctrl_c(*args):  # Ctrl-C comes while the second pair is forecast
         forecast_calls.append(1)
@@ -281,7 +281,7 @@ def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt
         return one(*args)
     monkeypatch.setattr("tinyld.experiments.explain.command.pair_forecasts", forecast)
-    monkeypatch.setattr(ex, "_pair_forecast", forecast_then_ctrl_c)
+    monkeypatch.setattr(ex, "pair_forecast", forecast_then_ctrl_c)
     assert main(argv + ["--overwrite"]) == 130
     res = json.loads((tmp_path / "o" / "explain.json").read_text())
     assert res["stopped"].startswith("Ctrl-C while forecasting: 1 of 3 pairs") and res["run"] is None

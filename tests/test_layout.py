@@ -48,6 +48,7 @@ LAYERS = (
     ("experiments.sft_dynamics.command", "experiments.dpo_dynamics.command", "experiments.forecasting.command",
      "experiments.explain.command"),
     ("experiments.sft_dynamics", "experiments.dpo_dynamics", "experiments.forecasting", "experiments.explain"),
+    ("integrations", "integrations.trl"),  # the probes inside TRL's trainers (an extra)
     ("commands",),  # the command line's tables: each command's flags from its config
     ("__main__",),  # the command line
 )

@@ -64,14 +64,14 @@ def pair_forecasts(model, tok, examples: Sequence[Example], beta: float = 0.1, l
     out = []
     try:
         for i, e in enumerate(examples):
-            out.append(_pair_forecast(model, tok, e, block, dev, beta, loss, (lp_c[i], lp_r[i], ch[i], ch_norm[i])))
+            out.append(pair_forecast(model, tok, e, block, dev, beta, loss, (lp_c[i], lp_r[i], ch[i], ch_norm[i])))
     except KeyboardInterrupt as err:  # Ctrl-C: keep the pairs already forecast
         raise ExplainStopped(f"Ctrl-C while forecasting: {len(out)} of {len(examples)} pairs forecast, the DPO run "
                              "not started", out) from err
     return out
 
 
-def _pair_forecast(model, tok, e: Example, block: int, dev, beta: float, loss: str, measured) -> dict:
+def pair_forecast(model, tok, e: Example, block: int, dev, beta: float, loss: str, measured) -> dict:
     """pair_forecasts for one pair; ``measured``: its (log π(y⁺), log π(y⁻), CHES, normalised CHES), (1,) each."""
     lp_c, lp_r, ch, ch_norm = measured
     rc = lm_rows(make_batch(tok, [e.prompt], [e.chosen], block).to(dev))
@@ -150,23 +150,27 @@ class ExplainStopped(KeyboardInterrupt):
         self.stopped, self.partial = stopped, partial
 
 
-class _PairBatch:
-    """All pairs in one teacher-forced batch, in their order: rows 0…N−1 the chosen sequences, N…2N−1 the rejected;
-    ``other`` holds, at each position, the paired response's token (the prompts are the same, so positions align)."""
+class PairBatch:
+    """All pairs in one teacher-forced batch ``b``, in their order: rows 0…N−1 the chosen sequences, N…2N−1 the
+    rejected; ``other`` holds, at each position, the paired response's token (the prompts are the same, so
+    positions align)."""
 
-    def __init__(self, tok, examples: list[Example], block: int, device):
-        n = len(examples)
-        b = make_batch(tok, [e.prompt for e in examples] * 2, [e.chosen for e in examples] +
-                       [e.rejected for e in examples], block).to(device)
+    def __init__(self, b, n: int):
         self.idx, self.targets, self.n = b.idx, b.targets, n  # (2N, T)
         self.other = torch.cat([b.targets[n:], b.targets[:n]])  # (2N, T)
         self.mask = b.targets != IGNORE
+
+    @classmethod
+    def of(cls, tok, examples: list[Example], block: int, device) -> "PairBatch":
+        return cls(make_batch(tok, [e.prompt for e in examples] * 2, [e.chosen for e in examples] +
+                              [e.rejected for e in examples], block).to(device), len(examples))
 
     @torch.no_grad()
     def measure(self, model, full: bool = False) -> tuple[dict, torch.Tensor | None]:
         """Per pair: log π(y⁺), log π(y⁻), log π(y*) and the mean mass split over y⁺'s and y⁻'s positions; and, if
         ``full``, the log-probabilities at the response positions (rows of the mask, in order: (N_resp, V))."""
-        logits = model.eval()(self.idx)  # (2N, T, V)
+        out = model.eval()(self.idx)
+        logits = getattr(out, "logits", out)  # (2N, T, V); a Hugging Face model returns an output object
         st = position_stats(logits, self.targets)
         mass = token_mass(logits, self.targets, self.other)  # (2N, T, 4)
         mean = (mass.sum(1) / self.mask.sum(1, keepdim=True)).tolist()  # (2N, 4)
@@ -192,7 +196,7 @@ def watch_dpo(model, tok, examples: Sequence[Example], steps: int, lr: float, op
     dev = next(model.parameters()).device
     ref = Reference.compute(model, tok, examples)
     data = PreferenceData(tok, examples, min(batch_size, len(examples)), model.config.block_size, seed, reference=ref)
-    pb = _PairBatch(tok, examples, model.config.block_size, dev)
+    pb = PairBatch.of(tok, examples, model.config.block_size, dev)
     m = copy.deepcopy(model)
     first, lp0 = pb.measure(m, full=True)
     measured, at, last = [first], [0], {}
@@ -209,13 +213,14 @@ def watch_dpo(model, tok, examples: Sequence[Example], steps: int, lr: float, op
         if "lp" not in last or last["lp"] is None:
             last["lp"] = pb.measure(m, full=True)[1]
         stopped = f"Ctrl-C after DPO step {at[-1]} of {steps}"
-        raise ExplainStopped(stopped, _watched(measured, at, pb, tok, lp0, last["lp"], top, stopped)) from err
-    return _watched(measured, at, pb, tok, lp0, last["lp"], top)
+        raise ExplainStopped(stopped, watched_result(measured, at, pb, tok, lp0, last["lp"], top, stopped)) from err
+    return watched_result(measured, at, pb, tok, lp0, last["lp"], top)
 
 
-def _watched(measured: list[dict], at: list[int], pb: "_PairBatch", tok, lp0, lp1, top: int,
-             stopped: str | None = None) -> dict:
-    """watch_dpo's result from its measurements (``stopped``: why it ended early, or None)."""
+def watched_result(measured: list[dict], at: list[int], pb: "PairBatch", tok, lp0, lp1, top: int,
+                   stopped: str | None = None) -> dict:
+    """The result of a watched run from its measurements (``measured``, one per step of ``at``), the batch ``pb``
+    they came from and the log-probabilities before and after (``lp0``, ``lp1``); ``stopped``: why it ended early."""
     n = pb.n
     curves = {k: [[r[k][i] for r in measured] for i in range(n)] for k in ("chosen", "rejected", "star")}
     pairs = [{**{k: curves[k][i] for k in curves}, "mass": [r["mass"][i] for r in measured]} for i in range(n)]
@@ -224,7 +229,7 @@ def _watched(measured: list[dict], at: list[int], pb: "_PairBatch", tok, lp0, lp
             "tokens": _token_changes(tok, pb, lp0, lp1, top), "stopped": stopped}
 
 
-def _token_changes(tok, pb: _PairBatch, lp0: torch.Tensor, lp1: torch.Tensor, top: int) -> list[dict]:
+def _token_changes(tok, pb: PairBatch, lp0: torch.Tensor, lp1: torch.Tensor, top: int) -> list[dict]:
     """Per pair and response: every position's token (decoded), Δ log π of it, and the ``top`` tokens whose
     probability rose most there (decoded, with the gain)."""
     rows = pb.mask.nonzero()  # (N_resp, 2): (sequence, position), in order

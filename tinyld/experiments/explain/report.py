@@ -67,12 +67,14 @@ def shown_prompt(prompt: str, limit: int = 300) -> str:
     return prompt if len(prompt) <= limit else "…" + prompt[-limit:]
 
 
-def pair_section(k: int, pair: dict, forecast: dict, run: dict | None) -> str:
-    """One pair: its texts, the forecast, and (once the run measured it) its curves, the mass at y⁺'s and y⁻'s
-    positions and its tokens."""
-    s = forecast["step_chosen"]
+def pair_section(k: int, pair: dict, forecast: dict | None, run: dict | None) -> str:
+    """One pair: its texts, the forecast (if made), and (once the run measured it) its curves, the mass at y⁺'s
+    and y⁻'s positions and its tokens."""
     head = f"""<section id="pair-{k}"><h2>Pair {k}: y⁺ {_fell(run, k)}</h2>
-<p><b>prompt</b> <code>{html.escape(shown_prompt(pair['prompt']))}</code></p>
+<p><b>prompt</b> <code>{html.escape(shown_prompt(pair['prompt']))}</code></p>"""
+    if forecast is not None:
+        s = forecast["step_chosen"]
+        head += f"""
 <p><b>forecast before training</b> (one DPO step on this pair alone, per unit lr): Δ log π(y⁺) = {s['total']:+.4g}
 = pull {s['pull']:+.4g} + push {s['push']:+.4g} + shared prefix {s['shared']:+.4g}; CHES {forecast['ches']:.4g}.
 One SFT step on y⁺ alone: Δ log π(y⁺) = {forecast['sft_chosen'][0]:+.4g}.</p>"""
@@ -138,8 +140,8 @@ fell ranked first; 0.5: chance): CHES {auc('ches')}, length-normalised CHES {auc
 <style>{STYLE}</style></head><body>
 <h1>Where did the probability go?</h1>
 {stopped}
-<p>{len(pairs)} pairs · model <code>{html.escape(str(cfg['model']))}</code> · DPO {html.escape(cfg['loss'])},
-β {cfg['beta']:g}, {html.escape(cfg['optimizer'])} lr {cfg['lr']:g}, {cfg['steps']} steps, batch {cfg['batch_size']}</p>
+<p>{len(pairs)} pairs · model <code>{html.escape(str(cfg['model']))}</code> · DPO {html.escape(str(cfg['loss']))},
+β {cfg['beta']}, {html.escape(str(cfg['optimizer']))} lr {cfg['lr']}, {cfg['steps']} steps, batch {cfg['batch_size']}</p>
 <h2>Summary</h2>
 <table id="summary"><tr><th>pair</th><th>y⁺</th><th>log π(y⁺) before → after</th><th>Δ log π(y⁻)</th>
 <th>CHES</th><th>forecast pull / push</th><th>y⁺ fell</th></tr>{''.join(rows)}</table>
@@ -147,7 +149,8 @@ fell ranked first; 0.5: chance): CHES {auc('ches')}, length-normalised CHES {auc
 {fixes}
 {mean}
 {legend}
-{''.join(pair_section(k, pairs[k], fc[k], run) for k in range(len(fc)))}
+{''.join(pair_section(k, pairs[k], fc[k] if k < len(fc) else None, run)
+         for k in range(len(fc) if run is None else len(pairs)))}
 <h2>Config and versions</h2><pre>{html.escape(json.dumps({'config': cfg, 'versions': result.get('versions')},
                                                           indent=1))}</pre>
 </body></html>
