@@ -31,8 +31,8 @@ LAYERS = (
     ("dynamics", "classify"),  # one step against −η·A·K·G; the digits classifier
     ("distributed", "checkpoints"),  # torchrun helpers; save, load, the folder lock
     ("train",),  # the loop
-    ("pretrained", "bench", "plots", "render", "explain"),  # cached base models; benchmarks; figures; rendered
-    # lessons; the per-pair numbers behind explain
+    ("pretrained", "bench", "plots", "render", "explain", "browser"),  # cached base models; benchmarks; figures;
+    # rendered lessons; the per-pair numbers behind explain; a page in a headless browser
     ("demo",),  # the main job
     ("experiments", "experiments.common", "experiments.runfolder"),  # what the experiments share; a run's life
     ("experiments.kit",),  # the kit every experiment uses: the run folder, header, claims, tables, JSON
