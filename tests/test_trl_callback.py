@@ -15,9 +15,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
 from tinyld import TinyldError  # noqa: E402
+from tinyld.data import Example  # noqa: E402
 from tinyld.integrations.trl import ProbeCallback, pair_ids  # noqa: E402
 
-WORDS = "<eos> <unk> question : where does judy tom live ? answer lives in delhi cairo paris rome .".split()
+WORDS = ("<eos> <unk> question : where does judy tom live ? answer lives in delhi cairo paris rome . user assistant"
+         .split())
+TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}"
+            "{% if add_generation_prompt %}assistant : {% endif %}")
 ROWS = [{"prompt": "question : where does judy live ? answer :", "chosen": " judy lives in delhi .",
          "rejected": " judy lives in cairo ."},
         {"prompt": "question : where does tom live ? answer :", "chosen": " tom lives in paris .",
@@ -51,8 +55,6 @@ def test_the_callback_in_two_dpo_trainer_steps(tmp_path):
     from trl import DPOConfig, DPOTrainer
 
     tok = word_tokenizer()
-    assert pair_ids(tok, __import__("tinyld").data.Example(**ROWS[0]))[1] == tok(" judy lives in delhi .<eos>")[
-        "input_ids"]
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2,
                                        bos_token_id=0, eos_token_id=0))
@@ -63,6 +65,8 @@ def test_the_callback_in_two_dpo_trainer_steps(tmp_path):
                      bf16=False)  # TRL's default bf16 autocasts every forward, the callback's too: float32 here
     trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args,  # in memory: an explicit reference
                          train_dataset=Dataset.from_list(ROWS), processing_class=tok, callbacks=[cb])
+    for k, row in enumerate(trainer.train_dataset):  # the callback tokenizes the pairs as TRL did
+        assert pair_ids(tok, Example(**ROWS[k])) == (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"])
     trainer.train()
     assert cb.steps == [0, 1, 2]
     for k, row in enumerate(ROWS):  # before training and after it, against the logits by hand
@@ -88,6 +92,24 @@ def test_the_callback_in_two_dpo_trainer_steps(tmp_path):
     assert 'id="pair-1"' in page and page.count("<svg") == 3 and "<script" not in page
 
 
+def test_chat_pairs_are_tokenized_as_trl_does(tmp_path):
+    """Pairs as chat messages go through the tokenizer's chat template: the same ids as TRL's own dataset."""
+    from trl import DPOConfig, DPOTrainer
+
+    tok = word_tokenizer()
+    tok.chat_template = TEMPLATE
+    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in ROWS]
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=48, n_embd=16, n_layer=1, n_head=2))
+    args = DPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, report_to=[], use_cpu=True, bf16=False)
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok)
+    for k, row in enumerate(trainer.train_dataset):
+        ids = pair_ids(tok, Example(rows[k]["prompt"], rows[k]["chosen"], rows[k]["rejected"]))
+        assert ids == (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]) and ids[1][-1] == tok.eos_token_id
+
+
 def test_bad_pairs_and_an_empty_tokenizer_are_one_line_each():
     with pytest.raises(TinyldError, match="pair 0: give a dict with prompt, chosen and rejected"):
         ProbeCallback([{"prompt": "x", "chosen": "y"}])
@@ -95,7 +117,11 @@ def test_bad_pairs_and_an_empty_tokenizer_are_one_line_each():
         ProbeCallback([])
     from transformers import GPT2TokenizerFast
 
+    from tinyld.tokenizers import gpt2_files
+
     cb = ProbeCallback(ROWS)
-    empty = GPT2TokenizerFast(vocab_file=None, merges_file=None)
+    d = gpt2_files()  # GPT-2's own encoder.json and vocab.bpe, yet the tokenizer built from them is empty
+    empty = GPT2TokenizerFast(vocab_file=str(d / "encoder.json"), merges_file=str(d / "vocab.bpe"))
+    assert empty("hello world")["input_ids"] == []
     with pytest.raises(TinyldError, match="is empty"):
         cb._batch(empty, "cpu")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -54,6 +55,8 @@ class _Pipe:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise TinyldError("the browser stopped answering" if self.proc.poll() is None else
                                   f"the browser exited (status {self.proc.returncode})")
+            if not select.select([self.r], [], [], min(1.0, max(0.0, deadline - time.monotonic())))[0]:
+                continue  # nothing yet: check the deadline and the process again
             chunk = os.read(self.r, 1 << 16)
             if not chunk:
                 raise TinyldError("the browser closed its pipe")
@@ -73,12 +76,12 @@ class _Pipe:
 
 
 def visit(page: str | Path, queries: dict[str, str] | None = None, screenshot: str | Path | None = None,
-          width: int = 1100, height: int = 900, full_page: bool = False, browser: str | None = None,
-          timeout: float = 60.0) -> dict:
+          width: int = 1100, height: int = 900, full_page: bool = False, element: str | None = None,
+          browser: str | None = None, timeout: float = 60.0) -> dict:
     """Load ``page`` (a local HTML file) in a headless browser, evaluate each JavaScript expression of ``queries``
     once it has loaded, and return ``{"requests": [URLs other than the page], "errors": [script errors and console
     errors], "values": {name: value}}``; with ``screenshot``, also write a PNG there: the first ``width`` × ``height``
-    pixels, or the whole page with ``full_page``."""
+    pixels, the whole page with ``full_page``, or only the element that the CSS selector ``element`` finds."""
     page = Path(page).resolve()
     if not page.is_file():
         raise TinyldError(f"no page at {page}")
@@ -86,22 +89,8 @@ def visit(page: str | Path, queries: dict[str, str] | None = None, screenshot: s
     if exe is None:
         raise TinyldError(f"no headless browser found (looked for {', '.join(BROWSERS)}); on Debian: apt-get install "
                           "chromium")
-    r1, w1 = os.pipe()  # we write, the browser reads (its fd 3)
-    r2, w2 = os.pipe()  # the browser writes (its fd 4), we read
-
-    def fds():  # in the child, before exec: the pipe ends at 3 and 4 (copied first, so neither overwrites the other)
-        a, b = os.dup(r1), os.dup(w2)
-        os.dup2(a, 3)
-        os.dup2(b, 4)
     with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                 "--disable-extensions", "--disable-background-networking", "--disable-sync",
-                                 "--no-default-browser-check", "--remote-debugging-pipe", f"--user-data-dir={profile}",
-                                 f"--window-size={width},{height}", "about:blank"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                preexec_fn=fds, pass_fds=(3, 4))  # kept open in the child
-        os.close(r1)
-        os.close(w2)
+        proc, w1, r2 = _launch(exe, profile, width, height)
         cdp = _Pipe(proc, w1, r2, timeout)
         try:
             target = cdp.call("Target.createTarget", url="about:blank")["targetId"]
@@ -114,8 +103,7 @@ def visit(page: str | Path, queries: dict[str, str] | None = None, screenshot: s
             values = {name: cdp.call("Runtime.evaluate", session=s, expression=js, returnByValue=True)
                       ["result"].get("value") for name, js in (queries or {}).items()}
             if screenshot is not None:
-                shot = cdp.call("Page.captureScreenshot", session=s, format="png", captureBeyondViewport=full_page)
-                Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
+                Path(screenshot).write_bytes(_screenshot(cdp, s, element, full_page))
             cdp.call("Browser.close")
         finally:
             os.close(w1)
@@ -133,3 +121,40 @@ def visit(page: str | Path, queries: dict[str, str] | None = None, screenshot: s
     errors += [str(e["params"].get("args")) for e in cdp.events
                if e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") == "error"]
     return {"requests": [u for u in requests if u != page.as_uri()], "errors": errors, "values": values}
+
+
+def _launch(exe: str, profile: str, width: int, height: int):
+    """Start the browser headless with its DevTools pipe on its fds 3 (in) and 4 (out); (process, our write end, our
+    read end)."""
+    r1, w1 = os.pipe()  # we write, the browser reads (its fd 3)
+    r2, w2 = os.pipe()  # the browser writes (its fd 4), we read
+
+    def fds():  # in the child, before exec: the pipe ends at 3 and 4 (copied first, so neither overwrites the other)
+        a, b = os.dup(r1), os.dup(w2)
+        os.dup2(a, 3)
+        os.dup2(b, 4)
+    proc = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-extensions", "--disable-background-networking", "--disable-sync",
+                             "--no-default-browser-check", "--remote-debugging-pipe", f"--user-data-dir={profile}",
+                             f"--window-size={width},{height}", "about:blank"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=fds, pass_fds=(3, 4))  # kept open in the child
+    os.close(r1)
+    os.close(w2)
+    return proc, w1, r2
+
+
+def _screenshot(cdp: _Pipe, session: str, element: str | None, full_page: bool) -> bytes:
+    """A PNG of the viewport, of the whole page (``full_page``) or of the element the selector ``element`` finds."""
+    clip = {}
+    if element is not None:  # the element's box, in page coordinates
+        box = cdp.call("Runtime.evaluate", session=session, returnByValue=True, expression=(
+            f"(() => {{const e = document.querySelector({json.dumps(element)}); if (!e) return null; "
+            "const r = e.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, r.width, r.height]})()"
+        ))["result"].get("value")
+        if box is None:
+            raise TinyldError(f"no element {element!r} on the page to take a screenshot of")
+        clip = {"clip": dict(zip(("x", "y", "width", "height"), box), scale=1)}
+    shot = cdp.call("Page.captureScreenshot", session=session, format="png",
+                    captureBeyondViewport=full_page or bool(clip), **clip)
+    return base64.b64decode(shot["data"])

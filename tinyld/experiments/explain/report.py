@@ -13,7 +13,8 @@ COLORS = {"chosen": "#1f77b4", "rejected": "#d62728", "star": "#2ca02c"}
 NAMES = {"chosen": "log π(y⁺|x)", "rejected": "log π(y⁻|x)", "star": "log π(y*|x)"}
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#f3f3f3}td.text{text-align:left;max-width:380px}.fell{color:#d62728;font-weight:bold}
+td{white-space:nowrap}
+th{background:#f3f3f3}td.text{text-align:left;max-width:380px;white-space:normal}.fell{color:#d62728;font-weight:bold}
 .tok{padding:1px 0;border-radius:2px;white-space:pre-wrap}.legend span{padding:0 6px}
 pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:80%}svg{background:#fff}"""
 
