@@ -288,3 +288,49 @@ def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
     assert len(res["forecasts"]) == 1 and res["verdict"] is None
     page = (tmp_path / "o" / "report.html").read_text()
     assert 'id="pair-0"' in page and 'id="pair-1"' not in page and "The DPO run did not reach" in page
+
+
+def test_explain_on_a_world_model(tmp_path, capsys):
+    """`explain --model tiny` on the world's own pairs: a base model pretrained on the world, then the same report."""
+    import json
+
+    from tinyld.__main__ import main
+    from tinyld.probes import ProbeSet
+    from tinyld.world import World
+
+    pairs = tmp_path / "world_pairs.jsonl"
+    ProbeSet.from_world(World(0)).subset(3, 0, ()).save(pairs)
+    assert main(["explain", "--pairs", str(pairs), "--model", "tiny", "--pretrain-steps", "20", "--steps", "2",
+                 "--threads", "1", "--out", str(tmp_path / "o")]) == 0
+    res = json.loads((tmp_path / "o" / "explain.json").read_text())
+    assert res["config"]["lr"] == 1e-3 and res["run"]["steps"] == [0, 1, 2] and len(res["forecasts"]) == 3
+    assert res["pairs"][0]["prompt"].startswith("question :") and (tmp_path / "o" / "report.html").exists()
+
+
+@pytest.mark.parametrize("case, says", [
+    ("bad line", "pairs.jsonl:2: missing 'rejected'"),
+    ("not a model", "is a file but not a GGUF file"),
+    ("longer than the context", "pairs.jsonl:1"),
+    ("identical", "pairs.jsonl:1: chosen and rejected are the same text"),
+])
+def test_explain_refuses_bad_input_in_one_line_before_any_work(case, says, tmp_path, capsys):
+    import json
+
+    pytest.importorskip("gguf")
+    from test_real_llm_runs import chat_gguf_file
+
+    from tinyld.__main__ import main
+
+    row = {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A chair."}
+    lines = {"bad line": [row, {"prompt": "x", "chosen": "y"}], "not a model": [row],
+             "longer than the context": [{**row, "chosen": "apple " * 600}],
+             "identical": [{**row, "rejected": row["chosen"]}]}[case]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    model = notes if case == "not a model" else chat_gguf_file(tmp_path / "chat.gguf")
+    assert main(["explain", "--pairs", str(pairs), "--model", str(model), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
