@@ -24,7 +24,7 @@ LAYERS = (
     ("model",),  # the GPT
     ("tinyld",),  # the package itself re-exports GPT, GPTConfig and the errors
     ("data", "gguf"),  # examples, batches with prompt masks, data sources; a real LLM from a GGUF file
-    ("losses", "world", "choose"),  # losses with their residuals; the synthetic world; --model NAME
+    ("losses", "rl", "world", "choose"),  # losses with their residuals (RL's too); the synthetic world; --model
     ("preference", "reasoning", "squeeze", "evaluate", "forecast"),  # pairs + reference; measurements
     ("updates", "probes"),  # G: rows and updates; probe sets and the tracker
     ("kernel",),  # A and K

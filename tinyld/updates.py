@@ -9,8 +9,8 @@ An **update** is an updating batch with its loss. Each one has two paths to the 
 
 - ``loss(model)``: the scalar loss, for autograd (the oracle);
 - ``residuals(model)``: the hand-derived residuals G = ∂L/∂z on its rows, one part per sequence set
-  (:mod:`tinyld.losses`). SFT has one part; a preference loss (DPO and its family) has two, chosen (+) and
-  rejected (−); :class:`ResidualUpdate` takes G as given.
+  (:mod:`tinyld.losses`, :mod:`tinyld.rl`). SFT and GRPO have one part; a preference loss (DPO and its family) has
+  two, chosen (+) and rejected (−); :class:`ResidualUpdate` takes G as given.
 
 ``split()`` cuts an update into one update per example whose gradients add up to the whole: the unit of
 attribution (:func:`tinyld.dynamics.contributions`).
@@ -24,6 +24,7 @@ from torch.func import functional_call
 
 from tinyld.data import IGNORE, Batch
 from tinyld.losses import PairLoss, ce_residual, pair_loss, token_logprobs
+from tinyld.rl import grpo_loss
 from tinyld.runtime import TinyldError, check_number
 
 # --------------------------------------------------------------------------------------------------------------
@@ -197,6 +198,65 @@ class DPOUpdate:
                           self.ref_r[b:b + 1], weight=self.weight / B, loss=self.pair_loss) for b in range(B)]
 
 
+class GRPOUpdate:
+    """An RL step (GRPO, Dr. GRPO: :mod:`tinyld.rl`) on ``rows``, one sequence per sampled response: ``adv`` (N,)
+    their advantages; ``old``, ``ref`` (N_tok,) each token's log-prob under the sampling policy (None: on-policy,
+    ρ = 1 with its gradient) and the reference (None: no KL). Dr. GRPO's normaliser, when not given, is fixed here
+    to the batch's longest response, so that :meth:`split` keeps it."""
+
+    name = "grpo"
+
+    def __init__(self, rows: Rows, adv, old=None, ref=None, loss="grpo", weight: float = 1.0, **params):
+        check_rows("GRPOUpdate rows", rows)
+        spec = grpo_loss(loss, **params)
+        lengths = _lengths(rows)  # (N,)
+        if bool((lengths == 0).any()):
+            raise TinyldError("GRPOUpdate: every sampled response needs at least one scored token")
+        if spec.name == "dr_grpo" and spec.max_len is None:
+            spec = grpo_loss("dr_grpo", clip=spec.clip, kl=spec.kl, max_len=int(lengths.max()))
+        self.rows, self.spec, self.lengths = rows, spec, lengths
+        self.weight = check_number("GRPOUpdate weight", weight)
+        self.adv = _per("adv", adv, rows.n_groups, "one advantage per response")
+        self.old = None if old is None else _per("old", old, rows.n, "one log-prob per scored token")
+        self.ref = None if ref is None else _per("ref", ref, rows.n, "one log-prob per scored token")
+        if spec.kl and self.ref is None:
+            raise TinyldError(f"{spec.name} with kl {spec.kl:g} needs the reference's log-probs (ref) of every token")
+
+    def _terms(self, z: torch.Tensor):
+        logp = token_logprobs(z, self.rows.labels)  # (N_tok,)
+        dt = logp.dtype
+        old = logp.detach() if self.old is None else self.old.to(dt)
+        ref = None if self.ref is None else self.ref.to(dt)
+        return logp, old, ref, self.adv.to(dt), self.rows.group, self.lengths
+
+    def loss(self, model) -> torch.Tensor:
+        return self.weight * self.spec.value(*self._terms(self.rows.logits(model)))
+
+    def residuals(self, model):
+        """G = c(π − e_y) at every sampled token, c = −∂L/∂ log π(y) from :meth:`tinyld.rl.GRPOLoss.coefficients`:
+        a pull where Â > 0, a push (a negative gradient) where Â < 0."""
+        z = self.rows.logits(model)  # (N_tok, V)
+        with torch.no_grad():
+            c = self.weight * self.spec.coefficients(*self._terms(z))  # (N_tok,)
+            G = c[:, None] * ce_residual(z, self.rows.labels)
+        return [(self.rows, z, G)]
+
+    def split(self) -> list["GRPOUpdate"]:
+        """One update per sampled response, weighted so that the gradients add up to this one's."""
+        r, N = self.rows, self.rows.n_groups
+        return [GRPOUpdate(_sub_rows(r, b), self.adv[b:b + 1], None if self.old is None else self.old[r.group == b],
+                           None if self.ref is None else self.ref[r.group == b], self.spec, self.weight / N)
+                for b in range(N)]
+
+
+def _per(name: str, t, n: int, what: str) -> torch.Tensor:
+    t = t.detach() if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
+    if t.dim() != 1 or t.shape[0] != n or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+        raise TinyldError(f"GRPOUpdate {name} must hold {what} ({n},), finite; got shape {tuple(t.shape)}, "
+                          f"dtype {t.dtype}")
+    return t
+
+
 def _lengths(rows: Rows) -> torch.Tensor:
     """Labelled rows per sequence: the response lengths n (B,)."""
     return rows.to_groups((rows.labels != IGNORE).to(torch.float64))
@@ -231,7 +291,7 @@ class ResidualUpdate:
                 range(self.rows.n_groups)]
 
 
-UPDATES = {"sft": SFTUpdate, "ce": SFTUpdate, "dpo": DPOUpdate, "residual": ResidualUpdate}
+UPDATES = {"sft": SFTUpdate, "ce": SFTUpdate, "dpo": DPOUpdate, "grpo": GRPOUpdate, "residual": ResidualUpdate}
 
 
 def make_update(loss: str, *args, **kw):
@@ -253,7 +313,7 @@ def _sub_rows(r: Rows, b: int) -> Rows:
 def update_rows(update) -> list[Rows]:
     if isinstance(update, DPOUpdate):
         return [update.chosen, update.rejected]
-    if isinstance(update, (SFTUpdate, ResidualUpdate)):
+    if isinstance(update, (SFTUpdate, ResidualUpdate, GRPOUpdate)):
         return [update.rows]
     if all(hasattr(update, a) for a in ("loss", "residuals", "split", "rows")):  # an update of your own
         return [update.rows]
