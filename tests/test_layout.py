@@ -24,9 +24,10 @@ LAYERS = (
     ("model",),  # the GPT
     ("tinyld",),  # the package itself re-exports GPT, GPTConfig and the errors
     ("data", "gguf"),  # examples, batches with prompt masks, data sources; a real LLM from a GGUF file
-    ("losses", "rl", "world", "choose"),  # losses with their residuals (RL's too); the synthetic world; --model
+    ("losses", "world", "choose"),  # losses with their residuals; the synthetic world; --model NAME
+    ("rl",),  # RL's losses (GRPO, Dr. GRPO) with their residuals, and its batches
     ("preference", "reasoning", "squeeze", "evaluate", "forecast"),  # pairs + reference; measurements
-    ("updates", "probes"),  # G: rows and updates; probe sets and the tracker
+    ("updates", "probes", "rl_data"),  # G: rows and updates; probe sets and the tracker; RL's on-policy samples
     ("kernel",),  # A and K
     ("dynamics", "classify"),  # one step against −η·A·K·G; the digits classifier
     ("distributed", "checkpoints"),  # torchrun helpers; save, load, the folder lock

@@ -213,6 +213,25 @@ def load_checkpoint(path: str | Path) -> dict:
     return ck
 
 
+def check_resumable(path, ck: dict, tokenizer, data: dict | None) -> None:
+    """A training run may resume from checkpoint ``ck`` (read from ``path``) with this tokenizer and data (its
+    identity): the same tokenizer, the same data, and an optimizer state to continue. Else one error that says
+    what differs."""
+    if tokenizer is not None and ck.get("tokenizer") and tokenizer.identity() != ck["tokenizer"]:
+        want, got = ck["tokenizer"], tokenizer.identity()
+        diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        raise TinyldError(f"{path} was trained with tokenizer {want.get('kind')!r} (vocab "
+                          f"{want.get('vocab_size')}), not the one given (they differ in {diff}): use the same one")
+    want = ck.get("data")
+    if want is not None and data is not None and want != data:
+        diff = sorted(k for k in set(want) | set(data) if want.get(k) != data.get(k))
+        raise TinyldError(f"{path} was trained on other data than the data given (they differ in {diff}): "
+                          "resume with the same data source, seed, batch size and block size")
+    if ck.get("train_config") is None or ck.get("optimizer") is None:
+        raise TinyldError(f"{path} holds weights only (no optimizer state): load it with load_model() and "
+                          "start a new Trainer instead of resuming")
+
+
 def model_from_checkpoint(ck: dict | str | Path) -> GPT:
     path = ck if not isinstance(ck, dict) else "the checkpoint"
     if not isinstance(ck, dict):

@@ -21,6 +21,7 @@ import torch
 
 from tinyld.data import Batch
 from tinyld.preference import PrefBatch
+from tinyld.rl import RLBatch
 from tinyld.runtime import TinyldError
 
 
@@ -106,6 +107,12 @@ def shard(batch, rank: int, world: int):
     gradients over ranks (DDP does) gives the gradient of the global batch."""
     if world == 1:
         return batch
+    if isinstance(batch, RLBatch):
+        n, B = batch.adv.shape[0] // world, batch.adv.shape[0]
+        if B % world:
+            raise TinyldError(f"{world} processes share each step's samples, so there must be a multiple of "
+                              f"{world}; this step has {B}")
+        return batch.rows(slice(rank * n, (rank + 1) * n))
     B = batch.n_pairs if isinstance(batch, PrefBatch) else batch.idx.shape[0]
     if B % world:  # a remainder would be dropped, or a rank left with nothing: never silently
         raise TinyldError(f"{world} processes share each step's batch, so it must hold a multiple of {world} "

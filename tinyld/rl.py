@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tinyld.data import Batch
+from tinyld.losses import token_logprobs
 from tinyld.runtime import TinyldError, check_int, check_number
 
 GRPO_LOSSES = {
@@ -147,6 +149,37 @@ class GRPOLoss:
         if self.kl:
             c = c - self.kl * (1 - torch.exp(ref.to(logp.dtype) - logp))
         return self.weights(lengths).to(logp.dtype)[seq] * c
+
+
+@dataclass
+class RLBatch:
+    """Sampled responses to train on: ``seqs`` (B, T) each prompt + its sampled response (the prompt masked, as for
+    SFT), ``adv`` (B,) each response's advantage, ``old`` and ``ref`` (B, T) the sampling policy's and the
+    reference's log-prob of each scored token (0 elsewhere; ``ref`` None without a KL term), ``rewards`` (B,)."""
+
+    seqs: Batch
+    adv: torch.Tensor
+    old: torch.Tensor
+    ref: torch.Tensor | None
+    rewards: torch.Tensor
+
+    def to(self, device) -> "RLBatch":
+        return RLBatch(self.seqs.to(device), self.adv.to(device), self.old.to(device),
+                       None if self.ref is None else self.ref.to(device), self.rewards.to(device))
+
+    def rows(self, sl: slice) -> "RLBatch":
+        """Sequences ``sl`` alone (a torchrun rank's share)."""
+        s = self.seqs
+        return RLBatch(Batch(s.idx[sl], s.targets[sl], s.tok), self.adv[sl], self.old[sl],
+                       None if self.ref is None else self.ref[sl], self.rewards[sl])
+
+    def loss(self, spec: "GRPOLoss", logits: torch.Tensor) -> torch.Tensor:
+        """The loss ``spec`` of these samples from the policy's logits (B, T, V)."""
+        mask = self.seqs.mask  # (B, T)
+        logp = token_logprobs(logits[mask], self.seqs.targets[mask])  # (N_tok,)
+        seq = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+        ref = None if self.ref is None else self.ref[mask]
+        return spec.value(logp, self.old[mask].to(logp.dtype), ref, self.adv, seq, mask.sum(1))
 
 
 def flat_groups(rewards) -> int:

@@ -34,19 +34,21 @@ from typing import Callable
 
 import torch
 
-from tinyld.checkpoints import (FolderLock, append_log, data_identity, load_checkpoint, model_from_checkpoint,
-                                save_checkpoint)
+from tinyld.checkpoints import (FolderLock, append_log, check_resumable, data_identity, load_checkpoint,
+                                model_from_checkpoint, save_checkpoint)
 from tinyld.data import Batch
 from tinyld.distributed import dist_info, shard
 from tinyld.losses import LOSSES, pair_loss, sequence_logprob
 from tinyld.model import GPT
 from tinyld.preference import PrefBatch
+from tinyld.rl import RLBatch
 from tinyld.runtime import (TinyldError, TrainingDiverged, TrainingInterrupted, check_choice, check_int, check_number,
                             check_seed, first_nonfinite, from_dict_strict, versions, writable_dir)
 from tinyld.tokenizers import fingerprint
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
-TASKS = (*LOSSES, "dpo")
+TASKS = (*LOSSES, "dpo", "grpo")
+DATA_KIND = {"dpo": "preference", "grpo": "rl"}  # the data source each task trains on (the others: text, pairs)
 ADDED_LATER = {"pair_loss"}  # TrainConfig fields newer than some checkpoints: their defaults reproduce the old runs
 
 
@@ -161,16 +163,18 @@ class Trainer:
                 self.net, device_ids=[dev.index] if dev.type == "cuda" else None)  # rank 0's weights, on every rank
         self.opt = make_optimizer(model, cfg)
         kind = (data_identity(data) or {}).get("kind")
-        if (cfg.task == "dpo") != (kind == "preference") and kind is not None:
+        if kind is not None and DATA_KIND.get(cfg.task) != (kind if kind in DATA_KIND.values() else None):
             raise TinyldError(f"task {cfg.task!r} cannot train on {type(data).__name__}: task 'dpo' takes "
-                              "PreferenceData, 'sft' takes PairData and 'pretrain' a TextStream")
+                              "PreferenceData, 'grpo' RLData, 'sft' PairData and 'pretrain' a TextStream")
+        if callable(getattr(data, "bind", None)):
+            data.bind(model)  # on-policy data samples from the model being trained
         if cfg.task == "dpo":
             self.pair_loss = pair_loss(**cfg.pair_loss)
             if self.pair_loss.uses_reference and getattr(data, "reference", None) is None:
                 raise TinyldError(f"the {self.pair_loss.name!r} loss compares with a reference: give the data a "
                                   "reference (PreferenceData(..., reference=Reference.compute(ref_model, tok, "
                                   "examples))); only 'simpo' needs none")
-        else:
+        elif cfg.task != "grpo":
             self.loss_fn = LOSSES[cfg.task]
         self.step = 0
         self.history: list[dict] = []  # the logged records
@@ -188,19 +192,21 @@ class Trainer:
         cfg, model = self.cfg, self.model
         model.train()
         batch = self.data.batch(self.step)  # the global batch; each rank keeps its shard
-        want = PrefBatch if cfg.task == "dpo" else Batch
+        want = {"dpo": PrefBatch, "grpo": RLBatch}.get(cfg.task, Batch)
         if not isinstance(batch, want):
             raise TinyldError(f"data.batch({self.step}) returned a {type(batch).__name__}, not a tinyld "
-                              f"{want.__name__}" + (" (task 'dpo' trains on PreferenceData)" if cfg.task == "dpo" else
-                                                    ""))
+                              f"{want.__name__}" + (f" (task {cfg.task!r} trains on {DATA_KIND[cfg.task]} data)"
+                                                    if cfg.task in DATA_KIND else ""))
         batch = shard(batch, self.rank, self.world).to(self.device)
         lr = cfg.lr_at(self.step)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.fast else contextlib.nullcontext()
-        seqs = batch.seqs if cfg.task == "dpo" else batch
+        seqs = batch.seqs if cfg.task in DATA_KIND else batch
         with ctx:
             logits = self.net(seqs.idx)  # (B, T, V); for DPO (2B, T, V): the chosen rows, then the rejected ones
         if cfg.task == "dpo":
             loss = self._pair_loss(logits, batch)
+        elif cfg.task == "grpo":
+            loss = batch.loss(self.data.spec, logits)  # the RL loss of the sampled groups (tinyld.rl)
         else:
             loss = self.loss_fn(logits, batch.targets)  # bf16 logits are upcast inside (losses.token_logprobs)
         seen = loss.detach().clone()
@@ -320,7 +326,7 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             b = self.data.batch(self.step)
-            b = b.seqs if isinstance(b, PrefBatch) else b  # preference data: its 2B sequences
+            b = b.seqs if isinstance(b, (PrefBatch, RLBatch)) else b  # preference or RL data: its sequences
             logits = self.model(b.idx.to(self.device))  # (B, T, V)
         self.model.train(was)
         return None if bool(torch.isfinite(logits).all()) else "the logits the weights give on the next batch"
@@ -402,19 +408,7 @@ class Trainer:
         """Rebuild model, optimizer and step from a checkpoint; ``overrides`` change TrainConfig fields
         (e.g. ``steps`` to train longer). The data, tokenizer and optimizer must match the checkpoint's."""
         ck = load_checkpoint(path)
-        if tokenizer is not None and ck.get("tokenizer") and tokenizer.identity() != ck["tokenizer"]:
-            want, got = ck["tokenizer"], tokenizer.identity()
-            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-            raise TinyldError(f"{path} was trained with tokenizer {want.get('kind')!r} (vocab "
-                              f"{want.get('vocab_size')}), not the one given (they differ in {diff}): use the same one")
-        want, got = ck.get("data"), data_identity(data)
-        if want is not None and got is not None and want != got:
-            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-            raise TinyldError(f"{path} was trained on other data than the data given (they differ in {diff}): "
-                              "resume with the same data source, seed, batch size and block size")
-        if ck.get("train_config") is None or ck.get("optimizer") is None:
-            raise TinyldError(f"{path} holds weights only (no optimizer state): load it with load_model() and "
-                              "start a new Trainer instead of resuming")
+        check_resumable(path, ck, tokenizer, data_identity(data))
         model = model_from_checkpoint(ck)
         old_opt = ck["train_config"].get("optimizer")
         if "optimizer" in overrides and overrides["optimizer"] != old_opt:

@@ -142,7 +142,8 @@ fell ranked first; 0.5: chance): CHES {auc('ches')}, length-normalised CHES {auc
 <h1>Where did the probability go?</h1>
 {stopped}
 <p>{len(pairs)} pairs · model <code>{html.escape(str(cfg['model']))}</code> · DPO {html.escape(str(cfg['loss']))},
-β {cfg['beta']}, {html.escape(str(cfg['optimizer']))} lr {cfg['lr']}, {cfg['steps']} steps, batch {cfg['batch_size']}</p>
+β {cfg['beta']}, {html.escape(str(cfg['optimizer']))} lr {cfg['lr']}, {cfg['steps']} steps,
+batch {cfg['batch_size']}</p>
 <h2>Summary</h2>
 <table id="summary"><tr><th>pair</th><th>y⁺</th><th>log π(y⁺) before → after</th><th>Δ log π(y⁻)</th>
 <th>CHES</th><th>forecast pull / push</th><th>y⁺ fell</th></tr>{''.join(rows)}</table>
