@@ -19,9 +19,9 @@ from tinyld.runtime import TinyldError, writable_dir
 
 SLIDE_DPI = 200  # the figures' resolution when rendered (the lessons' default is 110)
 FIGURE_LINE = re.compile(r"figures?: (\S+\.png)")  # how a lesson announces a figure it wrote
-WEEKS = (("Week 1: one step of learning", (0, 1, 2)),  # as lessons/COURSE.md teaches them ("Week 2: similarity and the one-step check", (3, 4, 5)),
+WEEKS = (("Week 1: one step of learning", (0, 1, 2)), ("Week 2: similarity and the one-step check", (3, 4, 5)),
          ("Week 3: what SFT does", (6, 7, 8)), ("Week 4: what DPO does, and forecasting it", (9, 10, 11, 12)),
-         ("Extras: scaling up; a real LLM; why did my chosen log-prob fall?", (13, 14, 15)))
+         ("Extras: scaling up; a real LLM; why did my chosen log-prob fall?", (13, 14, 15)))  # as COURSE.md
 
 
 def notebook_tools():
