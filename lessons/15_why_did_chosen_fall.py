@@ -71,12 +71,13 @@ fc, watched = res["forecasts"], res["run"]
 
 # %% [markdown]
 # Read the table row by row: log π(y⁺) before → after the run, the change of log π(y⁻), CHES, and the forecast of
-# Δ log π(y⁺) for one plain-SGD step per unit learning rate, as pull + push. The run itself uses AdamW, whose step
-# is not −η∇L, so the forecast's *sign* is what carries over, not its size. The last rows are what the same forecast
-# predicts for each fix people suggest; a forecast of one step, not advice.
+# Δ log π(y⁺) for one plain-SGD step per unit learning rate, as pull + push. The run itself takes AdamW steps (not
+# −η∇L) on batches of pairs, several of them, so even the forecast's sign carries over to the run only partly (the
+# lab report measures how far). The last rows are what the same forecast predicts for each fix people suggest; a
+# forecast of one step, not advice.
 #
 # ## 2. The same numbers by hand, for one pair
-# Take the pair whose y⁺ the forecast gives the lowest (most negative) change. First its log-probabilities: the
+# Take the pair whose y⁺ the forecast gives the lowest change. First its log-probabilities: the
 # prompt is the chat template around the question; the response's tokens and the end-of-turn token are scored.
 
 # %%
@@ -109,8 +110,9 @@ assert abs(lp_plus - fc[k]["logp_chosen"]) < 1e-3 and abs(lp_minus - fc[k]["logp
 #     Δ log π(y⁺) / η = c‖g⁺‖²  −  c⟨g⁺, g⁻⟩
 #                       (pull)      (push)
 #
-# The pull is never negative. The push is as large as y⁺'s and y⁻'s gradients are alike: for a pair that differs
-# in one word, ⟨g⁺, g⁻⟩ can exceed ‖g⁺‖², and then y⁺ falls.
+# The by-hand pull is never negative (`explain`'s can be: it leaves out the shared prefix, below). The push is as
+# large as y⁺'s and y⁻'s gradients are alike: for a pair that differs in one word, ⟨g⁺, g⁻⟩ can exceed ‖g⁺‖², and
+# then y⁺ falls.
 
 # %%
 c = BETA * torch.sigmoid(torch.tensor(0.0)).item()  # β σ(−β m) at m = 0: β/2
@@ -123,8 +125,8 @@ assert abs((pull + push) - lib["total"]) <= 2e-2 * abs(pull) + 1e-3  # float32 s
 assert abs((pull - lib["pull"]) + (push - lib["push"])) <= 2e-2 * abs(pull) + 1e-3
 
 # %% [markdown]
-# The totals agree; the two splits do not, and should not. y⁺ and y⁻ usually begin with the same words ("The
-# capital of France is"). On that shared prefix the two halves see the same context and the same token with
+# The totals agree; the two splits differ whenever y⁺ and y⁻ begin with the same words ("The capital of France
+# is"), and they should. On that shared prefix the two halves see the same context and the same token with
 # opposite signs, so they cancel exactly (NOTES §2). `explain` takes that prefix out of both the pull and the push
 # and reports it as `shared` (0 for DPO); the by-hand split leaves it in both. The difference is the same amount,
 # once with each sign: that is what the second assert checks.
@@ -144,8 +146,9 @@ assert abs(ches - fc[k]["ches"]) <= 1e-3 * abs(fc[k]["ches"]) + 1e-2
 # ## 3. Where did the probability go?
 # `explain` watched the run: at every token of y⁺ and y⁻, how its log-probability changed and which tokens gained
 # the most probability there. Squeezing (NOTES §3) predicts y⁻'s tokens losing and the mass going to the tokens the
-# model already found likeliest at those positions (sometimes y⁺'s own token, when it is the peak): compare the
-# `gained` column with the mass split below it, where `argmax` is the peak's share.
+# model already found likeliest at those positions: compare the `gained` column with the mass split below it. There
+# `argmax` is the peak's share when the peak is neither response's token; when the peak is y⁺'s token (as it can be
+# at y⁻'s positions), it is counted as `other`.
 
 # %%
 p = watched["pairs"][k]
@@ -164,8 +167,8 @@ assert abs(sum(t["dlogp"] for t in watched["tokens"][k]["chosen"]) - (p["chosen"
 
 # %% [markdown]
 # ## 4. The fixes, as forecasts
-# The mechanism suggests what would change the sign: a larger pull. An NLL term on y⁺ (RPO, TRL's `rpo_alpha`)
-# adds α·(SFT on y⁺)/n⁺ to the step, and one SFT step on y⁺ moves log π(y⁺) by ‖g⁺‖² per unit η (the SFT loss on
+# The mechanism suggests what would change the sign: a larger pull. An NLL term on y⁺ (RPO; in TRL 1.x
+# `loss_type=["sigmoid", "sft"]` with `loss_weights=[1, α]`, whose SFT term is the mean NLL per chosen token) adds α·(SFT on y⁺)/n⁺ to the step, and one SFT step on y⁺ moves log π(y⁺) by ‖g⁺‖² per unit η (the SFT loss on
 # one sequence is −log π(y⁺|x)). So the α at which the forecast stops falling is α* = −n⁺·(pull + push)/‖g⁺‖². A
 # smaller step changes nothing at first order: every change scales with η, the sign stays.
 
@@ -187,13 +190,13 @@ else:
 # ## 5. Is the forecast any good?
 # A forecast is worth what it ranks. `explain` prints the AUC of CHES and of the one-step forecast for "y⁺ falls"
 # over your pairs (1: the pairs that fell were ranked first; 0.5: chance). On three or six pairs it means little.
-# The lab report (`tinyld/experiments/README.md`, "explain: does the forecast rank the pairs?") gives both AUCs,
+# The lab report (`tinyld/experiments/README.md`, "explain", "Does the forecast rank the pairs?") gives the AUCs,
 # with the counts, on 22 pairs written for SmolLM2 and on 120 pairs of the synthetic world over 3 seeds, and says
 # how far each held.
 #
 # What to take away:
 # - y⁺ falling under DPO is not a bug: its log-probability moves by the pull of its own gradient minus the push on
-#   y⁻ felt through ⟨g⁺, g⁻⟩, and for similar pairs the push wins.
+#   y⁻ felt through ⟨g⁺, g⁻⟩, and for similar pairs the push can win (the lab report counts how often it did).
 # - Where the mass goes is the squeezing effect: y⁻'s tokens lose, and the likeliest tokens at those positions gain.
 # - The fixes people try change the pull (NLL, more SFT on y⁺) or where y⁻ sits (extend, on-policy y⁻); a smaller
 #   step only slows what happens.
@@ -202,7 +205,8 @@ else:
 # 1. **The DPO weight.** Write c = β·σ(−β·m), the weight of both halves, for a pair with policy and reference
 #    log-probabilities. Check: it is −∂L/∂log π(y⁺) of the DPO loss.
 # 2. **The forecast from two gradients.** Given g⁺, g⁻ and c, return the forecast Δ log π(y⁺) per unit η of a
-#    plain-SGD DPO step. It is checked against the change a real, tiny step makes on a small model.
+#    plain-SGD DPO step. It is checked against the change a real, tiny step along η·c·(g⁺ − g⁻) makes on a small
+#    model.
 # 3. **The α that holds y⁺.** Given the forecast Δ log π(y⁺) of a DPO step, the one of an SFT step on y⁺ and n⁺,
 #    return the RPO weight α at which y⁺ is forecast to stay where it is. It is checked against RPO's own residual.
 #

@@ -136,8 +136,9 @@ class PairLoss:
     - ``hinge``   ℓ = max(0, 1 − βm)
     - ``ipo``     ℓ = (m̄ − 1/(2β))², m̄ = (lc − rc)/nc − (lr − rr)/nr  (TRL averages log-probs over tokens for IPO)
     - ``robust``  ℓ = [−(1 − ε) log σ(βm) + ε log σ(−βm)] / (1 − 2ε)
-    - ``rpo``     ℓ = −log σ(βm) − α·lc/nc  (α as TRL's rpo_alpha, but the NLL is taken per pair, as the mean over
-      its tokens; TRL averages one NLL over all chosen tokens of the batch: equal when the lengths are)
+    - ``rpo``     ℓ = −log σ(βm) − α·lc/nc  (α as older TRL's rpo_alpha, in TRL 1.x the weight of the "sft" term
+      beside "sigmoid" in loss_type; the NLL is taken per pair, as the mean over its tokens, while TRL averages one
+      NLL over all chosen tokens of the batch: equal when the lengths are)
     - ``simpo``   ℓ = −log σ(β·lc/nc − β·lr/nr − γ)  (no reference)
     - ``dpop``    ℓ = −log σ(β[m − λ·max(0, rc − lc)])
     """
@@ -146,7 +147,7 @@ class PairLoss:
     beta: float = 0.1  # β: the inverse temperature of the margin (for SimPO, the per-token reward scale)
     label_smoothing: float = 0.0  # ε ∈ [0, 0.5): sigmoid (cDPO) and robust only
     gamma: float = 0.5  # SimPO's target margin γ (TRL's simpo_gamma)
-    alpha: float = 1.0  # RPO's NLL weight α (TRL's rpo_alpha)
+    alpha: float = 1.0  # RPO's NLL weight α (older TRL's rpo_alpha; TRL 1.x: the "sft" term's loss weight)
     lam: float = 50.0  # DPOP's penalty λ (the Smaug paper's default)
 
     def __post_init__(self):
