@@ -39,16 +39,18 @@ LAYERS = (
     ("experiments.kit",),  # the kit every experiment uses: the run folder, header, claims, tables, JSON
     ("experiments.sft_dynamics.config", "experiments.sft_dynamics.claims",  # each experiment is a package: its
      "experiments.dpo_dynamics.config", "experiments.dpo_dynamics.claims",  # config and claims, its pieces, one
-     "experiments.forecasting.config", "experiments.explain.config",
+     "experiments.forecasting.config", "experiments.explain.config", "experiments.rl_dynamics.config",
      "experiments.explain.report"),  # module per part, the command, and the package that names them
     ("experiments.sft_dynamics.tracking", "experiments.sft_dynamics.attribution", "experiments.dpo_dynamics.stages",
      "experiments.forecasting.sweep"),
+    ("experiments.rl_dynamics.tracking", "experiments.rl_dynamics.claims"),
     ("experiments.sft_dynamics.conditions", "experiments.dpo_dynamics.dynamics", "experiments.dpo_dynamics.extend",
      "experiments.dpo_dynamics.on_policy", "experiments.dpo_dynamics.conditions", "experiments.forecasting.curate",
      "experiments.forecasting.ches"),
     ("experiments.sft_dynamics.command", "experiments.dpo_dynamics.command", "experiments.forecasting.command",
-     "experiments.explain.command"),
-    ("experiments.sft_dynamics", "experiments.dpo_dynamics", "experiments.forecasting", "experiments.explain"),
+     "experiments.explain.command", "experiments.rl_dynamics.command"),
+    ("experiments.sft_dynamics", "experiments.dpo_dynamics", "experiments.forecasting", "experiments.explain",
+     "experiments.rl_dynamics"),
     ("integrations", "integrations.trl"),  # the probes inside TRL's trainers (an extra)
     ("commands",),  # the command line's tables: each command's flags from its config
     ("__main__",),  # the command line

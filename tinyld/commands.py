@@ -116,6 +116,28 @@ _EXPLAIN_FLAGS = [
 ]
 
 
+_RL_FLAGS = [
+    ("model", "tiny: the arithmetic task's GPT"),
+    ("seeds", "seeds"),
+    ("losses", "grpo | dr_grpo (each seed runs each, from one SFT model)"),
+    ("steps", "RL steps"),
+    ("optimizer", "sgd | adamw | rmsprop"),
+    ("lr", "RL learning rate (constant, no clipping)"),
+    ("group", "samples per question (G ≥ 2)"),
+    ("per_step", "questions per step"),
+    ("temperature", "sampling temperature"),
+    ("clip", "ε of the clipped ratio"),
+    ("kl", "β of the k3 KL penalty to the SFT model"),
+    ("inner_steps", "optimizer steps per batch of samples"),
+    ("sft_data", "the SFT model's training questions"),
+    ("pretrain_steps", "arithmetic base model"),
+    ("measure_every", "steps between measurements"),
+    ("out", "output folder"),
+    ("device", _DEVICE),
+    ("threads", "CPU threads"),
+]
+
+
 class ConfigCommand(NamedTuple):
     """A subcommand that fills a config dataclass from its flags and runs the experiment on it."""
 
@@ -156,6 +178,11 @@ CONFIG_COMMANDS = {
         "tinyld.experiments.explain:ExplainConfig", "tinyld.experiments.explain:run",
         "where did the probability go? your preference pairs before and during a short DPO run",
         "4 DPO steps (also TINYLD_FAST=1)", _EXPLAIN_FLAGS, used_by={}),
+    "rl-dynamics": ConfigCommand(
+        "tinyld.experiments.rl_dynamics:RLDynamicsConfig", "tinyld.experiments.rl_dynamics:run",
+        "what RL with verifiable rewards (GRPO, Dr. GRPO) does on the word problems, with claims",
+        "one seed, a 400-step base model, 24 RL steps (also TINYLD_FAST=1)", _RL_FLAGS,
+        internal=("sft_epochs", "sft_lr", "probes", "fixed_samples", "test_questions", "passk_n"), used_by={}),
 }
 
 
