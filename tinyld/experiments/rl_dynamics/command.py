@@ -43,7 +43,8 @@ def seed_part(cfg: RLDynamicsConfig, seed: int) -> dict:
     fam = fixed_probes(cfg, world, tok, sft, seed)
     sft_pass = pass_at_k(cfg, sft, tok, world, seed * 7919 + 2)
     print(f"  seed {seed}: SFT model ready; {len(fam['correct'][0])} correct and {len(fam['incorrect'][0])} "
-          f"incorrect fixed samples; SFT pass@1 {sft_pass['pass'][0]:.3f}, pass@{cfg.passk_n} {sft_pass['pass'][-1]:.3f}")
+          f"incorrect fixed samples; SFT pass@1 {sft_pass['pass'][0]:.3f}, "
+          f"pass@{cfg.passk_n} {sft_pass['pass'][-1]:.3f}")
     runs = {}
     for loss in cfg.losses:
         try:
