@@ -1,0 +1,71 @@
+"""python -m tinyld rl-dynamics: the claims' rules on made-up runs (each rule can fail), bad flags refused in one
+line before any work, and the fast run end to end: its JSON, claims table and figure."""
+import json
+
+import pytest
+
+from tinyld import TinyldError
+from tinyld.experiments.rl_dynamics import RLDynamicsConfig
+from tinyld.experiments.rl_dynamics.claims import entropy, falls_fastest, lazy, lengths, pass_k
+
+
+def _point(step, correct, incorrect, ref, rew, mass, h=1.0, halves=None):
+    fam = lambda lp: {"logp": lp, "per_token": [x / 10 for x in lp]}  # noqa: E731
+    return {"step": step, "correct": fam(correct), "incorrect": {**fam(incorrect), "mass": mass, "star": [0.0]},
+            "reference": fam(ref), "rewrite": fam(rew), "entropy": h, "halves": halves}
+
+
+def test_the_rules_of_the_claims():
+    m0 = {"own": 0.5, "other": 0.0, "argmax": 0.2, "rest": 0.3}
+    m1 = {"own": 0.4, "other": 0.0, "argmax": 0.3, "rest": 0.3}
+    halves = {"positive": [1.0, 1.0, 1.0], "negative": [-2.0, -0.1, -0.1]}
+    run = {"points": [_point(0, [-5, -5, -5], [-20, -20], [-6], [-9], m0, 1.0, halves),
+                      _point(10, [-5.2, -2, -1], [-30, -28], [-5], [-8], m1, 0.8)],
+           "entropy_checks": [{"predicted": -0.01, "actual": -0.012}, {"predicted": -0.02, "actual": -0.018}]}
+    f = falls_fastest(run)
+    assert f["held"] and f["changes"]["incorrect"] == pytest.approx(-0.9)
+    assert not falls_fastest({**run, "points": [run["points"][0], _point(10, [-5], [-20], [-6], [-19], m1)]})["held"]
+    assert not falls_fastest({**run, "points": [run["points"][0], {**run["points"][1], "incorrect": {
+        **run["points"][1]["incorrect"], "mass": m0}}]})["held"]  # no mass moved into the argmax
+    z = lazy(run)  # sample 0 fell (lazy), 1 and 2 rose by 3 and 4 nats; the push on 0 is 2× the pull, on the rest 0.1×
+    assert (z["lazy"], z["of"], z["held"]) == (1, 3, True)
+    assert z["ratio_lazy"] == pytest.approx(2.0) and z["ratio_other"] == pytest.approx(0.1)
+    assert entropy(run)["held"] and not entropy({**run, "entropy_checks": [{"predicted": 0.01, "actual": -0.01}]})[
+        "held"]
+    sft = {"k": [1, 2], "pass": [0.2, 0.6], "length_incorrect": 18.0}
+    ok = {"pass_at_k": {"pass": [0.3, 0.5], "length_incorrect": 19.0}}
+    assert pass_k(ok, sft)["held"] and not pass_k({"pass_at_k": {"pass": [0.3, 0.7]}}, sft)["held"]
+    assert lengths(ok, {"pass_at_k": {"length_incorrect": 18.5}}, sft)["held"]
+    assert not lengths(ok, {"pass_at_k": {"length_incorrect": 19.5}}, sft)["held"]
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"group": 1}, "rl-dynamics --group must be an integer in [2, 256]"),
+    ({"clip": 0.0}, "grpo clip must be"),
+    ({"kl": -1.0}, "grpo kl must be"),
+    ({"losses": ["ppo"]}, "rl-dynamics --losses must name distinct losses of grpo, dr_grpo"),
+    ({"losses": ["grpo", "grpo"]}, "rl-dynamics --losses must name distinct losses"),
+    ({"model": "smollm2"}, "rl-dynamics"),
+])
+def test_bad_settings_are_one_line(kw, says):
+    with pytest.raises(TinyldError) as err:
+        RLDynamicsConfig(**kw)
+    assert says in str(err.value)
+
+
+def test_the_fast_run(tmp_path, lesson_workdir, monkeypatch, capsys):
+    from tinyld.__main__ import main
+
+    monkeypatch.chdir(lesson_workdir)  # the lessons' cached base models
+    assert main(["rl-dynamics", "--fast", "--threads", "2", "--out", str(tmp_path / "o")]) == 0
+    res = json.loads((tmp_path / "o" / "rl_dynamics.json").read_text())
+    seed = res["seeds"][0]
+    assert set(seed["runs"]) == {"grpo", "dr_grpo"} and len(res["claims"]) == 5
+    for r in seed["runs"].values():
+        assert [p["step"] for p in r["points"]] == [0, 8, 16, 24] and len(r["rewards"]) == 24
+        assert [c["step"] for c in r["entropy_checks"]] == [0, 8, 16] and len(r["pass_at_k"]["pass"]) == 8
+        assert all(0 <= p <= 1 for p in r["pass_at_k"]["pass"]) and r["pass_at_k"]["pass"] == sorted(
+            r["pass_at_k"]["pass"])  # pass@k never falls with k
+    assert (tmp_path / "o" / "rl_curves.png").stat().st_size > 0
+    assert "lazy likelihood displacement" in (tmp_path / "o" / "claims.txt").read_text()
+    assert "fast mode uses" in capsys.readouterr().out
