@@ -168,8 +168,9 @@ assert abs(sum(t["dlogp"] for t in watched["tokens"][k]["chosen"]) - (p["chosen"
 # %% [markdown]
 # ## 4. The fixes, as forecasts
 # The mechanism suggests what would change the sign: a larger pull. An NLL term on y⁺ (RPO; in TRL 1.x
-# `loss_type=["sigmoid", "sft"]` with `loss_weights=[1, α]`, whose SFT term is the mean NLL per chosen token) adds α·(SFT on y⁺)/n⁺ to the step, and one SFT step on y⁺ moves log π(y⁺) by ‖g⁺‖² per unit η (the SFT loss on
-# one sequence is −log π(y⁺|x)). So the α at which the forecast stops falling is α* = −n⁺·(pull + push)/‖g⁺‖². A
+# `loss_type=["sigmoid", "sft"]` with `loss_weights=[1, α]`, whose SFT term is the mean NLL per chosen token) adds
+# α·(SFT on y⁺)/n⁺ to the step, and one SFT step on y⁺ moves log π(y⁺) by ‖g⁺‖² per unit η (the SFT loss on one
+# sequence is −log π(y⁺|x)). So the α at which the forecast stops falling is α* = −n⁺·(pull + push)/‖g⁺‖². A
 # smaller step changes nothing at first order: every change scales with η, the sign stays.
 
 # %%

@@ -21,7 +21,7 @@ SLIDE_DPI = 200  # the figures' resolution when rendered (the lessons' default i
 FIGURE_LINE = re.compile(r"figures?: (\S+\.png)")  # how a lesson announces a figure it wrote
 WEEKS = (("Week 1: one step of learning", (0, 1, 2)), ("Week 2: similarity and the one-step check", (3, 4, 5)),
          ("Week 3: what SFT does", (6, 7, 8)), ("Week 4: what DPO does, and forecasting it", (9, 10, 11, 12)),
-         ("Extras: scaling up; a real LLM; why did my chosen log-prob fall?", (13, 14, 15)))  # as COURSE.md
+         ("Extras: scaling up; a real LLM; explain; RL", (13, 14, 15, 16)))  # as COURSE.md
 
 
 def notebook_tools():
