@@ -1,7 +1,7 @@
 """Run by tests/test_ddp.py, with plain python (one process) or under torchrun (several gloo processes).
 
 python tests/ddp_worker.py OUT STEPS [OUT STEPS …] [--resume], or train_all(OUT, STEPS, resume) in-process: trains a
-tiny GPT on the world for STEPS steps of each task (pretraining, SFT, DPO; global batch 4; float64) with checkpoints
+tiny GPT on the world for STEPS steps of each task (pretraining, SFT, DPO, GRPO; global batch 4; float64) with checkpoints
 in OUT/<task>/, and rank 0 writes the final weights to OUT/<task>/weights.pt; several OUT STEPS pairs share one
 launch. With resume each task continues from OUT/<task>/last.pt instead of starting over.
 """
@@ -14,8 +14,14 @@ from tinyld import GPT, GPTConfig
 from tinyld.data import PairData, TextStream
 from tinyld.distributed import close_distributed, dist_info, end_worker, from_rank0
 from tinyld.preference import PreferenceData, Reference
+from tinyld.rl_data import RLData
 from tinyld.train import TrainConfig, Trainer
 from tinyld.world import World
+
+
+def no_repeats(k: int, text: str) -> float:
+    """A reward that varies within a group even for an untrained model: 1 for an answer that repeats no word."""
+    return float(len(set(text.split())) == len(text.split()))
 
 
 def train_all(out: str, steps: int, resume: bool = False) -> None:
@@ -27,7 +33,9 @@ def train_all(out: str, steps: int, resume: bool = False) -> None:
     data = {"pretrain": TextStream(tok, world.pretrain_docs(), 32, 4, seed=0),
             "sft": PairData(tok, examples, 4, 64, seed=0),
             "dpo": PreferenceData(tok, examples, 4, 64, seed=0,
-                                  reference=Reference.compute(ref_model, tok, examples))}
+                                  reference=Reference.compute(ref_model, tok, examples)),
+            "grpo": RLData(tok, [e.prompt for e in examples], no_repeats, group=2, per_step=2, loss="dr_grpo", seed=0,
+                           max_new_tokens=6, block_size=64)}
     for task, d in data.items():
         folder = os.path.join(out, task)
         cfg = TrainConfig(task=task, steps=steps, optimizer="adamw", lr=1e-2, seed=0, out_dir=folder, log_every=1,

@@ -1,5 +1,6 @@
 """Data-parallel training under torchrun (gloo on this CPU): two processes that each take half of every global
-batch reach the same weights as one process that takes all of it, for pretraining, SFT and DPO; a run interrupted
+batch reach the same weights as one process that takes all of it, for pretraining, SFT, DPO and GRPO (each rank
+samples the same groups and trains on its share); a run interrupted
 and resumed under torchrun (with two processes, or with one) matches an uninterrupted one."""
 import json
 import os
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
-TASKS = ("pretrain", "sft", "dpo")
+TASKS = ("pretrain", "sft", "dpo", "grpo")
 STEPS = 4
 
 
@@ -76,7 +77,7 @@ def test_two_processes_match_one(runs, task):
     assert max_diff(one, two) < 1e-9  # the same updates, up to float64 summation order
     torch.manual_seed(0)
     init = GPT(GPTConfig.preset("tiny", vocab_size=one["wte.weight"].shape[0])).state_dict()
-    assert max_diff(one, {k: init[k] for k in one}) > 1e-2  # the weights moved far more than the tolerance
+    assert max_diff(one, {k: init[k] for k in one}) > 1e-3  # the weights moved far more than the tolerance
 
 
 @pytest.mark.parametrize("task", TASKS)

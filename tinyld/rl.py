@@ -162,16 +162,18 @@ class RLBatch:
     old: torch.Tensor
     ref: torch.Tensor | None
     rewards: torch.Tensor
+    longest: int | None = None  # the whole batch's longest response: Dr. GRPO's normaliser, kept by a rank's share
 
     def to(self, device) -> "RLBatch":
         return RLBatch(self.seqs.to(device), self.adv.to(device), self.old.to(device),
-                       None if self.ref is None else self.ref.to(device), self.rewards.to(device))
+                       None if self.ref is None else self.ref.to(device), self.rewards.to(device), self.longest)
 
     def rows(self, sl: slice) -> "RLBatch":
         """Sequences ``sl`` alone (a torchrun rank's share)."""
         s = self.seqs
         return RLBatch(Batch(s.idx[sl], s.targets[sl], s.tok), self.adv[sl], self.old[sl],
-                       None if self.ref is None else self.ref[sl], self.rewards[sl])
+                       None if self.ref is None else self.ref[sl], self.rewards[sl],
+                       self.longest or int(s.mask.sum(1).max()))
 
     def loss(self, spec: "GRPOLoss", logits: torch.Tensor) -> torch.Tensor:
         """The loss ``spec`` of these samples from the policy's logits (B, T, V)."""
@@ -179,6 +181,8 @@ class RLBatch:
         logp = token_logprobs(logits[mask], self.seqs.targets[mask])  # (N_tok,)
         seq = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
         ref = None if self.ref is None else self.ref[mask]
+        if spec.name == "dr_grpo" and spec.max_len is None:  # the normaliser of the whole batch, not of a share
+            spec = GRPOLoss("dr_grpo", spec.clip, spec.kl, self.longest or int(mask.sum(1).max()))
         return spec.value(logp, self.old[mask].to(logp.dtype), ref, self.adv, seq, mask.sum(1))
 
 

@@ -10,11 +10,12 @@ At step s (with ``inner_steps`` k: at the first step of each block of k) it
    run sampled;
 3. grades each (``grade(question index, text)`` → a finite number, 1/0 for a verifiable answer), and computes the
    group-relative advantages of the loss (:meth:`tinyld.rl.GRPOLoss.advantages`);
-4. records log π_old of every sampled token (the policy that sampled it) and, with a KL term, log π_ref.
+4. records log π_old of every sampled token (the policy that sampled it) and, with a KL term, log π_ref; ``last``
+   keeps the block's questions, texts, rewards, flat groups and the samples' mean log π per token.
 
 The k steps of a block train on the same samples (PPO-style inner steps; the clipped ratio then matters). A
 checkpoint inside a block cannot be resumed exactly (the samples came from weights it does not hold): resuming
-there is refused, with the step to resume from instead. ``last`` holds the latest block's rewards and texts.
+there is refused, with the step to resume from instead.
 """
 from __future__ import annotations
 
@@ -112,8 +113,8 @@ class RLData:
         ref = None if not self.spec.kl else self._token_logps(self.reference, b)
         model.train(was_training)
         self.last = {"block": block, "questions": qs, "texts": texts, "rewards": rewards.tolist(),
-                     "flat_groups": flat_groups(rewards)}
-        return RLBatch(b, adv.to(dev), old, ref, rewards.reshape(-1).to(dev))
+                     "flat_groups": flat_groups(rewards), "logp_per_token": (old.sum() / b.mask.sum()).item()}
+        return RLBatch(b, adv.to(dev), old, ref, rewards.reshape(-1).to(dev), int(b.mask.sum(1).max()))
 
     def _generate(self, model, prompts: list[list[int]], g) -> list[list[list[int]]]:
         """``group`` samples per prompt, cut after the first EOS (which they keep); prompts of one length together."""

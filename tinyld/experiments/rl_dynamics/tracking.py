@@ -1,6 +1,7 @@
 """rl-dynamics, one RL run (a seed, a loss) and what it measures: the probes fixed at the start, their log π through
 RL, y* and the mass split at the incorrect samples' positions, the entropy with its first-order prediction, the
-halves of the steps that move the correct samples, the rewards and lengths of the samples trained on, pass@k."""
+halves of the steps that move the correct samples, the rewards, lengths and log π of the fresh samples trained on,
+pass@k."""
 from __future__ import annotations
 
 import copy
@@ -156,7 +157,8 @@ def rl_run(cfg: RLDynamicsConfig, seed: int, loss: str, sft, tok, world: Arithme
         last = data.last
         flat = [r for g in last["rewards"] for r in g]
         words = [(len(t.split()), r) for ts, rs in zip(last["texts"], last["rewards"]) for t, r in zip(ts, rs)]
-        rewards.append({"step": step, "mean": statistics.fmean(flat), "flat_groups": last["flat_groups"]})
+        rewards.append({"step": step, "mean": statistics.fmean(flat), "flat_groups": last["flat_groups"],
+                        "fresh_logp_per_token": last["logp_per_token"]})  # the samples drawn for this step
         lengths.append({"step": step, **{k: statistics.fmean([n for n, r in words if (r > 0) == v]) if any(
             (r > 0) == v for _, r in words) else None for k, v in (("correct", True), ("incorrect", False))}})
         if (step - 1) % cfg.measure_every == 0:  # the update just taken, checked at first order
