@@ -183,18 +183,9 @@ def test_the_explain_command_on_a_chat_model(tmp_path, capsys):
     pair, and the verdict counts the pairs whose y⁺ fell."""
     import json
 
-    pytest.importorskip("gguf")
-    from test_real_llm_runs import chat_gguf_file
-
     from tinyld.__main__ import main
 
-    model = chat_gguf_file(tmp_path / "chat.gguf")
-    pairs = tmp_path / "pairs.jsonl"
-    rows = [("Name a fruit.", "An apple.", "A chair."), ("Name a colour.", "Blue.", "Seven."),
-            ("Name a pet.", "A cat.", "A cloud.")]
-    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in rows))
-    assert main(["explain", "--pairs", str(pairs), "--model", str(model), "--steps", "2", "--batch-size", "2",
-                 "--threads", "1", "--out", str(tmp_path / "o")]) == 0
+    assert main(_explain_files(tmp_path, steps=2)) == 0
     out = capsys.readouterr().out
     res = json.loads((tmp_path / "o" / "explain.json").read_text())
     assert len(res["forecasts"]) == 3 and res["run"]["steps"] == [0, 1, 2]
@@ -224,7 +215,8 @@ def test_the_explain_command_on_a_chat_model(tmp_path, capsys):
     assert len(tokens) == n_tok and all(a["title"].startswith("Δ log π = ") for a in tokens)
 
 
-def _explain_files(tmp_path):
+def _explain_files(tmp_path, steps: int = 3) -> list[str]:
+    """explain's command line on three chat pairs and a small chat GGUF model, written into ``tmp_path``."""
     import json
 
     pytest.importorskip("gguf")
@@ -235,7 +227,7 @@ def _explain_files(tmp_path):
     rows = [("Name a fruit.", "An apple.", "A chair."), ("Name a colour.", "Blue.", "Seven."),
             ("Name a pet.", "A cat.", "A cloud.")]
     pairs.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in rows))
-    return ["explain", "--pairs", str(pairs), "--model", str(model), "--steps", "3", "--batch-size", "2",
+    return ["explain", "--pairs", str(pairs), "--model", str(model), "--steps", str(steps), "--batch-size", "2",
             "--threads", "1", "--out", str(tmp_path / "o")]
 
 
