@@ -13,13 +13,14 @@ from tinyld.demo import DemoConfig, run_demo
 from tinyld.experiments.dpo_dynamics import DPODynamicsConfig
 from tinyld.experiments.explain import ExplainConfig
 from tinyld.experiments.forecasting import ForecastConfig
+from tinyld.experiments.rl_dynamics import RLDynamicsConfig
 from tinyld.experiments.sft_dynamics import SFTDynamicsConfig
 
 CONFIGS = {"demo": DemoConfig, "sft-dynamics": SFTDynamicsConfig, "dpo-dynamics": DPODynamicsConfig,
-           "forecast": ForecastConfig, "explain": ExplainConfig}
+           "forecast": ForecastConfig, "explain": ExplainConfig, "rl-dynamics": RLDynamicsConfig}
 RUNS = {"demo": "tinyld.demo.run_demo", "sft-dynamics": "tinyld.experiments.sft_dynamics.run",
         "dpo-dynamics": "tinyld.experiments.dpo_dynamics.run", "forecast": "tinyld.experiments.forecasting.run",
-        "explain": "tinyld.experiments.explain.run"}
+        "explain": "tinyld.experiments.explain.run", "rl-dynamics": "tinyld.experiments.rl_dynamics.run"}
 
 
 def test_demo_fast_mode_writes_results(tmp_path, capsys):
