@@ -8,14 +8,15 @@
 # Since the paper, finetuning has moved to reinforcement learning with verifiable rewards: sample G answers to a
 # question from the model, grade each (1 if the final answer is right), and train on the samples weighted by
 # their **advantage** Â_i = (r_i − mean r)/(std r + 1e-4) within the group (GRPO). The framework of this course
-# covers it exactly. For one on-policy step the loss is L = −(1/N) Σ_i (Â_i/n_i) Σ_t log π(y_{i,t}), so its residual
-# on the logits is
+# covers it exactly. For one on-policy step the gradient is that of −(1/N) Σ_i (Â_i/n_i) Σ_t log π(y_{i,t}) (N the
+# samples in the batch, n_i the tokens of sample i), so the residual on the logits is
 #
 #     G_{i,t} = (Â_i / (N n_i)) (π_{i,t} − e_{y_{i,t}})
 #
 # an SFT-like **pull** on every token of a sample with Â > 0 and a **push** — a negative gradient, like DPO's y⁻ —
 # on every token of a sample with Â < 0. Everything the course said about negative gradients (squeezing, the
-# mass going into the argmax) applies to the incorrect samples of every group.
+# mass going into the argmax) applies to the incorrect samples of every group that has a correct one (a group
+# that is all wrong, or all right, has Â = 0 and moves nothing).
 #
 # We build one GRPO step by hand on a group of four samples, check it against the library and a real step, then
 # run the experiment. Fast mode (`TINYLD_FAST=1`) uses the fast experiment (a 400-step base model, 24 RL steps,
@@ -50,16 +51,16 @@ print(f"{len(fam['correct'][0])} correct and {len(fam['incorrect'][0])} incorrec
 # %% [markdown]
 # ## 1. A group of four, by hand
 # Take the training question with the most incorrect samples and form a group of four answers to it: two graded
-# correct (its own correct samples, topped up with its reference solution if it has fewer) and two incorrect.
-# Rewards (1, 1, 0, 0); their advantages by hand.
+# correct (its own correct samples, topped up with its reference solution and that solution's rewrite if it has
+# fewer) and two incorrect. Rewards (1, 1, 0, 0); their advantages by hand.
 
 # %%
 by_q = {}
-for kind in ("correct", "incorrect", "reference"):
+for kind in ("correct", "incorrect", "reference", "rewrite"):
     for x, y in zip(*fam[kind]):
-        by_q.setdefault(x, {"correct": [], "incorrect": [], "reference": []})[kind].append(y)
+        by_q.setdefault(x, {k: [] for k in ("correct", "incorrect", "reference", "rewrite")})[kind].append(y)
 question = max(by_q, key=lambda x: len(by_q[x]["incorrect"]))
-right = (by_q[question]["correct"] + by_q[question]["reference"])[:2]
+right = (by_q[question]["correct"] + by_q[question]["reference"] + by_q[question]["rewrite"])[:2]
 wrong = by_q[question]["incorrect"][:2]
 answers = right + wrong
 problem = next(p for p in world.pool() if p.prompt() == question)
@@ -122,13 +123,15 @@ print(rep.summary())
 assert rep.err_seq < 0.2  # first order holds at this step
 
 # %% [markdown]
-# The rewarded samples rise, the others fall; along the incorrect samples, their argmax y* moves with the push
-# (the squeezing effect of lesson 8 says the mass a push removes goes to the likeliest token). K couples the
-# samples too: a pull on one correct answer also moves the incorrect ones that share its opening words, and the
-# push on an incorrect answer can hold a correct one back — the "lazy likelihood displacement" claim below.
+# Read the table: a pulled sample is predicted to rise and a pushed one to fall, unless K couples them strongly
+# enough to turn that around — a pull on one correct answer also moves the incorrect ones that share its words, and
+# the push on an incorrect answer can hold a correct one back (the "lazy likelihood displacement" claim below).
+# Along each sample, y* shows where its positions' likeliest tokens go; the squeezing effect of lesson 8 says the
+# mass a push removes goes to the likeliest token.
 #
 # ## 2. The experiment
-# `python -m tinyld rl-dynamics` runs GRPO and Dr. GRPO (no std division, one constant token normaliser) from this
+# `python -m tinyld rl-dynamics` runs GRPO and Dr. GRPO (no std division; one constant token normaliser, the
+# longest answer it may sample) from this
 # SFT model, and tracks the fixed samples, the reference solutions and their rewrites, the entropy per token with
 # its first-order prediction along the real AdamW update, the halves of the measured steps, pass@k on held-out
 # questions and answer lengths. Its claims are judged per seed by rules written down before the first full run.

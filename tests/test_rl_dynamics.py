@@ -30,6 +30,11 @@ def test_the_rules_of_the_claims():
     z = lazy(run)  # sample 0 fell (lazy), 1 and 2 rose by 3 and 4 nats; the push on 0 is 2× the pull, on the rest 0.1×
     assert (z["lazy"], z["of"], z["held"]) == (1, 3, True)
     assert z["ratio_lazy"] == pytest.approx(2.0) and z["ratio_other"] == pytest.approx(0.1)
+    lift = {"positive": [1.0, 1.0, 1.0], "negative": [+2.0, -0.1, -0.1]}  # the negative half lifts the lazy one
+    lifted = {**run, "points": [{**run["points"][0], "halves": lift}, run["points"][1]]}
+    assert lazy(lifted)["ratio_lazy"] == 0.0 and not lazy(lifted)["held"]  # a lift is no push
+    no_other = {"positive": [1.0, -1.0, -1.0], "negative": [-2.0, -0.1, -0.1]}  # no pull on the others: no ratio
+    assert not lazy({**run, "points": [{**run["points"][0], "halves": no_other}, run["points"][1]]})["held"]
     assert entropy(run)["held"] and not entropy({**run, "entropy_checks": [{"predicted": 0.01, "actual": -0.01}]})[
         "held"]
     sft = {"k": [1, 2], "pass": [0.2, 0.6], "length_incorrect": 18.0}

@@ -3,7 +3,7 @@
 For one prompt x, a group of G responses y_1 … y_G is sampled from the policy and graded: rewards r_i (1 for a
 correct final answer, 0 otherwise). The advantages are relative to the group:
 
-    GRPO:      Â_i = (r_i − mean r) / (std r + 1e-4)      std over the group, unbiased (N − 1), as TRL
+    GRPO:      Â_i = (r_i − mean r) / (std r + 1e-4)      std over the group, unbiased (G − 1), as TRL
     Dr. GRPO:  Â_i = r_i − mean r                        no division by the std (Liu et al., 2025)
 
 A group whose rewards are all equal has Â = 0 for every sample: it teaches nothing, and is counted, never divided by.
@@ -24,8 +24,8 @@ each response's tokens by w_i and averages over the N responses of the batch:
             = (w_i/N)·[ρ·Â_i·[the unclipped term is active] − β_KL·(1 − π_ref/π_θ)]
 
 where the unclipped term is active unless Â > 0 and ρ > 1 + ε, or Â < 0 and ρ < 1 − ε (there min picks the
-clipped, constant term, whose gradient is 0). For one on-policy step without KL: G_{i,t} = (Â_i/(N·n_i))(π − e_y),
-an SFT-like pull on every token of a sample with Â > 0 and a push — a negative gradient, like DPO's y⁻ — on every
+clipped, constant term, whose gradient is 0). For one on-policy GRPO step without KL,
+G_{i,t} = (Â_i/(N·n_i))(π − e_y) (Dr. GRPO: Â_i/(N·L)): an SFT-like pull on every token of a sample with Â > 0 and a push — a negative gradient, like DPO's y⁻ — on every
 token of a sample with Â < 0. :class:`GRPOLoss.coefficients` computes c by hand; the tests check it against
 autograd of :meth:`GRPOLoss.value` and against the formulas worked by hand.
 """
@@ -72,7 +72,7 @@ def check_rewards(rewards) -> torch.Tensor:
 class GRPOLoss:
     """One RL loss of :data:`GRPO_LOSSES` with its options: ``clip`` ε of the clipped ratio (0 < ε < 1), ``kl``
     β_KL ≥ 0 of the k3 penalty to the reference, ``max_len`` L of Dr. GRPO's normaliser (None: the longest
-    response of the batch). Per-token inputs are 1-D tensors over the scored tokens of a batch, ``seq`` (N_tok,)
+    response of the batch; :class:`~tinyld.rl_data.RLData` sets it to its max_new_tokens, TRL's constant). Per-token inputs are 1-D tensors over the scored tokens of a batch, ``seq`` (N_tok,)
     says which response each token belongs to, ``adv`` (N,) and ``lengths`` (N,) are per response."""
 
     name: str = "grpo"

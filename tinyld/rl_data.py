@@ -48,6 +48,9 @@ class RLData:
         self.group = group
         self.per_step = check_int("RLData per_step", per_step, 1, len(questions))
         self.spec = grpo_loss(loss)
+        if self.spec.name == "dr_grpo" and self.spec.max_len is None:  # TRL's constant: the longest allowed answer
+            self.spec = grpo_loss("dr_grpo", clip=self.spec.clip, kl=self.spec.kl,
+                                  max_len=check_int("RLData max_new_tokens", max_new_tokens, 1))
         self.seed = check_seed("RLData seed", seed)
         self.max_new_tokens = check_int("RLData max_new_tokens", max_new_tokens, 1)
         self.temperature = float(check_number("RLData temperature", temperature, 0, strict=True))

@@ -1,14 +1,18 @@
-"""rl-dynamics' claims, each judged per seed by a rule written down before the first full run (and not changed
-after it). Claims 1–4 are judged on the first loss of ``--losses`` (GRPO by default); claim 5 compares the first two.
+"""rl-dynamics' claims, each judged per seed by a rule written down before the first full run (only claim 2's code
+was corrected after it, where it did not do what its rule says: see there). Claims 1–4 are judged on the first loss of ``--losses`` (GRPO by default); claim 5 compares the first two.
 
-1. **Negative-advantage samples fall fastest, and their mass goes into the argmax.** Held when the mean change
-   per token of the fixed incorrect samples' log π over the run is below that of the fixed correct samples, the
-   reference solutions and their rewrites, and at the incorrect samples' positions the argmax's share of the
-   probability rose while the samples' own tokens' share fell (squeezing, lessons/NOTES.md §3).
+1. **Incorrect samples fall fastest, and their mass goes into the argmax** (in training, the incorrect samples of a
+   group with a correct one get a negative advantage; the tracked ones are fixed, drawn at the start). Held when
+   the mean change per token of the fixed incorrect samples' log π over the run is below that of the fixed correct
+   samples, the reference solutions and their rewrites, and at the incorrect samples' positions the argmax's share
+   of the probability rose while the samples' own tokens' share fell (squeezing, lessons/NOTES.md §3).
 2. **Lazy likelihood displacement.** A fixed correct sample is *lazy* when its log π rose by less than 0.5 nats
-   over the run (or fell). Held when at least 20% of the correct samples are lazy and, averaged over the measured
-   steps, the negative-advantage samples' predicted push on the lazy ones is larger relative to the
-   positive samples' pull (|negative| / positive) than on the other correct samples: the halves account for it.
+   over the run (or fell). Held when at least 20% of the correct samples are lazy and, summed over the measured
+   steps, the negative-advantage samples' predicted push on the lazy ones (how far their part is below 0) is larger
+   relative to the positive samples' pull than on the other correct samples: the halves account for it. Where a
+   ratio does not exist (no pull, or no other correct samples) the claim cannot be judged and is not held.
+   (Corrected after the first full run: its code had taken |negative part| as the push, which counts a negative
+   part above 0, a lift, as a push, and it had counted a missing comparison as held; the report gives both.)
 3. **Entropy falls, and its first-order prediction tracks it.** Held when the mean entropy per token at the fixed
    samples' positions ends below its start, and at every checked update the predicted change (−Σ π log π Δlog π,
    Δlog π = A·J·Δθ) has the sign of the actual one with a median relative error under 0.5.
@@ -58,10 +62,10 @@ def lazy(run: dict) -> dict:
         pos = [sum(h["positive"][i] for i in range(len(d)) if sel[i]) for h in halves]
         neg = [sum(h["negative"][i] for i in range(len(d)) if sel[i]) for h in halves]
         p, n = sum(pos), sum(neg)
-        return None if not any(sel) or p <= 0 else abs(n) / p
+        return None if not any(sel) or p <= 0 else max(-n, 0.0) / p  # the push: how far the negative part is below 0
     r_lazy, r_other = ratio(is_lazy), ratio([not x for x in is_lazy])
     share = sum(is_lazy) / len(d)
-    held = share >= MIN_LAZY and r_lazy is not None and (r_other is None or r_lazy > r_other)
+    held = share >= MIN_LAZY and r_lazy is not None and r_other is not None and r_lazy > r_other
     return {"lazy": sum(is_lazy), "of": len(d), "ratio_lazy": r_lazy, "ratio_other": r_other, "held": bool(held)}
 
 
@@ -96,7 +100,7 @@ def judge(seeds: list[dict], losses: list[str]) -> list:
               [falls_fastest(r) for r in first], lambda m: f"{dash(m['changes']['incorrect'], '+.2f')}/tok, "
               f"argmax {dash((m['mass_change'] or {}).get('argmax'), '+.3f')}")
     add_claim(out, "lazy likelihood displacement", "the authors' follow-up (lazy LD)", [lazy(r) for r in first],
-              lambda m: f"{m['lazy']}/{m['of']} lazy, |neg|/pos {dash(m['ratio_lazy'], '.2f')} vs "
+              lambda m: f"{m['lazy']}/{m['of']} lazy, push/pull {dash(m['ratio_lazy'], '.2f')} vs "
               f"{dash(m['ratio_other'], '.2f')}")
     add_claim(out, "entropy falls, first order tracks it", "entropy collapse", [entropy(r) for r in first],
               lambda m: f"{m['start']:.3f}→{m['end']:.3f}, err {dash(m['median_rel_err'], '.2f')}")

@@ -52,7 +52,7 @@ def fixed_probes(cfg: RLDynamicsConfig, world: Arithmetic, tok, model, seed: int
             if a:
                 fam["correct" if world.grade(p, a) else "incorrect"][0].append(x)
                 fam["correct" if world.grade(p, a) else "incorrect"][1].append(a)
-        form = world.form_of(p, "train")
+        form = world.form_of(p)  # the written form the SFT data gave this question (train_examples)
         fam["reference"][0].append(x), fam["reference"][1].append(p.solution(form))
         fam["rewrite"][0].append(x), fam["rewrite"][1].append(p.solution((form + N_FORMS // 2) % N_FORMS))
     return fam
@@ -107,16 +107,16 @@ def entropy_check(model, before: dict, tok, fam: dict) -> dict:
 
 
 def halves_now(model, data: RLData, step: int, tok, fam: dict) -> dict | None:
-    """For the samples the step ``step`` trains on: the predicted change (per unit lr, plain SGD) of each fixed
-    correct sample's log π due to the positive-advantage samples and due to the negative ones (their sum is the
-    whole step's prediction)."""
+    """For the samples the step ``step`` trains on: the predicted change (per unit lr, a plain-SGD step of the run's
+    loss; the run itself takes AdamW steps) of each fixed correct sample's log π due to the positive-advantage
+    samples and due to the negative ones (their sum is the whole step's prediction)."""
     if not fam["correct"][0]:
         return None
     b = data.batch(step)
     if not bool((b.adv != 0).any()):
         return {"positive": [0.0] * len(fam["correct"][0]), "negative": [0.0] * len(fam["correct"][0])}
     obs = lm_rows(make_batch(tok, *fam["correct"], model.config.block_size))
-    parts = contributions(model, GRPOUpdate(lm_rows(b.seqs), b.adv), obs, 1.0)  # (samples, correct)
+    parts = contributions(model, GRPOUpdate(lm_rows(b.seqs), b.adv, loss=data.spec), obs, 1.0)  # (samples, correct)
     pos, neg = b.adv > 0, b.adv < 0
     return {"positive": parts[pos].sum(0).tolist(), "negative": parts[neg].sum(0).tolist()}
 
