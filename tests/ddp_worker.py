@@ -1,9 +1,9 @@
 """Run by tests/test_ddp.py, with plain python (one process) or under torchrun (several gloo processes).
 
 python tests/ddp_worker.py OUT STEPS [OUT STEPS …] [--resume], or train_all(OUT, STEPS, resume) in-process: trains a
-tiny GPT on the world for STEPS steps of each task (pretraining, SFT, DPO, GRPO; global batch 4; float64) with checkpoints
-in OUT/<task>/, and rank 0 writes the final weights to OUT/<task>/weights.pt; several OUT STEPS pairs share one
-launch. With resume each task continues from OUT/<task>/last.pt instead of starting over.
+tiny GPT on the world for STEPS steps of each task (pretraining, SFT, DPO, GRPO; global batch 4; float64) with
+checkpoints in OUT/<task>/, and rank 0 writes the final weights to OUT/<task>/weights.pt; several OUT STEPS pairs
+share one launch. With resume each task continues from OUT/<task>/last.pt instead of starting over.
 """
 import os
 import sys

@@ -109,8 +109,8 @@ def fixes(forecasts: list[dict], alpha: float = 1.0) -> list[dict]:
     - ``dpo``: the DPO step as run (the baseline);
     - ``smaller step``: lr ÷ 10; at first order every change scales with the step, so the same pairs fall, slower;
     - ``nll``: an NLL term on y⁺ as in RPO, ``α``·NLL(y⁺)/n⁺ (in TRL 1.x: ``loss_type=["sigmoid", "sft"]``,
-      ``loss_weights=[1, α]``): the SFT pull on y⁺ added to the DPO step; ``alpha_needed``: per pair, the α at which its forecast Δ log π(y⁺) is 0 (None where y⁺ is not
-      forecast to fall);
+      ``loss_weights=[1, α]``): the SFT pull on y⁺ added to the DPO step; ``alpha_needed``: per pair, the α at
+      which its forecast Δ log π(y⁺) is 0 (None where y⁺ is not forecast to fall);
     - ``sft on y⁺``: one more SFT step on y⁺ before DPO; ``offsets``: per pair forecast to fall, how many DPO steps
       of its forecast fall that one SFT step makes up (None elsewhere);
     - ``extend``: one SFT step on y⁺ and on y⁻ before DPO (the paper's extension), which lifts y⁻ out of the

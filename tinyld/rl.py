@@ -23,11 +23,11 @@ each response's tokens by w_i and averages over the N responses of the batch:
     G_{i,t} = c_{i,t}·(π_{i,t} − e_{y_{i,t}}),    c_{i,t} = −∂L/∂ log π_θ(y_{i,t})
             = (w_i/N)·[ρ·Â_i·[the unclipped term is active] − β_KL·(1 − π_ref/π_θ)]
 
-where the unclipped term is active unless Â > 0 and ρ > 1 + ε, or Â < 0 and ρ < 1 − ε (there min picks the
-clipped, constant term, whose gradient is 0). For one on-policy GRPO step without KL,
-G_{i,t} = (Â_i/(N·n_i))(π − e_y) (Dr. GRPO: Â_i/(N·L)): an SFT-like pull on every token of a sample with Â > 0 and a push — a negative gradient, like DPO's y⁻ — on every
-token of a sample with Â < 0. :class:`GRPOLoss.coefficients` computes c by hand; the tests check it against
-autograd of :meth:`GRPOLoss.value` and against the formulas worked by hand.
+where the unclipped term is active unless Â > 0 and ρ > 1 + ε, or Â < 0 and ρ < 1 − ε (there min picks the clipped,
+constant term, whose gradient is 0). For one on-policy GRPO step without KL, G_{i,t} = (Â_i/(N·n_i))(π − e_y) (Dr.
+GRPO: Â_i/(N·L)): an SFT-like pull on every token of a sample with Â > 0 and a push — a negative gradient, like
+DPO's y⁻ — on every token of a sample with Â < 0. :class:`GRPOLoss.coefficients` computes c by hand; the tests check
+it against autograd of :meth:`GRPOLoss.value` and against the formulas worked by hand.
 """
 from __future__ import annotations
 
@@ -71,9 +71,10 @@ def check_rewards(rewards) -> torch.Tensor:
 @dataclass(frozen=True)
 class GRPOLoss:
     """One RL loss of :data:`GRPO_LOSSES` with its options: ``clip`` ε of the clipped ratio (0 < ε < 1), ``kl``
-    β_KL ≥ 0 of the k3 penalty to the reference, ``max_len`` L of Dr. GRPO's normaliser (None: the longest
-    response of the batch; :class:`~tinyld.rl_data.RLData` sets it to its max_new_tokens, TRL's constant). Per-token inputs are 1-D tensors over the scored tokens of a batch, ``seq`` (N_tok,)
-    says which response each token belongs to, ``adv`` (N,) and ``lengths`` (N,) are per response."""
+    β_KL ≥ 0 of the k3 penalty to the reference, ``max_len`` L of Dr. GRPO's normaliser (None: the longest response of
+    the batch; :class:`~tinyld.rl_data.RLData` sets it to its max_new_tokens, TRL's constant). Per-token inputs
+    are 1-D tensors over the scored tokens of a batch, ``seq`` (N_tok,) says which response each token belongs to,
+    ``adv`` (N,) and ``lengths`` (N,) are per response."""
 
     name: str = "grpo"
     clip: float = 0.2
@@ -162,18 +163,16 @@ class RLBatch:
     old: torch.Tensor
     ref: torch.Tensor | None
     rewards: torch.Tensor
-    longest: int | None = None  # the whole batch's longest response: Dr. GRPO's normaliser, kept by a rank's share
 
     def to(self, device) -> "RLBatch":
         return RLBatch(self.seqs.to(device), self.adv.to(device), self.old.to(device),
-                       None if self.ref is None else self.ref.to(device), self.rewards.to(device), self.longest)
+                       None if self.ref is None else self.ref.to(device), self.rewards.to(device))
 
     def rows(self, sl: slice) -> "RLBatch":
         """Sequences ``sl`` alone (a torchrun rank's share)."""
         s = self.seqs
         return RLBatch(Batch(s.idx[sl], s.targets[sl], s.tok), self.adv[sl], self.old[sl],
-                       None if self.ref is None else self.ref[sl], self.rewards[sl],
-                       self.longest or int(s.mask.sum(1).max()))
+                       None if self.ref is None else self.ref[sl], self.rewards[sl])
 
     def loss(self, spec: "GRPOLoss", logits: torch.Tensor) -> torch.Tensor:
         """The loss ``spec`` of these samples from the policy's logits (B, T, V)."""
@@ -181,8 +180,6 @@ class RLBatch:
         logp = token_logprobs(logits[mask], self.seqs.targets[mask])  # (N_tok,)
         seq = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
         ref = None if self.ref is None else self.ref[mask]
-        if spec.name == "dr_grpo" and spec.max_len is None:  # the normaliser of the whole batch, not of a share
-            spec = GRPOLoss("dr_grpo", spec.clip, spec.kl, self.longest or int(mask.sum(1).max()))
         return spec.value(logp, self.old[mask].to(logp.dtype), ref, self.adv, seq, mask.sum(1))
 
 

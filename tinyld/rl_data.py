@@ -48,7 +48,8 @@ class RLData:
         self.group = group
         self.per_step = check_int("RLData per_step", per_step, 1, len(questions))
         self.spec = grpo_loss(loss)
-        if self.spec.name == "dr_grpo" and self.spec.max_len is None:  # TRL's constant: the longest allowed answer
+        if self.spec.name == "dr_grpo" and self.spec.max_len is None:  # TRL's constant: the longest answer allowed,
+            # the same for every step and every torchrun rank's share
             self.spec = grpo_loss("dr_grpo", clip=self.spec.clip, kl=self.spec.kl,
                                   max_len=check_int("RLData max_new_tokens", max_new_tokens, 1))
         self.seed = check_seed("RLData seed", seed)
@@ -117,7 +118,7 @@ class RLData:
         model.train(was_training)
         self.last = {"block": block, "questions": qs, "texts": texts, "rewards": rewards.tolist(),
                      "flat_groups": flat_groups(rewards), "logp_per_token": (old.sum() / b.mask.sum()).item()}
-        return RLBatch(b, adv.to(dev), old, ref, rewards.reshape(-1).to(dev), int(b.mask.sum(1).max()))
+        return RLBatch(b, adv.to(dev), old, ref, rewards.reshape(-1).to(dev))
 
     def _generate(self, model, prompts: list[list[int]], g) -> list[list[list[int]]]:
         """``group`` samples per prompt, cut after the first EOS (which they keep); prompts of one length together."""

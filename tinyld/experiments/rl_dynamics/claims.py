@@ -1,5 +1,6 @@
 """rl-dynamics' claims, each judged per seed by a rule written down before the first full run (only claim 2's code
-was corrected after it, where it did not do what its rule says: see there). Claims 1–4 are judged on the first loss of ``--losses`` (GRPO by default); claim 5 compares the first two.
+was corrected after it, where it did not do what its rule says: see there). Claims 1–4 are judged on the first loss
+of ``--losses`` (GRPO by default); claim 5 compares the first two.
 
 1. **Incorrect samples fall fastest, and their mass goes into the argmax** (in training, the incorrect samples of a
    group with a correct one get a negative advantage; the tracked ones are fixed, drawn at the start). Held when

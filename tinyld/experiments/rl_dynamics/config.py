@@ -8,7 +8,6 @@ from tinyld.experiments.common import check_shared, fast_caps
 from tinyld.rl import GRPO_LOSSES, grpo_loss
 from tinyld.runtime import TinyldError, check_int, check_number
 
-MAX_NEW = 26  # tokens sampled per solution, as the forecasting task's (its longest written form is 18 tokens + EOS)
 FAST = {"pretrain_steps": 400, "sft_data": 64, "steps": 24, "probes": 4, "test_questions": 8, "passk_n": 8,
         "measure_every": 8}
 

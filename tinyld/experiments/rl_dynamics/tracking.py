@@ -16,8 +16,9 @@ from torch.func import functional_call, jvp
 from tinyld.data import IGNORE, make_batch
 from tinyld.dynamics import contributions
 from tinyld.evaluate import sampled_answers
+from tinyld.experiments.forecasting.config import MAX_NEW
 from tinyld.experiments.forecasting.sweep import finetune
-from tinyld.experiments.rl_dynamics.config import MAX_NEW, RLDynamicsConfig
+from tinyld.experiments.rl_dynamics.config import RLDynamicsConfig
 from tinyld.pretrained import pretrained
 from tinyld.probes import position_stats
 from tinyld.reasoning import N_FORMS, Arithmetic
