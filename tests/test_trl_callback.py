@@ -110,6 +110,15 @@ def test_chat_pairs_are_tokenized_as_trl_does(tmp_path):
         assert ids == (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]) and ids[1][-1] == tok.eos_token_id
 
 
+def test_a_probe_file_gives_every_line(tmp_path):
+    import json
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({**r, **({"split": "test"} if k else {})}) + "\n" for k, r in enumerate(ROWS)))
+    assert [(e.prompt, e.chosen, e.rejected) for e in ProbeCallback(path).examples] == [
+        (r["prompt"], r["chosen"], r["rejected"]) for r in ROWS]
+
+
 def test_bad_pairs_and_an_empty_tokenizer_are_one_line_each():
     with pytest.raises(TinyldError, match="pair 0: give a dict with prompt, chosen and rejected"):
         ProbeCallback([{"prompt": "x", "chosen": "y"}])

@@ -41,7 +41,8 @@ from tinyld.squeeze import MASS_CLASSES
 
 def _examples(pairs) -> list[Example]:
     if isinstance(pairs, (str, Path)):
-        return ProbeSet.load(pairs).examples("train") + ProbeSet.load(pairs).examples("test")
+        probes = ProbeSet.load(pairs)  # read once; every line, whichever split it names
+        return probes.examples("train") + probes.examples("test")
     out = []
     for k, p in enumerate(pairs or []):
         if isinstance(p, Example) and p.rejected is not None:
