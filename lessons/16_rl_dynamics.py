@@ -42,8 +42,9 @@ t0 = time.time()
 FAST = fast_mode()
 OUT = os.environ.get("TINYLD_OUT", "tinyld_out/lessons")
 cfg = RLDynamicsConfig(seeds=[0], fast=FAST, out=f"{OUT}/rl16", threads=2)
-world, tok, model = sft_model(cfg, 0)  # the arithmetic task's SFT model: the start of RL
-fam = fixed_probes(cfg, world, tok, model, 0)  # samples drawn once, graded; reference solutions
+task, model = sft_model(cfg, 0)  # the arithmetic task's SFT model: the start of RL
+world, tok = task.world, task.tok  # the word problems and the tiny model's word tokenizer
+fam = fixed_probes(cfg, task, model, 0)  # samples drawn once, graded; reference solutions
 model = model.double()  # float64 for the by-hand checks below
 print(f"{len(fam['correct'][0])} correct and {len(fam['incorrect'][0])} incorrect samples of the SFT model on "
       f"{cfg.probes} training questions")

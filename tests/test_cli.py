@@ -121,6 +121,22 @@ def test_help_of_a_default_resolved_later_says_what_it_resolves_to(cmd, tmp_path
                                               f"{_shown(getattr(real, field))})"), (field, flags[field].help)
 
 
+def test_rl_dynamics_help_shows_each_models_default(tmp_path):
+    from tinyld.experiments.rl_dynamics.config import REAL_RL, TINY
+
+    flags = _flags("rl-dynamics")
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")  # a GGUF path takes a real LLM's defaults, reading no more
+    tiny, real = RLDynamicsConfig(), RLDynamicsConfig(model=str(tmp_path / "m.gguf"))
+    checked = 0
+    for k in sorted(set(TINY) & set(REAL_RL) - {"pretrain_steps", "device"}):
+        if k in flags:
+            assert flags[k].help.endswith(f"(default {_shown(getattr(tiny, k))}; smollm2: "
+                                          f"{_shown(getattr(real, k))})"), (k, flags[k].help)
+            checked += 1
+    assert checked >= 5 and flags["pretrain_steps"].help.endswith(f"(default {tiny.pretrain_steps})")
+    assert (tiny.device, real.device, real.pretrain_steps) == ("cpu", "auto", None)
+
+
 @pytest.mark.parametrize("cmd", sorted(CONFIGS))
 def test_every_config_field_has_a_flag_and_flags_default_to_none(cmd):
     """A new config field needs a flag in __main__'s table, or a place among the command's internal fields."""

@@ -3,10 +3,17 @@ line before any work, and the fast run end to end: its JSON, claims table and fi
 import json
 
 import pytest
+import torch
 
-from tinyld import TinyldError
+from tinyld import GPT, GPTConfig, TinyldError
+from tinyld.data import make_batch
+from tinyld.dynamics import contributions
 from tinyld.experiments.rl_dynamics import RLDynamicsConfig
 from tinyld.experiments.rl_dynamics.claims import entropy, falls_fastest, lazy, lengths, pass_k
+from tinyld.experiments.rl_dynamics.tracking import halves_now
+from tinyld.reasoning import Arithmetic
+from tinyld.rl_data import RLData
+from tinyld.updates import GRPOUpdate, lm_rows
 
 
 def _point(step, correct, incorrect, ref, rew, mass, h=1.0, halves=None):
@@ -50,7 +57,9 @@ def test_the_rules_of_the_claims():
     ({"kl": -1.0}, "grpo kl must be"),
     ({"losses": ["ppo"]}, "rl-dynamics --losses must name distinct losses of grpo, dr_grpo"),
     ({"losses": ["grpo", "grpo"]}, "rl-dynamics --losses must name distinct losses"),
-    ({"model": "smollm2"}, "rl-dynamics"),
+    ({"model": "mini"}, "rl-dynamics --model mini: rl-dynamics takes tiny"),
+    ({"model": "smollm2", "pretrain_steps": 10}, "rl-dynamics --pretrain-steps: --model smollm2 is a pretrained LLM"),
+    ({"model": "smollm2", "lr": 0.0}, "rl-dynamics --lr"),
 ])
 def test_bad_settings_are_one_line(kw, says):
     with pytest.raises(TinyldError) as err:
@@ -74,3 +83,50 @@ def test_the_fast_run(tmp_path, lesson_workdir, monkeypatch, capsys):
     assert (tmp_path / "o" / "rl_curves.png").stat().st_size > 0
     assert "lazy likelihood displacement" in (tmp_path / "o" / "claims.txt").read_text()
     assert "fast mode uses" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("loss", ["grpo", "dr_grpo"])
+def test_the_halves_are_the_per_sample_contributions_summed(loss):
+    """halves_now's two predictions (one per sign of the advantage) against the engine's per-sample route."""
+    world = Arithmetic(0)
+    tok = world.tokenizer()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, block_size=64)).double()
+    probs = world.pool()[:4]
+    data = RLData(tok, [p.prompt() for p in probs], lambda k, text: float(len(text.split()) % 2), group=4,
+                  per_step=2, loss=loss, seed=3, max_new_tokens=8, block_size=64)
+    data.bind(model)
+    b = data.batch(0)
+    assert bool((b.adv > 0).any()) and bool((b.adv < 0).any())  # both halves exist
+    fam = {"correct": ([probs[0].prompt(), probs[1].prompt()], [probs[0].solution(0), probs[1].solution(5)])}
+    h = halves_now(model, data, 0, tok, fam)
+    obs = lm_rows(make_batch(tok, *fam["correct"], 64))
+    parts = contributions(model, GRPOUpdate(lm_rows(b.seqs), b.adv, loss=data.spec), obs, 1.0)  # (samples, 2)
+    for half, sel in (("positive", b.adv > 0), ("negative", b.adv < 0)):
+        assert torch.allclose(torch.tensor(h[half], dtype=torch.float64), parts[sel].sum(0), rtol=1e-9, atol=1e-12)
+
+
+def test_on_a_real_llm_file(tmp_path, capsys):
+    """The real-LLM route end to end on a small llama-shaped GGUF file with SmolLM2's chat template: the questions
+    as chat turns, SFT first, RL, the JSON and the claims table."""
+    pytest.importorskip("gguf")
+    from test_real_llm_runs import chat_gguf_file
+
+    from tinyld.experiments.rl_dynamics import run
+    from tinyld.experiments.rl_dynamics.tracking import sft_model
+
+    path = chat_gguf_file(tmp_path / "chat.gguf")
+    cfg = RLDynamicsConfig(model=str(path), seeds=[0], steps=2, sft_data=4, sft_epochs=1, group=2, per_step=1,
+                           probes=1, fixed_samples=2, test_questions=1, passk_n=2, measure_every=1, threads=1,
+                           out=str(tmp_path / "o"))
+    task, _ = sft_model(cfg, 0)
+    p = task.world.pool()[0]
+    assert task.chat and task.prompt(p).endswith(f"<|im_start|>user\n{p.question()}<|im_end|>\n"
+                                                 "<|im_start|>assistant\n")
+    longest = max(len(task.tok.encode(q.solution(f))) for q in task.world.pool()[:4] + task.world.test_problems()[:1]
+                  for f in range(16))
+    assert task.max_new == longest + 8 and task.train_examples([p])[0].prompt == task.prompt(p)
+    res = run(cfg)
+    assert res["config"]["model"] == str(path) and set(res["seeds"][0]["runs"]) == {"grpo", "dr_grpo"}
+    assert [x["step"] for x in res["seeds"][0]["runs"]["grpo"]["points"]] == [0, 1, 2]
+    assert "lazy likelihood displacement" in (tmp_path / "o" / "claims.txt").read_text()

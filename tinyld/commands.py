@@ -11,6 +11,7 @@ from typing import NamedTuple
 from tinyld.experiments.common import WORLD_SFT
 from tinyld.experiments.dpo_dynamics.config import REAL_DPO, WORLD_DPO_EPOCHS
 from tinyld.experiments.explain.config import DEFAULT_LR
+from tinyld.experiments.rl_dynamics.config import REAL_RL, TINY
 from tinyld.experiments.sft_dynamics.config import REAL_SFT, WORLD_RUN
 from tinyld.pretrained import GPT2_RECIPE, TINY_RECIPE
 
@@ -116,24 +117,33 @@ _EXPLAIN_FLAGS = [
 ]
 
 
+
+
+def _rl(field: str, text: str) -> tuple:
+    """An rl-dynamics flag whose default depends on the model: the tiny GPT's; smollm2's."""
+    tiny, real = TINY[field], REAL_RL[field]
+    shown = f"{tiny:g}; smollm2: {real:g}" if isinstance(tiny, float) else f"{tiny}; smollm2: {real}"
+    return (field, text, dict(shown=shown))
+
+
 _RL_FLAGS = [
-    ("model", "tiny: the arithmetic task's GPT"),
+    ("model", "tiny: the arithmetic task's GPT · smollm2 | a .gguf file: a real LLM, SFT on the task first"),
     ("seeds", "seeds"),
     ("losses", "grpo | dr_grpo (each seed runs each, from one SFT model)"),
-    ("steps", "RL steps"),
+    _rl("steps", "RL steps"),
     ("optimizer", "sgd | adamw | rmsprop"),
-    ("lr", "RL learning rate (constant, no clipping)"),
+    _rl("lr", "RL learning rate (constant, no clipping)"),
     ("group", "samples per question (G ≥ 2)"),
-    ("per_step", "questions per step"),
+    _rl("per_step", "questions per step"),
     ("temperature", "sampling temperature"),
     ("clip", "ε of the clipped ratio"),
     ("kl", "β of the k3 KL penalty to the SFT model"),
     ("inner_steps", "optimizer steps per batch of samples"),
-    ("sft_data", "the SFT model's training questions"),
-    ("pretrain_steps", "arithmetic base model"),
-    ("measure_every", "steps between measurements"),
+    _rl("sft_data", "the SFT model's training questions"),
+    ("pretrain_steps", "arithmetic base model (tiny only)", dict(shown=str(TINY["pretrain_steps"]))),
+    _rl("measure_every", "steps between measurements"),
     ("out", "output folder"),
-    ("device", _DEVICE),
+    ("device", _DEVICE, dict(shown="cpu for tiny, auto otherwise")),
     ("threads", "CPU threads"),
 ]
 
@@ -181,7 +191,7 @@ CONFIG_COMMANDS = {
     "rl-dynamics": ConfigCommand(
         "tinyld.experiments.rl_dynamics:RLDynamicsConfig", "tinyld.experiments.rl_dynamics:run",
         "what RL with verifiable rewards (GRPO, Dr. GRPO) does on the word problems, with claims",
-        "one seed, a 400-step base model, 24 RL steps (also TINYLD_FAST=1)", _RL_FLAGS,
+        "one seed, a 400-step base model, 24 RL steps; smollm2: 4 (also TINYLD_FAST=1)", _RL_FLAGS,
         internal=("sft_epochs", "sft_lr", "probes", "fixed_samples", "test_questions", "passk_n"), used_by={}),
 }
 

@@ -138,5 +138,7 @@ class RLData:
     def _token_logps(model, b: Batch) -> torch.Tensor:
         """log π(y_t) at every scored position of ``b`` (0 elsewhere): (B, T)."""
         model.eval()
-        lp = torch.log_softmax(model(b.idx).double(), -1).gather(-1, b.targets.clamp(min=0)[..., None])[..., 0]
-        return lp * b.mask
+        lp = torch.zeros(b.idx.shape, dtype=torch.float64, device=b.idx.device)
+        z = model(b.idx)[b.mask].double()  # (N_tok, V): the scored positions only
+        lp[b.mask] = torch.log_softmax(z, -1).gather(-1, b.targets[b.mask][:, None])[:, 0]
+        return lp

@@ -39,16 +39,16 @@ def run(cfg: RLDynamicsConfig, overwrite: bool = False, resume: bool = False, ag
 
 def seed_part(cfg: RLDynamicsConfig, seed: int) -> dict:
     t0 = time.perf_counter()
-    world, tok, sft = sft_model(cfg, seed)
-    fam = fixed_probes(cfg, world, tok, sft, seed)
-    sft_pass = pass_at_k(cfg, sft, tok, world, seed * 7919 + 2)
+    task, sft = sft_model(cfg, seed)
+    fam = fixed_probes(cfg, task, sft, seed)
+    sft_pass = pass_at_k(cfg, sft, task, seed * 7919 + 2)
     print(f"  seed {seed}: SFT model ready; {len(fam['correct'][0])} correct and {len(fam['incorrect'][0])} "
           f"incorrect fixed samples; SFT pass@1 {sft_pass['pass'][0]:.3f}, "
           f"pass@{cfg.passk_n} {sft_pass['pass'][-1]:.3f}")
     runs = {}
     for loss in cfg.losses:
         try:
-            runs[loss] = rl_run(cfg, seed, loss, sft, tok, world, fam)
+            runs[loss] = rl_run(cfg, seed, loss, sft, task, fam)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"RL (seed {seed}, {loss}) diverged: {lower_lr(e, cfg.lr)} ({e.fact})", e.fact,
                                    e.updates) from None

@@ -7,21 +7,24 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jvp
 
-from tinyld.data import IGNORE, make_batch
-from tinyld.dynamics import contributions
+from tinyld.choose import load_real, model_choice
+from tinyld.data import IGNORE, Example, make_batch
+from tinyld.dynamics import sequence_change
 from tinyld.evaluate import sampled_answers
 from tinyld.experiments.forecasting.config import MAX_NEW
 from tinyld.experiments.forecasting.sweep import finetune
 from tinyld.experiments.rl_dynamics.config import RLDynamicsConfig
+from tinyld.kernel import predict
 from tinyld.pretrained import pretrained
 from tinyld.probes import position_stats
-from tinyld.reasoning import N_FORMS, Arithmetic
+from tinyld.reasoning import N_FORMS, Arithmetic, Problem
 from tinyld.rl import grpo_loss, unbiased_pass_at_k
 from tinyld.rl_data import RLData
 from tinyld.squeeze import MASS_CLASSES, token_mass
@@ -31,22 +34,52 @@ from tinyld.updates import GRPOUpdate, lm_rows
 FAMILIES = ("correct", "incorrect", "reference", "rewrite")  # the fixed sequences whose log π is tracked
 
 
-def sft_model(cfg: RLDynamicsConfig, seed: int):
-    """(task, tokenizer, SFT model): the forecasting task's base model, SFT on the first ``sft_data`` questions of
-    the pool (AdamW, cosine to 10% of ``sft_lr``, batch 8, no clipping) — the starting point of RL."""
-    world, tok, base = pretrained(seed, steps=cfg.pretrain_steps, task="arithmetic")
+@dataclass(frozen=True)
+class Task:
+    """The word problems as the run's model reads them: ``world`` (the task), ``tok``, whether prompts are chat
+    turns (a real LLM: the question as the user turn of its chat template; the tiny model: the task's own prompt)
+    and ``max_new``, the tokens a sampled answer may take (the longest written form, EOS and 7 more)."""
+
+    world: Arithmetic
+    tok: object
+    chat: bool
+    max_new: int
+
+    def prompt(self, p: Problem) -> str:
+        return self.tok.chat([{"role": "user", "content": p.question()}]) if self.chat else p.prompt()
+
+    def train_examples(self, problems: list[Problem]) -> list[Example]:
+        """The SFT data: the task's written solutions, each with the prompt this model reads."""
+        return [replace(e, prompt=self.prompt(p)) for p, e in zip(problems, self.world.train_examples(problems))]
+
+
+def sft_model(cfg: RLDynamicsConfig, seed: int) -> tuple[Task, object]:
+    """(task, SFT model), the starting point of RL: SFT on the first ``sft_data`` questions of the pool (AdamW,
+    cosine to 10% of ``sft_lr``, batch 8, no clipping) from the forecasting task's base model (tiny) or from the
+    real LLM as it is, whose answers must first take the task's written form for the grader to read them."""
+    if cfg.real:
+        base, tok = load_real(model_choice(cfg.model, "rl-dynamics"))
+        world = Arithmetic(seed)
+        longest = max(len(tok.encode(p.solution(f))) for p in world.pool()[:cfg.sft_data] +
+                      world.test_problems()[:cfg.test_questions] for f in range(N_FORMS))
+        task = Task(world, tok, True, longest + 1 + 7)
+    else:
+        world, tok, base = pretrained(seed, steps=cfg.pretrain_steps, task="arithmetic")
+        task = Task(world, tok, False, MAX_NEW)  # MAX_NEW: the longest written form (18 tokens), EOS and 7 more
     train = world.pool()[:cfg.sft_data]
-    model, _ = finetune(SimpleNamespace(batch_size=8), seed, base, tok, world, train, cfg.sft_lr, cfg.sft_epochs)
-    return world, tok, model.eval()
+    model, _ = finetune(SimpleNamespace(batch_size=8), seed, base, tok, task, train, cfg.sft_lr, cfg.sft_epochs)
+    return task, model.eval()
 
 
-def fixed_probes(cfg: RLDynamicsConfig, world: Arithmetic, tok, model, seed: int) -> dict:
+def fixed_probes(cfg: RLDynamicsConfig, task: Task, model, seed: int) -> dict:
     """Drawn once from the SFT model: ``fixed_samples`` samples per probe question, split by the grader into correct
     and incorrect; the reference solutions (the SFT data's written form) and a rewrite of each (the other step
     order). Each family as (prompts, responses)."""
+    world = task.world
     probs = world.pool()[:cfg.probes]
-    prompts = [p.prompt() for p in probs]
-    answers = sampled_answers(model, tok, prompts, cfg.fixed_samples, seed * 7919 + 1, cfg.temperature, MAX_NEW)
+    prompts = [task.prompt(p) for p in probs]
+    answers = sampled_answers(model, task.tok, prompts, cfg.fixed_samples, seed * 7919 + 1, cfg.temperature,
+                              task.max_new)
     fam = {k: ([], []) for k in FAMILIES}
     for p, x, ans in zip(probs, prompts, answers):
         for a in ans:
@@ -110,23 +143,32 @@ def entropy_check(model, before: dict, tok, fam: dict) -> dict:
 def halves_now(model, data: RLData, step: int, tok, fam: dict) -> dict | None:
     """For the samples the step ``step`` trains on: the predicted change (per unit lr, a plain-SGD step of the run's
     loss; the run itself takes AdamW steps) of each fixed correct sample's log π due to the positive-advantage
-    samples and due to the negative ones (their sum is the whole step's prediction)."""
+    samples and due to the negative ones. The prediction is linear in the residual, so the two add up to the whole
+    step's; each half is one backward pass and one JVP, whatever the number of samples."""
     if not fam["correct"][0]:
         return None
     b = data.batch(step)
-    if not bool((b.adv != 0).any()):
-        return {"positive": [0.0] * len(fam["correct"][0]), "negative": [0.0] * len(fam["correct"][0])}
     obs = lm_rows(make_batch(tok, *fam["correct"], model.config.block_size))
-    parts = contributions(model, GRPOUpdate(lm_rows(b.seqs), b.adv, loss=data.spec), obs, 1.0)  # (samples, correct)
-    pos, neg = b.adv > 0, b.adv < 0
-    return {"positive": parts[pos].sum(0).tolist(), "negative": parts[neg].sum(0).tolist()}
+    out = {}
+    for half, sel in (("positive", b.adv > 0), ("negative", b.adv < 0)):
+        if not bool(sel.any()):
+            out[half] = [0.0] * len(fam["correct"][0])
+            continue
+        part = b.rows(sel)
+        mask = part.seqs.mask
+        update = GRPOUpdate(lm_rows(part.seqs), part.adv, part.old[mask], None if part.ref is None else
+                            part.ref[mask], loss=data.spec, weight=int(sel.sum()) / len(b.adv))  # its share of 1/N
+        out[half] = sequence_change(obs, predict(model, obs, update, 1.0)).tolist()
+    return out
 
 
-def pass_at_k(cfg: RLDynamicsConfig, model, tok, world: Arithmetic, seed: int) -> dict:
+def pass_at_k(cfg: RLDynamicsConfig, model, task: Task, seed: int) -> dict:
     """pass@k for k = 1 … passk_n on the first ``test_questions`` held-out questions (the unbiased estimator from
     ``passk_n`` samples each), and the mean length in words of correct and incorrect samples."""
+    world = task.world
     probs = world.test_problems()[:cfg.test_questions]
-    answers = sampled_answers(model, tok, [p.prompt() for p in probs], cfg.passk_n, seed, cfg.temperature, MAX_NEW)
+    answers = sampled_answers(model, task.tok, [task.prompt(p) for p in probs], cfg.passk_n, seed, cfg.temperature,
+                              task.max_new)
     correct = [[world.grade(p, a) for a in ans] for p, ans in zip(probs, answers)]
     ks = range(1, cfg.passk_n + 1)
     lengths = {v: [len(a.split()) for ans, c in zip(answers, correct) for a, ok in zip(ans, c) if ok == v]
@@ -137,14 +179,15 @@ def pass_at_k(cfg: RLDynamicsConfig, model, tok, world: Arithmetic, seed: int) -
             "length_incorrect": statistics.fmean(lengths[False]) if lengths[False] else None}
 
 
-def rl_run(cfg: RLDynamicsConfig, seed: int, loss: str, sft, tok, world: Arithmetic, fam: dict) -> dict:
+def rl_run(cfg: RLDynamicsConfig, seed: int, loss: str, sft, task: Task, fam: dict) -> dict:
     """RL from a copy of the SFT model with ``loss``; measured every ``measure_every`` steps (and at the end)."""
     t0 = time.perf_counter()
     model = copy.deepcopy(sft)
+    world, tok = task.world, task.tok
     probs = world.pool()[:cfg.sft_data]
-    data = RLData(tok, [p.prompt() for p in probs], lambda k, text: float(world.grade(probs[k], text)),
+    data = RLData(tok, [task.prompt(p) for p in probs], lambda k, text: float(world.grade(probs[k], text)),
                   group=cfg.group, per_step=cfg.per_step, loss=grpo_loss(loss, clip=cfg.clip, kl=cfg.kl), seed=seed,
-                  max_new_tokens=MAX_NEW, temperature=cfg.temperature, inner_steps=cfg.inner_steps,
+                  max_new_tokens=task.max_new, temperature=cfg.temperature, inner_steps=cfg.inner_steps,
                   block_size=model.config.block_size, reference=copy.deepcopy(sft).eval() if cfg.kl else None)
     data.bind(model)  # the Trainer binds it too; the first measurement already asks for step 0's samples
     tc = TrainConfig(task="grpo", steps=cfg.steps, optimizer=cfg.optimizer, lr=cfg.lr, grad_clip=0.0, seed=seed,
@@ -172,5 +215,5 @@ def rl_run(cfg: RLDynamicsConfig, seed: int, loss: str, sft, tok, world: Arithme
         trainer.model.train()
     Trainer(model, data, tc, tok).run(callback)
     return {"loss": loss, "points": points, "rewards": rewards, "lengths": lengths, "entropy_checks": checks,
-            "pass_at_k": pass_at_k(cfg, model.eval(), tok, world, seed * 7919 + 2),
+            "pass_at_k": pass_at_k(cfg, model.eval(), task, seed * 7919 + 2),
             "seconds": round(time.perf_counter() - t0, 1)}
