@@ -130,3 +130,19 @@ def test_on_a_real_llm_file(tmp_path, capsys):
     assert res["config"]["model"] == str(path) and set(res["seeds"][0]["runs"]) == {"grpo", "dr_grpo"}
     assert [x["step"] for x in res["seeds"][0]["runs"]["grpo"]["points"]] == [0, 1, 2]
     assert "lazy likelihood displacement" in (tmp_path / "o" / "claims.txt").read_text()
+
+
+def test_a_claims_headline_is_its_mean_and_sd_over_the_seeds():
+    from tinyld.experiments.kit import add_claim, claims_table
+
+    per = [{"held": True, "x": 1.0}, {"held": False, "x": 2.0}, {"held": True, "x": 4.0}, {"held": True, "x": None}]
+    out: list = []
+    add_claim(out, "one", "p", per, lambda m: str(m["x"]), ("x", lambda m: m["x"]))  # the seed without x: left out
+    add_claim(out, "two", "p", per[:2], lambda m: "", ("a, b", lambda m: (m["x"], -m["x"]), ".1f"))
+    add_claim(out, "three", "p", per[:1], lambda m: "")  # no headline
+    m = out[0]["mean_sd"]
+    assert m["seeds"] == 3 and m["mean"] == [pytest.approx(7 / 3)] and m["sd"] == [pytest.approx((7 / 3) ** 0.5)]
+    assert out[1]["mean_sd"]["mean"] == [1.5, -1.5] and out[1]["mean_sd"]["sd"] == [pytest.approx(0.5 ** 0.5)] * 2
+    lines = claims_table(out, "t", width=6, unit="").splitlines()
+    assert "mean ± sd over seeds" in lines[1] and "x +2.33 ± 1.53" in lines[2] and "a, b 1.5 ± 0.7, -1.5 ± 0.7" in \
+        lines[3] and lines[4].split()[:3] == ["three", "held", "—"]

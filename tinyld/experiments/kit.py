@@ -60,22 +60,46 @@ class Claim(dict):
     fmt: Callable[[dict], str]
 
 
-def add_claim(out: list, key: str, paper: str, per: list[dict], fmt: Callable[[dict], str]) -> None:
+def add_claim(out: list, key: str, paper: str, per: list[dict], fmt: Callable[[dict], str],
+              headline: tuple | None = None) -> None:
     """Append one claim, measured per seed (each with a ``held`` flag), with its verdict (held · not held ·
-    mixed (n/seeds)) and ``fmt``, which writes one seed's measurement in the claims table."""
+    mixed (n/seeds)) and ``fmt``, which writes one seed's measurement in the claims table. ``headline``: (label, f)
+    or (label, f, format spec, default "+.2f"), where f gives one seed's headline number (or a tuple of them; None
+    where it does not exist); the table and the JSON then carry their mean ± sd over the seeds that have it."""
     n = sum(m["held"] for m in per)
     verdict = "held" if n == len(per) else ("not held" if n == 0 else f"mixed ({n}/{len(per)})")
     c = Claim(claim=key, paper=paper, per_seed=per, held=n, of=len(per), verdict=verdict)
+    if headline is not None:
+        label, f, spec = (*headline, "+.2f")[:3]
+        values = [v if isinstance(v, tuple) else (v,) for v in map(f, per) if v is not None]
+        cols = list(zip(*values))
+        c["mean_sd"] = {"label": label, "seeds": len(values), "spec": spec,
+                        "mean": [statistics.fmean(x) for x in cols],
+                        "sd": [statistics.stdev(x) if len(x) > 1 else 0.0 for x in cols]}
     c.fmt = fmt
     out.append(c)
 
 
+def mean_sd_text(c: dict) -> str:
+    """A claim's headline as the table shows it: "label mean ± sd" (one per number), or — where no seed has it."""
+    m = c.get("mean_sd")
+    if not m or not m["seeds"]:
+        return "—"
+    sd = m["spec"].lstrip("+")
+    return m["label"] + " " + ", ".join(f"{a:{m['spec']}} ± {b:{sd}}" for a, b in zip(m["mean"], m["sd"]))
+
+
 def claims_table(claims: list[Claim], title: str, width: int = 40,
                  unit: str = " (nats, summed over the response)") -> str:
-    """One line per claim: its verdict, then each seed's measurement as the claim formats it."""
-    lines = [title, f"  {'claim':{width}s} {'verdict':13s} per seed{unit}"]
-    for c in claims:
-        lines.append(f"  {c['claim']:{width}s} {c['verdict']:13s} " + " | ".join(c.fmt(m) for m in c["per_seed"]))
+    """One line per claim: its verdict, its headline's mean ± sd over the seeds (where the claims have one), then
+    each seed's measurement as the claim formats it."""
+    ms = [mean_sd_text(c) for c in claims] if any("mean_sd" in c for c in claims) else None
+    mw = max(len("mean ± sd over seeds"), *(len(x) for x in ms)) if ms else 0
+    head = f"{'mean ± sd over seeds':{mw}s} " if ms else ""
+    lines = [title, f"  {'claim':{width}s} {'verdict':13s} {head}per seed{unit}"]
+    for i, c in enumerate(claims):
+        mid = f"{ms[i]:{mw}s} " if ms else ""
+        lines.append(f"  {c['claim']:{width}s} {c['verdict']:13s} {mid}" + " | ".join(c.fmt(m) for m in c["per_seed"]))
     return "\n".join(lines)
 
 

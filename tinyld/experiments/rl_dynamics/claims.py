@@ -99,20 +99,26 @@ def judge(seeds: list[dict], losses: list[str]) -> list:
     out: list = []
     add_claim(out, "incorrect samples fall fastest, mass → argmax", "lazy LD / squeezing",
               [falls_fastest(r) for r in first], lambda m: f"{dash(m['changes']['incorrect'], '+.2f')}/tok, "
-              f"argmax {dash((m['mass_change'] or {}).get('argmax'), '+.3f')}")
+              f"argmax {dash((m['mass_change'] or {}).get('argmax'), '+.3f')}",
+              ("Δ incorrect/tok", lambda m: m["changes"]["incorrect"]))
     add_claim(out, "lazy likelihood displacement", "the authors' follow-up (lazy LD)", [lazy(r) for r in first],
               lambda m: f"{m['lazy']}/{m['of']} lazy, push/pull {dash(m['ratio_lazy'], '.2f')} vs "
-              f"{dash(m['ratio_other'], '.2f')}")
+              f"{dash(m['ratio_other'], '.2f')}", ("lazy share", lambda m: m["lazy"] / m["of"] if m["of"] else None,
+                                                  ".2f"))
     add_claim(out, "entropy falls, first order tracks it", "entropy collapse", [entropy(r) for r in first],
-              lambda m: f"{m['start']:.3f}→{m['end']:.3f}, err {dash(m['median_rel_err'], '.2f')}")
+              lambda m: f"{m['start']:.3f}→{m['end']:.3f}, err {dash(m['median_rel_err'], '.2f')}",
+              ("Δ entropy", lambda m: m["end"] - m["start"], "+.3f"))
     add_claim(out, "pass@1 rises, pass@k(max) falls below SFT", "RL narrows (pass@k)",
               [pass_k(r, s["sft_pass_at_k"]) for r, s in zip(first, seeds)],
               lambda m: f"@1 {m['pass1'][0]:.2f}→{m['pass1'][1]:.2f}, @{m['k']} {m['passk'][0]:.2f}→"
-              f"{m['passk'][1]:.2f}")
+              f"{m['passk'][1]:.2f}", ("Δ pass@1, Δ pass@max", lambda m: (m["pass1"][1] - m["pass1"][0],
+                                                                         m["passk"][1] - m["passk"][0])))
     if len(losses) > 1:
         add_claim(out, f"incorrect longer: {losses[0]} vs {losses[1]}", "Dr. GRPO (length bias)",
                   [lengths(s["runs"][losses[0]], s["runs"][losses[1]], s["sft_pass_at_k"]) for s in seeds],
-                  lambda m: f"{dash(m['sft'], '.1f')}→{dash(m['first'], '.1f')} vs {dash(m['second'], '.1f')}")
+                  lambda m: f"{dash(m['sft'], '.1f')}→{dash(m['first'], '.1f')} vs {dash(m['second'], '.1f')}",
+                  (f"words, {losses[0]} − {losses[1]}", lambda m: None if None in (m["first"], m["second"])
+                   else m["first"] - m["second"], "+.1f"))
     return out
 
 
