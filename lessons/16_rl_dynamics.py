@@ -150,6 +150,10 @@ print(f"figure: {result['figure']}")
 # 24 steps decide little; the lab report (`tinyld/experiments/README.md`, "RL with verifiable rewards") has the
 # full run with 3 seeds and says which claims held at this scale.
 #
+# The same experiment runs on a real LLM: `python -m tinyld rl-dynamics --model smollm2` first finetunes
+# SmolLM2-135M-Instruct on the word problems (its answers must take the written form the grader reads), then runs
+# RL from there, with fewer and smaller steps sized for a CPU; the lab report has that run too.
+#
 # ## Exercises
 # 1. **Group advantages.** Write Â for GRPO and for Dr. GRPO from a (groups, G) table of rewards. What happens to a
 #    group whose samples are all correct? Checked against a closed form.

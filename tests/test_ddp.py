@@ -149,6 +149,32 @@ def test_on_policy_dpo_runs_under_torchrun(tmp_path):
     assert len(ys) == 3 and ys[-1] != ys[0]  # measured before and after each round, and DPO moved y⁺
 
 
+def test_rl_dynamics_runs_under_torchrun(tmp_path, monkeypatch):
+    """`torchrun -m tinyld rl-dynamics`: both processes train every SFT and RL step (each samples the whole batch
+    from the same weights and keeps its half), rank 0 alone measures, prints and writes; before RL the measurements
+    are those of one process (the same SFT model: float32, summation order aside)."""
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    from tinyld.experiments.rl_dynamics import RLDynamicsConfig, run
+
+    kw = dict(seeds=[0], losses=["grpo"], steps=2, per_step=2, group=4, pretrain_steps=20, sft_data=16,
+              measure_every=1, threads=1)
+    args = [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, list)
+                                                                                 else [v]))]
+    out = torchrun("-m", "tinyld", "rl-dynamics", *args, "--out", "two", cwd=tmp_path)
+    assert out.count("wrote ") == 1 and out.count("seed 0: SFT model ready") == 1  # rank 1 prints nothing
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["claims.txt", "manifest.json", "parts",
+                                                                     "rl_curves.png", "rl_dynamics.json"]
+    monkeypatch.chdir(tmp_path)  # the same cached base model (rank 0 saved it)
+    one = run(RLDynamicsConfig(**kw, out=str(tmp_path / "one")))["seeds"][0]
+    two = json.loads((tmp_path / "two" / "rl_dynamics.json").read_text())["seeds"][0]
+    assert two["fixed"] == one["fixed"] and [p["step"] for p in two["runs"]["grpo"]["points"]] == [0, 1, 2]
+    h1, h2 = (x["runs"]["grpo"]["points"][0]["entropy"] for x in (one, two))
+    assert abs(h1 - h2) < 1e-4, (h1, h2)
+    assert len(two["runs"]["grpo"]["rewards"]) == 2 and two["runs"]["grpo"]["points"][-1] != two["runs"]["grpo"][
+        "points"][0]
+
+
 def test_forecast_refuses_torchrun_in_one_line_said_by_the_first_rank(monkeypatch, capsys, tmp_path):
     """Under torchrun every rank meets the refusal, or one meets an error alone (rank 1 first, say): the first to
     report says it, once, and the others stay quiet."""

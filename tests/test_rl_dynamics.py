@@ -128,6 +128,7 @@ def test_on_a_real_llm_file(tmp_path, capsys):
     assert task.max_new == longest + 8 and task.train_examples([p])[0].prompt == task.prompt(p)
     res = run(cfg)
     assert res["config"]["model"] == str(path) and set(res["seeds"][0]["runs"]) == {"grpo", "dr_grpo"}
+    assert res["seeds"][0]["max_new_tokens"] == task.max_new
     assert [x["step"] for x in res["seeds"][0]["runs"]["grpo"]["points"]] == [0, 1, 2]
     assert "lazy likelihood displacement" in (tmp_path / "o" / "claims.txt").read_text()
 

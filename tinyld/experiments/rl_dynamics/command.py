@@ -1,11 +1,13 @@
 """``python -m tinyld rl-dynamics``: each seed (one part of the run, kept as it finishes) makes the SFT model of the
 arithmetic task, draws the fixed probes, measures the SFT model's pass@k, then runs RL with each loss; the claims
-are judged per seed; the JSON, the claims table and the figure are written."""
+are judged per seed; the JSON, the claims table and the figure are written. Under torchrun every rank trains (each
+SFT and RL step shared) and rank 0 alone measures and writes."""
 from __future__ import annotations
 
 import time
 from dataclasses import asdict
 
+from tinyld.distributed import is_main
 from tinyld.experiments.common import lower_lr
 from tinyld.experiments.kit import RunFolder, header, run_in_folder, write_results
 from tinyld.experiments.rl_dynamics.claims import judge, table
@@ -40,6 +42,10 @@ def run(cfg: RLDynamicsConfig, overwrite: bool = False, resume: bool = False, ag
 def seed_part(cfg: RLDynamicsConfig, seed: int) -> dict:
     t0 = time.perf_counter()
     task, sft = sft_model(cfg, seed)
+    if not is_main():  # under torchrun: train with rank 0 (SFT above, each RL run), measure nothing
+        for loss in cfg.losses:
+            rl_run(cfg, seed, loss, sft, task, None)
+        return {}
     fam = fixed_probes(cfg, task, sft, seed)
     sft_pass = pass_at_k(cfg, sft, task, seed * 7919 + 2)
     print(f"  seed {seed}: SFT model ready; {len(fam['correct'][0])} correct and {len(fam['incorrect'][0])} "
@@ -55,8 +61,8 @@ def seed_part(cfg: RLDynamicsConfig, seed: int) -> dict:
         r = runs[loss]
         print(f"  seed {seed}, {loss}: reward {r['rewards'][0]['mean']:.3f} → {r['rewards'][-1]['mean']:.3f}; "
               f"pass@1 {r['pass_at_k']['pass'][0]:.3f}; {r['seconds']} s")
-    return {"seed": seed, "fixed": {k: len(v[0]) for k, v in fam.items()}, "sft_pass_at_k": sft_pass, "runs": runs,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {"seed": seed, "fixed": {k: len(v[0]) for k, v in fam.items()}, "max_new_tokens": task.max_new,
+            "sft_pass_at_k": sft_pass, "runs": runs, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def run_in(cfg: RLDynamicsConfig, folder: RunFolder) -> dict:
@@ -66,6 +72,8 @@ def run_in(cfg: RLDynamicsConfig, folder: RunFolder) -> dict:
           f"lr {cfg.sft_lr:g}); RL: {cfg.optimizer} lr {cfg.lr:g} constant, {cfg.steps} steps of {cfg.per_step} "
           f"questions × {cfg.group} samples (temperature {cfg.temperature:g}), clip {cfg.clip:g}, kl {cfg.kl:g}")
     seeds = [folder.part(f"seed{s}", lambda s=s: seed_part(cfg, s)) for s in cfg.seeds]
+    if not is_main():
+        return {}
     claims = judge(seeds, cfg.losses)
     text = table(claims)
     print("\n" + text)

@@ -9,7 +9,7 @@ from tinyld.rl import GRPO_LOSSES, grpo_loss
 from tinyld.runtime import TinyldError, check_int, check_number
 
 # The fields whose default depends on the model (None in the dataclass): the tiny arithmetic GPT's, and a real LLM's
-# (SmolLM2-135M-Instruct, sized for a 2-core CPU: one RL step of 16 samples takes about 10 s there, where the tiny
+# (SmolLM2-135M-Instruct, sized for a 2-core CPU: one RL step of 16 samples takes about 15 s there, where the tiny
 # model's step of 64 takes a tenth of a second).
 TINY = {"steps": 120, "lr": 3e-4, "per_step": 8, "sft_data": 256, "sft_epochs": 3, "sft_lr": 3e-3,
         "pretrain_steps": 1500, "probes": 8, "test_questions": 40, "passk_n": 16, "measure_every": 20,

@@ -179,8 +179,9 @@ def pass_at_k(cfg: RLDynamicsConfig, model, task: Task, seed: int) -> dict:
             "length_incorrect": statistics.fmean(lengths[False]) if lengths[False] else None}
 
 
-def rl_run(cfg: RLDynamicsConfig, seed: int, loss: str, sft, task: Task, fam: dict) -> dict:
-    """RL from a copy of the SFT model with ``loss``; measured every ``measure_every`` steps (and at the end)."""
+def rl_run(cfg: RLDynamicsConfig, seed: int, loss: str, sft, task: Task, fam: dict | None) -> dict:
+    """RL from a copy of the SFT model with ``loss``; measured every ``measure_every`` steps (and at the end).
+    ``fam`` None: train only (under torchrun, the ranks other than 0 share every step and measure nothing)."""
     t0 = time.perf_counter()
     model = copy.deepcopy(sft)
     world, tok = task.world, task.tok
@@ -192,6 +193,9 @@ def rl_run(cfg: RLDynamicsConfig, seed: int, loss: str, sft, task: Task, fam: di
     data.bind(model)  # the Trainer binds it too; the first measurement already asks for step 0's samples
     tc = TrainConfig(task="grpo", steps=cfg.steps, optimizer=cfg.optimizer, lr=cfg.lr, grad_clip=0.0, seed=seed,
                      log_every=1, progress=False)
+    if fam is None:
+        Trainer(model, data, tc, tok).run()
+        return {}
     points = [{"step": 0, **measure(model, tok, fam), "halves": halves_now(model, data, 0, tok, fam)}]
     rewards, lengths, checks = [], [], []
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
