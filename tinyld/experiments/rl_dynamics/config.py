@@ -15,7 +15,7 @@ TINY = {"steps": 120, "lr": 3e-4, "per_step": 8, "sft_data": 256, "sft_epochs": 
         "pretrain_steps": 1500, "probes": 8, "test_questions": 40, "passk_n": 16, "measure_every": 20,
         "device": "cpu"}
 REAL_RL = {"steps": 16, "lr": 1e-5, "per_step": 2, "sft_data": 128, "sft_epochs": 3, "sft_lr": 5e-5,
-           "pretrain_steps": None, "probes": 4, "test_questions": 16, "passk_n": 8, "measure_every": 8,
+           "pretrain_steps": None, "probes": 4, "test_questions": 40, "passk_n": 16, "measure_every": 8,
            "device": "auto"}
 FAST = {"pretrain_steps": 400, "sft_data": 64, "steps": 24, "probes": 4, "test_questions": 8, "passk_n": 8,
         "measure_every": 8}
