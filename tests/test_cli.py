@@ -45,7 +45,7 @@ def test_user_errors_exit_2_with_one_line():
                        text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr == ("error: demo --model 'huge' is neither a model name nor a file or folder that exists: give "
-                        "tiny, gpt2, smollm2, a .gguf file or a Hugging Face GPT-2 folder\n")
+                        "tiny (the synthetic world's small GPT) or mini (a wider shape)\n")  # what demo takes
 
 
 def test_bench_decompose_prints_json(capsys):

@@ -60,6 +60,8 @@ def test_the_rules_of_the_claims():
     ({"model": "mini"}, "rl-dynamics --model mini: rl-dynamics takes tiny"),
     ({"model": "smollm2", "pretrain_steps": 10}, "rl-dynamics --pretrain-steps: --model smollm2 is a pretrained LLM"),
     ({"model": "smollm2", "lr": 0.0}, "rl-dynamics --lr"),
+    ({"clip": 1.5}, "rl-dynamics --clip: grpo clip must be"),
+    ({"kl": float("nan")}, "rl-dynamics --kl: grpo kl must be"),
 ])
 def test_bad_settings_are_one_line(kw, says):
     with pytest.raises(TinyldError) as err:
@@ -106,7 +108,7 @@ def test_the_halves_are_the_per_sample_contributions_summed(loss):
         assert torch.allclose(torch.tensor(h[half], dtype=torch.float64), parts[sel].sum(0), rtol=1e-9, atol=1e-12)
 
 
-def test_on_a_real_llm_file(tmp_path, capsys):
+def test_on_a_real_llm_file(tmp_path, monkeypatch):
     """The real-LLM route end to end on a small llama-shaped GGUF file with SmolLM2's chat template: the questions
     as chat turns, SFT first, RL, the JSON and the claims table."""
     pytest.importorskip("gguf")
@@ -115,6 +117,7 @@ def test_on_a_real_llm_file(tmp_path, capsys):
     from tinyld.experiments.rl_dynamics import run
     from tinyld.experiments.rl_dynamics.tracking import sft_model
 
+    monkeypatch.chdir(tmp_path)  # the run's model cache folder goes here
     path = chat_gguf_file(tmp_path / "chat.gguf")
     cfg = RLDynamicsConfig(model=str(path), seeds=[0], steps=2, sft_data=4, sft_epochs=1, group=2, per_step=1,
                            probes=1, fixed_samples=2, test_questions=1, passk_n=2, measure_every=1, threads=1,
@@ -123,7 +126,7 @@ def test_on_a_real_llm_file(tmp_path, capsys):
     p = task.world.pool()[0]
     assert task.chat and task.prompt(p).endswith(f"<|im_start|>user\n{p.question()}<|im_end|>\n"
                                                  "<|im_start|>assistant\n")
-    longest = max(len(task.tok.encode(q.solution(f))) for q in task.world.pool()[:4] + task.world.test_problems()[:1]
+    longest = max(len(task.tok.encode(q.solution(f))) for q in task.world.pool() + task.world.test_problems()
                   for f in range(16))
     assert task.max_new == longest + 8 and task.train_examples([p])[0].prompt == task.prompt(p)
     res = run(cfg)
@@ -141,9 +144,30 @@ def test_a_claims_headline_is_its_mean_and_sd_over_the_seeds():
     add_claim(out, "one", "p", per, lambda m: str(m["x"]), ("x", lambda m: m["x"]))  # the seed without x: left out
     add_claim(out, "two", "p", per[:2], lambda m: "", ("a, b", lambda m: (m["x"], -m["x"]), ".1f"))
     add_claim(out, "three", "p", per[:1], lambda m: "")  # no headline
+    add_claim(out, "four", "p", per[:2], lambda m: "", ("y", lambda m: (m["x"], None if m["x"] > 1 else 0.0)))
     m = out[0]["mean_sd"]
     assert m["seeds"] == 3 and m["mean"] == [pytest.approx(7 / 3)] and m["sd"] == [pytest.approx((7 / 3) ** 0.5)]
     assert out[1]["mean_sd"]["mean"] == [1.5, -1.5] and out[1]["mean_sd"]["sd"] == [pytest.approx(0.5 ** 0.5)] * 2
     lines = claims_table(out, "t", width=6, unit="").splitlines()
     assert "mean ± sd over seeds" in lines[1] and "x +2.33 ± 1.53" in lines[2] and "a, b 1.5 ± 0.7, -1.5 ± 0.7" in \
         lines[3] and lines[4].split()[:3] == ["three", "held", "—"]
+    assert out[3]["mean_sd"]["seeds"] == 1 and "y +1.00, +0.00 (1 seed)" in lines[5]  # a tuple holding None: left out
+
+
+def test_a_model_file_that_does_not_load_is_refused_before_the_run_folder(tmp_path, capsys):
+    from tinyld.__main__ import main
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(8))  # the magic, then nothing a reader can use
+    assert main(["rl-dynamics", "--model", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable GGUF file" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_fast_run_on_a_gpu(tmp_path, lesson_workdir, monkeypatch):
+    from tinyld.experiments.rl_dynamics import run
+
+    monkeypatch.chdir(lesson_workdir)
+    res = run(RLDynamicsConfig(fast=True, device="cuda", steps=8, out=str(tmp_path / "o")))
+    assert [p["step"] for p in res["seeds"][0]["runs"]["grpo"]["points"]] == [0, 8]

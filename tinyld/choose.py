@@ -56,11 +56,12 @@ class ModelChoice:
 
 def model_choice(name, command: str, allowed: tuple[str, ...] = tuple(KINDS), why: str = "") -> ModelChoice:
     """``name`` (``--model``) as a :class:`ModelChoice`; a kind not in ``allowed`` is refused in one line that names
-    what ``command`` takes and ``why``."""
+    what ``command`` takes and ``why``. Every message offers only what ``command`` takes."""
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
+    spelling = SPELLING if set(allowed) >= set(KINDS) else " or ".join(KINDS[k] for k in allowed)
     if not isinstance(name, str) or not name.strip():
-        raise TinyldError(f"{command} --model must name a model ({SPELLING}), got {name!r}")
+        raise TinyldError(f"{command} --model must name a model ({spelling}), got {name!r}")
     if name in ("tiny", "mini", "gpt2"):
         choice = ModelChoice(name, name)
     elif name == "smollm2":
@@ -72,19 +73,19 @@ def model_choice(name, command: str, allowed: tuple[str, ...] = tuple(KINDS), wh
         with open(name, "rb") as f:
             if f.read(4) != b"GGUF":  # every GGUF file starts so: a probe file or a config is refused now
                 raise TinyldError(f"{command} --model {name!r} is a file but not a GGUF file (it does not start "
-                                  "with 'GGUF'): give a .gguf model file, or a Hugging Face GPT-2 folder")
+                                  "with 'GGUF'): give a .gguf model file" +
+                                  (", or a Hugging Face GPT-2 folder" if "hf" in allowed else ""))
         choice = ModelChoice(name, "gguf", str(Path(name)))
     elif Path(name).is_dir():
-        if not (Path(name) / "config.json").is_file():
+        if "hf" in allowed and not (Path(name) / "config.json").is_file():
             raise TinyldError(f"{command} --model {name!r} is a folder without config.json: give a Hugging Face "
                               "GPT-2 folder (config.json + model.safetensors or pytorch_model.bin)")
         choice = ModelChoice(name, "hf", str(Path(name)))
     else:
         raise TinyldError(f"{command} --model {name!r} is neither a model name nor a file or folder that exists: "
-                          f"give {SPELLING}")
+                          f"give {spelling}")
     if choice.kind not in allowed:
-        takes = " or ".join(KINDS[k] for k in allowed)
-        raise TinyldError(f"{command} --model {name}: {command} takes {takes}{'; ' + why if why else ''}")
+        raise TinyldError(f"{command} --model {name}: {command} takes {spelling}{'; ' + why if why else ''}")
     return choice
 
 

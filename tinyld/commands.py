@@ -117,8 +117,6 @@ _EXPLAIN_FLAGS = [
 ]
 
 
-
-
 def _rl(field: str, text: str) -> tuple:
     """An rl-dynamics flag whose default depends on the model: the tiny GPT's; smollm2's."""
     tiny, real = TINY[field], REAL_RL[field]

@@ -71,7 +71,8 @@ def add_claim(out: list, key: str, paper: str, per: list[dict], fmt: Callable[[d
     c = Claim(claim=key, paper=paper, per_seed=per, held=n, of=len(per), verdict=verdict)
     if headline is not None:
         label, f, spec = (*headline, "+.2f")[:3]
-        values = [v if isinstance(v, tuple) else (v,) for v in map(f, per) if v is not None]
+        values = [v if isinstance(v, tuple) else (v,) for v in map(f, per)]
+        values = [v for v in values if None not in v]  # a seed without the number (or one of them) is left out
         cols = list(zip(*values))
         c["mean_sd"] = {"label": label, "seeds": len(values), "spec": spec,
                         "mean": [statistics.fmean(x) for x in cols],
@@ -86,6 +87,8 @@ def mean_sd_text(c: dict) -> str:
     if not m or not m["seeds"]:
         return "—"
     sd = m["spec"].lstrip("+")
+    if m["seeds"] == 1:  # no spread from one seed
+        return m["label"] + " " + ", ".join(f"{a:{m['spec']}}" for a in m["mean"]) + " (1 seed)"
     return m["label"] + " " + ", ".join(f"{a:{m['spec']}} ± {b:{sd}}" for a, b in zip(m["mean"], m["sd"]))
 
 

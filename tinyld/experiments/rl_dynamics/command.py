@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
+from tinyld.choose import load_real, model_choice
 from tinyld.distributed import is_main
 from tinyld.experiments.common import lower_lr
 from tinyld.experiments.kit import RunFolder, header, run_in_folder, write_results
@@ -32,10 +33,13 @@ def run(cfg: RLDynamicsConfig, overwrite: bool = False, resume: bool = False, ag
     pool = min(len(Arithmetic(s).pool()) for s in cfg.seeds)
     if cfg.sft_data > pool or cfg.probes > cfg.sft_data:
         raise TinyldError(f"rl-dynamics --sft-data {cfg.sft_data} must be at most the pool ({pool} questions) and "
-                          f"at least --probes ({cfg.probes})")
+                          f"at least the {cfg.probes} probe questions it tracks")
     if cfg.per_step > cfg.sft_data:
         raise TinyldError(f"rl-dynamics --per-step {cfg.per_step} asks for more questions per step than the "
-                          f"{cfg.sft_data} training questions")
+                          f"{cfg.sft_data} training questions (--sft-data{', capped by --fast' if cfg.fast else ''})")
+    if cfg.real:  # a file that does not load, or has no chat template, is refused before the run folder is made
+        _, tok = load_real(model_choice(cfg.model, COMMAND))  # kept in memory: the run's own load is then quick
+        tok.chat([{"role": "user", "content": "?"}])
     return run_in_folder(cfg, COMMAND, outputs(cfg), run_in, overwrite, resume, again)
 
 

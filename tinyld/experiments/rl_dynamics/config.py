@@ -70,8 +70,9 @@ class RLDynamicsConfig:
                               f"{self.losses!r}")
         self.losses = list(self.losses)
         for k, lo, hi in (("steps", 1, 100_000), ("group", 2, 256), ("per_step", 1, 256), ("inner_steps", 1, 64),
-                          ("sft_data", 1, 10_000), ("sft_epochs", 1, 1000), ("probes", 1, 256), ("fixed_samples", 2, 256),
-                          ("test_questions", 1, 10_000), ("passk_n", 1, 1024), ("measure_every", 1, 100_000)):
+                          ("sft_data", 1, 10_000), ("sft_epochs", 1, 1000), ("probes", 1, 256),
+                          ("fixed_samples", 2, 256), ("test_questions", 1, 10_000), ("passk_n", 1, 1024),
+                          ("measure_every", 1, 100_000)):
             setattr(self, k, check_int(f"rl-dynamics --{k.replace('_', '-')}", getattr(self, k), lo, hi))
         if not self.real:
             self.pretrain_steps = check_int("rl-dynamics --pretrain-steps", self.pretrain_steps, 1, 1_000_000)
@@ -81,8 +82,11 @@ class RLDynamicsConfig:
         self.temperature = float(check_number("rl-dynamics --temperature", self.temperature, 0.01, 100))
         if self.optimizer not in ("sgd", "adamw", "rmsprop"):
             raise TinyldError(f"rl-dynamics --optimizer: choose sgd, adamw or rmsprop, got {self.optimizer!r}")
-        for name in self.losses:  # the clip range and the KL weight, checked by the loss itself
-            grpo_loss(name, clip=self.clip, kl=self.kl)
+        for flag in ("clip", "kl"):  # the clip range and the KL weight, checked by the loss itself
+            try:
+                grpo_loss(self.losses[0], **{flag: getattr(self, flag)})
+            except TinyldError as e:
+                raise TinyldError(f"rl-dynamics --{flag}: {e}") from None
         self.clip, self.kl = float(self.clip), float(self.kl)
         if not isinstance(self.fast, bool):
             raise TinyldError(f"RLDynamicsConfig.fast must be True or False, got {self.fast!r}")

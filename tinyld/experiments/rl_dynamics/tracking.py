@@ -27,6 +27,7 @@ from tinyld.probes import position_stats
 from tinyld.reasoning import N_FORMS, Arithmetic, Problem
 from tinyld.rl import grpo_loss, unbiased_pass_at_k
 from tinyld.rl_data import RLData
+from tinyld.runtime import pick_device
 from tinyld.squeeze import MASS_CLASSES, token_mass
 from tinyld.train import TrainConfig, Trainer
 from tinyld.updates import GRPOUpdate, lm_rows
@@ -57,14 +58,17 @@ def sft_model(cfg: RLDynamicsConfig, seed: int) -> tuple[Task, object]:
     """(task, SFT model), the starting point of RL: SFT on the first ``sft_data`` questions of the pool (AdamW,
     cosine to 10% of ``sft_lr``, batch 8, no clipping) from the forecasting task's base model (tiny) or from the
     real LLM as it is, whose answers must first take the task's written form for the grader to read them."""
+    dev = pick_device(cfg.device).device
     if cfg.real:
         base, tok = load_real(model_choice(cfg.model, "rl-dynamics"))
+        base = base.to(dev)
         world = Arithmetic(seed)
-        longest = max(len(tok.encode(p.solution(f))) for p in world.pool()[:cfg.sft_data] +
-                      world.test_problems()[:cfg.test_questions] for f in range(N_FORMS))
+        longest = max(len(tok.encode(p.solution(f))) for p in world.pool() + world.test_problems()
+                      for f in range(N_FORMS))  # every question of the task: no setting changes the cap
         task = Task(world, tok, True, longest + 1 + 7)
     else:
-        world, tok, base = pretrained(seed, steps=cfg.pretrain_steps, task="arithmetic")
+        world, tok, base = pretrained(seed, steps=cfg.pretrain_steps, task="arithmetic", device=cfg.device)
+        base = base.to(dev)
         task = Task(world, tok, False, MAX_NEW)  # MAX_NEW: the longest written form (18 tokens), EOS and 7 more
     train = world.pool()[:cfg.sft_data]
     model, _ = finetune(SimpleNamespace(batch_size=8), seed, base, tok, task, train, cfg.sft_lr, cfg.sft_epochs)
@@ -102,7 +106,7 @@ def measure(model, tok, fam: dict) -> dict:
         if not xs:
             out[k] = None
             continue
-        b = make_batch(tok, xs, ys, model.config.block_size)
+        b = make_batch(tok, xs, ys, model.config.block_size).to(_device(model))
         logits = model(b.idx)
         st = position_stats(logits, b.targets)
         out[k] = {"logp": st["logp"].tolist(), "per_token": (st["logp"] / st["tokens"]).tolist()}
@@ -112,8 +116,13 @@ def measure(model, tok, fam: dict) -> dict:
             out[k].update(star=st["logp_star"].tolist(), mass=dict(zip(MASS_CLASSES, m)))
     xs = fam["correct"][0] + fam["incorrect"][0]
     ys = fam["correct"][1] + fam["incorrect"][1]
-    out["entropy"] = entropy_per_token(model, make_batch(tok, xs, ys, model.config.block_size)) if xs else None
+    out["entropy"] = entropy_per_token(model, make_batch(tok, xs, ys, model.config.block_size).to(_device(model))) \
+        if xs else None
     return out
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def entropy_per_token(model, b) -> float:
@@ -126,7 +135,7 @@ def entropy_check(model, before: dict, tok, fam: dict) -> dict:
     over the fixed samples' positions against its first-order prediction, −Σ_v π_v log π_v Δlog π_v with
     Δlog π = A·J·Δθ (one JVP along the real update)."""
     xs, ys = fam["correct"][0] + fam["incorrect"][0], fam["correct"][1] + fam["incorrect"][1]
-    b = make_batch(tok, xs, ys, model.config.block_size)
+    b = make_batch(tok, xs, ys, model.config.block_size).to(_device(model))
     now = {k: v.detach() for k, v in model.named_parameters()}
     delta = {k: now[k] - before[k] for k in now}
     with torch.no_grad():
@@ -143,12 +152,13 @@ def entropy_check(model, before: dict, tok, fam: dict) -> dict:
 def halves_now(model, data: RLData, step: int, tok, fam: dict) -> dict | None:
     """For the samples the step ``step`` trains on: the predicted change (per unit lr, a plain-SGD step of the run's
     loss; the run itself takes AdamW steps) of each fixed correct sample's log π due to the positive-advantage
-    samples and due to the negative ones. The prediction is linear in the residual, so the two add up to the whole
-    step's; each half is one backward pass and one JVP, whatever the number of samples."""
+    samples and due to the negative ones, each with its share of the batch's 1/N. The prediction is linear in the
+    residual, so without a KL term the two add up to the whole step's (with one, the samples of flat groups, Â = 0,
+    carry only its pull and are in neither half); each half is one backward pass and one JVP."""
     if not fam["correct"][0]:
         return None
     b = data.batch(step)
-    obs = lm_rows(make_batch(tok, *fam["correct"], model.config.block_size))
+    obs = lm_rows(make_batch(tok, *fam["correct"], model.config.block_size).to(_device(model)))
     out = {}
     for half, sel in (("positive", b.adv > 0), ("negative", b.adv < 0)):
         if not bool(sel.any()):
