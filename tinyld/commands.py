@@ -189,7 +189,8 @@ CONFIG_COMMANDS = {
     "rl-dynamics": ConfigCommand(
         "tinyld.experiments.rl_dynamics:RLDynamicsConfig", "tinyld.experiments.rl_dynamics:run",
         "what RL with verifiable rewards (GRPO, Dr. GRPO) does on the word problems, with claims",
-        "one seed, a 400-step base model, 24 RL steps; smollm2: 4 (also TINYLD_FAST=1)", _RL_FLAGS,
+        "one seed, a 400-step base model, 24 RL steps; smollm2: SFT on 64 questions, 4 RL steps of 2 questions × 4 "
+        "samples (also TINYLD_FAST=1)", _RL_FLAGS,
         internal=("sft_epochs", "sft_lr", "probes", "fixed_samples", "test_questions", "passk_n"), used_by={}),
 }
 
