@@ -231,7 +231,7 @@ def _explain_files(tmp_path, steps: int = 3) -> list[str]:
             "--threads", "1", "--out", str(tmp_path / "o")]
 
 
-def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch, capsys, request):
     """Ctrl-C during the DPO run: the command stops after the step under way (exit 130), and the page and the JSON
     hold the forecasts and the steps measured, saying how far it got; --resume keeps the finished forecasts and
     runs the whole DPO run again. Ctrl-C while forecasting keeps the pairs forecast so far."""
@@ -242,6 +242,8 @@ def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
     import tinyld.explain as ex
     from tinyld.__main__ import main
 
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as an interactive shell delivers it (a
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, old))  # shell's background job starts with it ignored)
     argv = _explain_files(tmp_path)
     measure, calls = ex.PairBatch.measure, []
 
